@@ -1,0 +1,3 @@
+from pgq.cli import main
+
+main()

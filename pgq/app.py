@@ -1,0 +1,205 @@
+"""``App``: the object an application creates once. It holds the settings, the task
+registry and pgq's own connection pools, and is where jobs are enqueued.
+
+Enqueue into your own transaction by passing ``conn=`` (psycopg 3 ``Connection`` /
+``AsyncConnection``, SQLAlchemy ``Session`` / ``Connection`` / ``AsyncSession`` /
+``AsyncConnection``): the job becomes visible when you commit and vanishes if you roll
+back. Without ``conn=``, pgq uses a pooled connection and commits at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Unpack, overload
+
+from pgq.clock import Clock, DatabaseClock
+from pgq.database import Pools, async_connection, run_plan, run_plan_async, sync_connection
+from pgq.enqueue import (
+    Enqueued,
+    EnqueueOptions,
+    JobRow,
+    JobSpec,
+    plan_enqueue_many,
+    plan_enqueue_one,
+    prepare,
+)
+from pgq.settings import Settings
+from pgq.tasks import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PRIORITY,
+    DEFAULT_QUEUE,
+    Task,
+    TaskRegistry,
+)
+
+
+class App:
+    """A pgq application.
+
+    ``strict`` (default ``True``): enqueueing a task name that is not registered raises
+    ``UnknownTaskError``, catching typos before they become jobs no worker can run. A
+    service that only *produces* jobs for tasks defined elsewhere sets ``strict=False``.
+
+    ``clock``: where statements get "now" (default: the database's ``now()``). Tests
+    pass a ``pgq.ManualClock`` to move time without sleeping.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        strict: bool = True,
+        clock: Clock | None = None,
+    ) -> None:
+        if settings is None:
+            settings = Settings.from_env(database_url=database_url, redis_url=redis_url)
+        elif database_url is not None or redis_url is not None:
+            settings = settings.with_changes(
+                **{k: v for k, v in (("database_url", database_url), ("redis_url", redis_url)) if v}
+            )
+        self.settings = settings
+        self.strict = strict
+        self.clock: Clock = clock or DatabaseClock()
+        self.registry = TaskRegistry()
+        self._pools = Pools(settings)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> App:
+        """An App configured from ``PGQ_*`` environment variables."""
+        return cls(Settings.from_env(), **kwargs)
+
+    def __repr__(self) -> str:
+        return f"App({self.settings!r}, tasks={len(self.registry)}, strict={self.strict})"
+
+    # --- tasks -----------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[..., Any], /) -> Task: ...
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | None = None,
+    ) -> Task | Callable[[Callable[..., Any]], Task]:
+        """Register a task: ``@app.task`` or ``@app.task(name="email:send", queue="critical")``.
+        The options are the defaults of its jobs; each enqueue may override them."""
+
+        def register(func: Callable[..., Any]) -> Task:
+            return self.registry.register(
+                func, name=name, queue=queue, priority=priority,
+                max_attempts=max_attempts, timeout=timeout,
+            )
+
+        return register(fn) if fn is not None else register
+
+    # --- enqueue ---------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        task: str | Task,
+        args: Mapping[str, Any] | None = None,
+        *,
+        conn: object = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> Enqueued:
+        """Enqueue one job; the options are ``JobSpec``'s. Invalid input raises an
+        ``InvalidJobError`` before any SQL runs."""
+        row = self._prepare(JobSpec(task, {} if args is None else args, **options))
+        result: Enqueued = self._run(conn, plan_enqueue_one(row, self.clock.now()))
+        return result
+
+    def enqueue_many(self, specs: Iterable[JobSpec], *, conn: object = None) -> list[Enqueued]:
+        """Enqueue many jobs in a few statements (COPY for jobs without unique keys).
+        All are validated first: one bad spec rejects the whole call and writes nothing.
+        Results are in input order."""
+        rows = [self._prepare(spec) for spec in specs]
+        if not rows:
+            return []
+        result: list[Enqueued] = self._run(conn, plan_enqueue_many(rows, self.clock.now()))
+        return result
+
+    async def enqueue_async(
+        self,
+        task: str | Task,
+        args: Mapping[str, Any] | None = None,
+        *,
+        conn: object = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> Enqueued:
+        """``enqueue`` for asyncio code and async connections."""
+        row = self._prepare(JobSpec(task, {} if args is None else args, **options))
+        result: Enqueued = await self._run_async(conn, plan_enqueue_one(row, self.clock.now()))
+        return result
+
+    async def enqueue_many_async(
+        self, specs: Iterable[JobSpec], *, conn: object = None
+    ) -> list[Enqueued]:
+        """``enqueue_many`` for asyncio code and async connections."""
+        rows = [self._prepare(spec) for spec in specs]
+        if not rows:
+            return []
+        result: list[Enqueued] = await self._run_async(
+            conn, plan_enqueue_many(rows, self.clock.now())
+        )
+        return result
+
+    def _prepare(self, spec: JobSpec) -> JobRow:
+        return prepare(spec, self.registry, strict=self.strict,
+                       max_payload_bytes=self.settings.max_payload_bytes)
+
+    def _run(self, conn: object, plan: Any) -> Any:
+        if conn is not None:
+            return run_plan(sync_connection(conn), plan)
+        with self._pools.connection() as own:
+            return run_plan(own, plan)
+
+    async def _run_async(self, conn: object, plan: Any) -> Any:
+        if conn is not None:
+            return await run_plan_async(await async_connection(conn), plan)
+        async with self._pools.async_connection() as own:
+            return await run_plan_async(own, plan)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._pools.close()
+
+    async def aclose(self) -> None:
+        await self._pools.aclose()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,150 @@
+"""The ``pgq`` command. Every option can also come from its ``PGQ_*`` environment
+variable (``--help`` names it). Failures of pgq print one line, ``error: …``, and exit 1;
+usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+import pgq
+from pgq import migrate as migrations
+from pgq.app import App
+from pgq.errors import ConfigError, PgqError
+from pgq.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PGQ", "show_default": True}
+
+
+def database_option(fn: F) -> F:
+    return click.option(
+        "--database-url", envvar="PGQ_DATABASE_URL", show_envvar=True, metavar="URL",
+        help="PostgreSQL URL (postgresql://, postgres:// or postgresql+psycopg://). "
+        f"Default: {pgq.settings.DEFAULT_DATABASE_URL}",
+    )(fn)
+
+
+def app_option(fn: F) -> F:
+    return click.option(
+        "--app", "app_path", envvar="PGQ_APP", show_envvar=True, metavar="MODULE:ATTR",
+        help="Import path of your pgq.App, e.g. myapp.jobs:app.",
+    )(fn)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(pgq.__version__, "--version", prog_name="pgq")
+def cli() -> None:
+    """pgq: durable background jobs on PostgreSQL."""
+
+
+@cli.command()
+@database_option
+@click.option("--sql", "as_sql", is_flag=True,
+              help="Print the DDL instead of running it (for DBAs who apply SQL themselves).")
+@click.option("--revision", default="head", metavar="REV", show_envvar=True,
+              help="Upgrade to this revision.")
+@click.option("--downgrade", "downgrade_to", metavar="REV", show_envvar=True,
+              help="Downgrade to REV instead; 'base' removes every pgq object.")
+def migrate(database_url: str | None, as_sql: bool, revision: str,
+            downgrade_to: str | None) -> None:
+    """Create or upgrade the pgq tables. Safe to run again: at the latest revision it
+    changes nothing. Uses its own version table, so a host app's Alembic history is
+    untouched."""
+    if as_sql:
+        click.echo(migrations.upgrade_sql(revision), nl=False)
+        return
+    settings = Settings.from_env(database_url=database_url)
+    if downgrade_to is not None:
+        before, after = migrations.downgrade(settings, downgrade_to)
+    else:
+        before, after = migrations.upgrade(settings, revision)
+    if before == after:
+        click.echo(f"pgq schema already at {after or 'base'}; nothing to do")
+    else:
+        click.echo(f"pgq schema migrated: {before or 'base'} -> {after or 'base (removed)'}")
+
+
+@cli.command()
+@click.argument("task")
+@click.option("--args", "args_json", default="{}", metavar="JSON", show_envvar=True,
+              help="Task arguments as a JSON object.")
+@click.option("--queue", metavar="NAME", show_envvar=True, help="Queue (default: the task's).")
+@click.option("--delay", type=click.FloatRange(min=0), metavar="SECONDS", show_envvar=True,
+              help="Run no earlier than this many seconds from now.")
+@click.option("--priority", type=int, metavar="N", show_envvar=True,
+              help="-100..100, lower runs first (default: the task's, else 0).")
+@click.option("--max-attempts", type=int, metavar="N", show_envvar=True,
+              help="Attempts before the job ends failed (default: the task's, else 25).")
+@click.option("--unique-key", metavar="KEY", show_envvar=True,
+              help="Skip if a job of this task with this key is active.")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="A tag; repeatable.")
+@app_option
+@database_option
+def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,
+            priority: int | None, max_attempts: int | None, unique_key: str | None,
+            tags: tuple[str, ...], app_path: str | None, database_url: str | None) -> None:
+    """Enqueue one job of TASK. With --app the task must be registered there and its
+    defaults apply; without, any valid task name is accepted."""
+    try:
+        args = json.loads(args_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--args") from None
+    app = load_app(app_path, database_url) if app_path else App(
+        Settings.from_env(database_url=database_url), strict=False)
+    with app:
+        result = app.enqueue(task, args, queue=queue, delay=delay, priority=priority,
+                             max_attempts=max_attempts, unique_key=unique_key, tags=tags)
+    if result.duplicate:
+        click.echo(f"duplicate: job {result.id} already holds unique key {unique_key!r}")
+    else:
+        click.echo(f"enqueued job {result.id}")
+
+
+def load_app(path: str, database_url: str | None = None) -> App:
+    """Import ``module:attr`` and return the App there, or raise ``ConfigError``."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--app must look like module.path:attribute, got {path!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`, find the user's modules in the cwd
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r} for --app: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"{path!r} is {type(app).__name__}, not a pgq.App")
+    if database_url:
+        app = _rebind(app, database_url)
+    return app
+
+
+def _rebind(app: App, database_url: str) -> App:
+    rebound = App(app.settings.with_changes(database_url=database_url), strict=app.strict,
+                  clock=app.clock)
+    rebound.registry = app.registry
+    return rebound
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except PgqError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except SystemExit:
+        raise

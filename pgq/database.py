@@ -1,0 +1,257 @@
+"""The one module that executes pgq's runtime SQL.
+
+It drives the plans of ``pgq.enqueue`` (and, later, the worker's) on a psycopg 3
+connection, sync or async; turns what callers pass as ``conn=`` (psycopg connections,
+SQLAlchemy sessions and connections) into the psycopg connection underneath, inside the
+caller's transaction; owns pgq's own connection pools; and wraps driver errors once,
+here, into ``pgq.errors`` with the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+
+from pgq.enqueue import Copy, Exec, Plan
+from pgq.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    MigrationError,
+    UnsupportedConnectionError,
+)
+from pgq.queries import QUERIES
+from pgq.settings import Settings, redact_url
+
+T = TypeVar("T")
+
+
+# --- running plans -----------------------------------------------------------------------
+
+def run_plan(conn: psycopg.Connection[Any], plan: Plan) -> Any:
+    """Drive ``plan`` on ``conn`` in the connection's current transaction. On an
+    autocommit connection the plan gets a transaction of its own, so a multi-step
+    enqueue is all-or-nothing there too."""
+    with _wrap_errors(), _atomic(conn), conn.cursor() as cur:
+        reply: Any = None
+        try:
+            while True:
+                step = plan.send(reply)
+                if isinstance(step, Exec):
+                    cur.execute(QUERIES[step.name], step.params)
+                    reply = cur.fetchall() if cur.description is not None else []
+                else:
+                    with cur.copy(QUERIES[step.name]) as copy:
+                        for row in step.rows:
+                            copy.write_row(row)
+                    reply = None
+        except StopIteration as done:
+            return done.value
+
+
+async def run_plan_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> Any:
+    """``run_plan`` for an ``AsyncConnection``; the same plan, the same statements."""
+    with _wrap_errors():
+        async with _atomic_async(conn), conn.cursor() as cur:
+            reply: Any = None
+            try:
+                while True:
+                    step = plan.send(reply)
+                    if isinstance(step, Copy):
+                        async with cur.copy(QUERIES[step.name]) as copy:
+                            for row in step.rows:
+                                await copy.write_row(row)
+                        reply = None
+                    else:
+                        await cur.execute(QUERIES[step.name], step.params)
+                        reply = await cur.fetchall() if cur.description is not None else []
+            except StopIteration as done:
+                return done.value
+
+
+@contextmanager
+def _atomic(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    if conn.autocommit:
+        with conn.transaction():
+            yield
+    else:
+        yield
+
+
+@asynccontextmanager
+async def _atomic_async(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    if conn.autocommit:
+        async with conn.transaction():
+            yield
+    else:
+        yield
+
+
+@contextmanager
+def _wrap_errors() -> Iterator[None]:
+    try:
+        yield
+    except pg_errors.UndefinedTable as exc:
+        raise MigrationError(
+            "the pgq tables do not exist in this database; run `pgq migrate` first"
+        ) from exc
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"lost the database connection: {exc}".strip()) from exc
+    except psycopg.Error as exc:
+        raise DatabaseError(f"{type(exc).__name__}: {exc}".strip()) from exc
+
+
+# --- the caller's connection ------------------------------------------------------------
+
+def sync_connection(conn: object) -> psycopg.Connection[Any]:
+    """The psycopg connection behind ``conn``, with the caller's transaction begun.
+
+    Accepts ``psycopg.Connection``, SQLAlchemy ``Session`` and ``Connection`` on the
+    psycopg dialect. SQLAlchemy objects get their transaction begun (as SQLAlchemy's own
+    autobegin would) so the job commits or rolls back with the caller's work.
+    """
+    if isinstance(conn, psycopg.Connection):
+        return conn
+    if isinstance(conn, psycopg.AsyncConnection):
+        raise UnsupportedConnectionError("an AsyncConnection needs enqueue_async / enqueue_many_async")
+    from sqlalchemy.engine import Connection as SAConnection
+    from sqlalchemy.orm import Session
+
+    if isinstance(conn, Session):
+        conn = conn.connection()
+    if isinstance(conn, SAConnection):
+        if not conn.in_transaction():
+            conn.begin()
+        return _driver_connection(conn.connection.driver_connection, psycopg.Connection)
+    _reject_async_sqlalchemy(conn)
+    raise UnsupportedConnectionError(_unsupported(conn))
+
+
+async def async_connection(conn: object) -> psycopg.AsyncConnection[Any]:
+    """``sync_connection`` for ``psycopg.AsyncConnection`` and SQLAlchemy's
+    ``AsyncSession`` / ``AsyncConnection`` on the psycopg (async) dialect."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        return conn
+    from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    if isinstance(conn, AsyncSession):
+        conn = await conn.connection()
+    if isinstance(conn, SAAsyncConnection):
+        if not conn.in_transaction():
+            await conn.begin()
+        raw = await conn.get_raw_connection()
+        return _driver_connection(raw.driver_connection, psycopg.AsyncConnection)
+    if isinstance(conn, psycopg.Connection):
+        raise UnsupportedConnectionError("a sync psycopg Connection needs enqueue / enqueue_many")
+    raise UnsupportedConnectionError(_unsupported(conn))
+
+
+def _driver_connection(raw: object, expected: type[T]) -> T:
+    if not isinstance(raw, expected):
+        raise UnsupportedConnectionError(
+            f"pgq enqueues through psycopg 3; this SQLAlchemy engine uses "
+            f"{type(raw).__module__}.{type(raw).__name__}. Use a postgresql+psycopg:// URL."
+        )
+    return raw
+
+
+def _reject_async_sqlalchemy(conn: object) -> None:
+    from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    if isinstance(conn, AsyncSession | SAAsyncConnection):
+        raise UnsupportedConnectionError(
+            f"a SQLAlchemy {type(conn).__name__} needs enqueue_async / enqueue_many_async"
+        )
+
+
+def _unsupported(conn: object) -> str:
+    return (
+        f"cannot enqueue through a {type(conn).__module__}.{type(conn).__name__}; pass a "
+        "psycopg 3 Connection/AsyncConnection or a SQLAlchemy Session/Connection "
+        "(sync or async) on the postgresql+psycopg dialect, or no conn at all"
+    )
+
+
+# --- pgq's own connections --------------------------------------------------------------
+
+def connect(settings: Settings, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A new connection, or ``DatabaseUnavailable`` with a one-line reason (no password)."""
+    try:
+        return psycopg.connect(
+            settings.database_url, connect_timeout=max(1, round(settings.connect_timeout)), **kwargs
+        )
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {redact_url(settings.database_url)}: "
+            f"{_first_line(exc)}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1].strip() if text else type(exc).__name__
+
+
+class Pools:
+    """pgq's own pools, opened on first use. The async pool belongs to the event loop
+    that first used it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._sync: psycopg_pool.ConnectionPool[Any] | None = None
+        self._async: psycopg_pool.AsyncConnectionPool[Any] | None = None
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"connect_timeout": max(1, round(self._settings.connect_timeout))}
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection whose transaction commits when the block exits cleanly."""
+        if self._sync is None:
+            self._sync = psycopg_pool.ConnectionPool(
+                self._settings.database_url, min_size=1, max_size=self._settings.pool_max_size,
+                kwargs=self._kwargs(), open=False, name="pgq",
+            )
+            self._sync.open(wait=False)
+        try:
+            with self._sync.connection(timeout=self._settings.connect_timeout) as conn:
+                yield conn
+        except psycopg_pool.PoolTimeout as exc:
+            raise self._unavailable() from exc
+
+    @asynccontextmanager
+    async def async_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if self._async is None:
+            self._async = psycopg_pool.AsyncConnectionPool(
+                self._settings.database_url, min_size=1, max_size=self._settings.pool_max_size,
+                kwargs=self._kwargs(), open=False, name="pgq-async",
+            )
+            await self._async.open(wait=False)
+        try:
+            async with self._async.connection(timeout=self._settings.connect_timeout) as conn:
+                yield conn
+        except psycopg_pool.PoolTimeout as exc:
+            raise self._unavailable() from exc
+
+    def _unavailable(self) -> DatabaseUnavailable:
+        return DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {redact_url(self._settings.database_url)} "
+            f"within {self._settings.connect_timeout:g}s"
+        )
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def aclose(self) -> None:
+        if self._async is not None:
+            await self._async.close()
+            self._async = None
+        self.close()

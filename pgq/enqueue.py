@@ -1,0 +1,299 @@
+"""What an enqueue writes, decided without I/O.
+
+``JobSpec`` is the caller's request; ``prepare`` validates it into a ``JobRow`` (raising
+an ``InvalidJobError`` before anything touches the database); the ``plan_*`` generators
+are the enqueue algorithms written once, as a sequence of SQL steps. ``pgq.database``
+drives a plan on a sync or an async connection, so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple, TypedDict
+
+from pgq.errors import DatabaseError, InvalidOptionError, UnknownTaskError
+from pgq.tasks import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PRIORITY,
+    DEFAULT_QUEUE,
+    Task,
+    TaskRegistry,
+)
+from pgq.validation import (
+    MAX_UNIQUE_KEY_BYTES,
+    check_free_text,
+    check_max_attempts,
+    check_payload_size,
+    check_priority,
+    check_queue,
+    check_tags,
+    check_task_name,
+    check_timeout,
+    encode_json_object,
+)
+
+_UNIQUE_RETRIES = 10
+"""How often one enqueue re-tries a unique key whose holder vanished or lapsed between
+two statements. Each retry needs another transaction to change that key in between,
+so running out means something pathological, reported as an error."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job to enqueue. Unset options take the task's defaults."""
+
+    task: str | Task
+    args: Mapping[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    priority: int | None = None
+    """-100..100; lower runs first within a queue. Default: the task's, else 0."""
+    delay: timedelta | float | None = None
+    """Run no earlier than this long after enqueue (seconds or timedelta)."""
+    run_at: datetime | None = None
+    """Run no earlier than this aware datetime. Exclusive with ``delay``."""
+    max_attempts: int | None = None
+    timeout: timedelta | float | None = None
+    """Time limit for one attempt. Default: the task's."""
+    unique_key: str | None = None
+    """At most one job per (task, unique_key) is active at a time; a second enqueue
+    returns the first job's id with ``duplicate=True``."""
+    unique_for: timedelta | None = None
+    """Also count a job that *completed* within this window (from its enqueue) as a
+    duplicate: "one daily report per user". Needs ``unique_key``."""
+    tags: Sequence[str] = ()
+    meta: Mapping[str, Any] | None = None
+    """Application metadata (tenant, request id); stored, not passed to the task."""
+
+
+class EnqueueOptions(TypedDict, total=False):
+    """The keyword options of ``App.enqueue``: ``JobSpec``'s fields after ``args``."""
+
+    queue: str | None
+    priority: int | None
+    delay: timedelta | float | None
+    run_at: datetime | None
+    max_attempts: int | None
+    timeout: timedelta | float | None
+    unique_key: str | None
+    unique_for: timedelta | None
+    tags: Sequence[str]
+    meta: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """The result of an enqueue: the job's id, and whether it was a duplicate (the id is
+    then the existing job's). A duplicate is a result, not an error."""
+
+    id: int
+    duplicate: bool = False
+
+
+class JobRow(NamedTuple):
+    """A validated ``JobSpec``, in the shape the SQL takes."""
+
+    queue: str
+    task: str
+    priority: int
+    max_attempts: int
+    args: str
+    run_at: datetime | None
+    delay: timedelta
+    timeout_seconds: float | None
+    unique_key: str | None
+    unique_for: timedelta | None
+    tags: list[str]
+    meta: str
+
+
+def prepare(spec: JobSpec, registry: TaskRegistry, *, strict: bool, max_payload_bytes: int) -> JobRow:
+    """Validate ``spec`` completely, or raise an ``InvalidJobError``. No I/O."""
+    task: Task | None
+    if isinstance(spec.task, Task):
+        task = spec.task
+    else:
+        name = check_task_name(spec.task)
+        task = registry.get(name)
+        if task is None and strict:
+            known = ", ".join(t.name for t in registry) or "none"
+            raise UnknownTaskError(
+                f"unknown task {name!r} (registered: {known}); register it with @app.task "
+                "or create the App with strict=False to enqueue by name for another service"
+            )
+    args_json = encode_json_object(spec.args, "args")
+    if task is not None:
+        task.check_args(spec.args)
+    meta_json = encode_json_object(spec.meta, "meta") if spec.meta is not None else "{}"
+    check_payload_size(args_json, meta_json, max_payload_bytes)
+
+    if spec.delay is not None and spec.run_at is not None:
+        raise InvalidOptionError("give either delay or run_at, not both")
+    if spec.run_at is not None:
+        if not isinstance(spec.run_at, datetime):
+            raise InvalidOptionError(f"run_at must be a datetime, got {type(spec.run_at).__name__}")
+        if spec.run_at.tzinfo is None or spec.run_at.utcoffset() is None:
+            raise InvalidOptionError(
+                "run_at is a naive datetime; pass an aware one (e.g. datetime.now(UTC) + ...) "
+                "so the database cannot misread its time zone"
+            )
+    delay = _as_timedelta(spec.delay, "delay") or timedelta(0)
+    if delay < timedelta(0):
+        raise InvalidOptionError(f"delay must not be negative, got {delay}")
+
+    timeout = spec.timeout
+    if isinstance(timeout, timedelta):
+        timeout = timeout.total_seconds()
+    if timeout is not None:
+        timeout_seconds = check_timeout(timeout)
+    else:
+        timeout_seconds = task.timeout if task is not None else None
+
+    unique_key = None
+    if spec.unique_key is not None:
+        unique_key = check_free_text(spec.unique_key, "unique_key", MAX_UNIQUE_KEY_BYTES)
+    unique_for = _as_timedelta(spec.unique_for, "unique_for")
+    if unique_for is not None:
+        if unique_key is None:
+            raise InvalidOptionError("unique_for needs a unique_key")
+        if unique_for <= timedelta(0):
+            raise InvalidOptionError(f"unique_for must be positive, got {unique_for}")
+
+    return JobRow(
+        queue=check_queue(spec.queue if spec.queue is not None else (task.queue if task else DEFAULT_QUEUE)),
+        task=task.name if task else check_task_name(spec.task),
+        priority=check_priority(spec.priority if spec.priority is not None
+                                else (task.priority if task else DEFAULT_PRIORITY)),
+        max_attempts=check_max_attempts(spec.max_attempts if spec.max_attempts is not None
+                                        else (task.max_attempts if task else DEFAULT_MAX_ATTEMPTS)),
+        args=args_json,
+        run_at=spec.run_at,
+        delay=delay,
+        timeout_seconds=timeout_seconds,
+        unique_key=unique_key,
+        unique_for=unique_for,
+        tags=check_tags(spec.tags),
+        meta=meta_json,
+    )
+
+
+def _as_timedelta(value: timedelta | float | None, what: str) -> timedelta | None:
+    if value is None or isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidOptionError(f"{what} must be a timedelta or seconds, got {value!r}")
+    try:
+        return timedelta(seconds=value)
+    except (OverflowError, ValueError):
+        raise InvalidOptionError(f"{what} is out of range: {value!r}") from None
+
+
+# --- plans: the algorithms, as SQL steps -----------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Exec:
+    """Run the named statement; the driver sends back its rows (``[]`` if none)."""
+
+    name: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """COPY ``rows`` in with the named statement; the driver sends back ``None``."""
+
+    name: str
+    rows: Sequence[Sequence[Any]]
+
+
+Step = Exec | Copy
+Plan = Generator[Step, Any, Any]
+
+
+def plan_enqueue_one(row: JobRow, now: datetime | None) -> Generator[Step, Any, Enqueued]:
+    params = {**row._asdict(), "now": now}
+    for _ in range(_UNIQUE_RETRIES):
+        inserted = yield Exec("job_insert", params)
+        if inserted:
+            return Enqueued(inserted[0][0])
+        holder = yield Exec("job_unique_holder_release",
+                            {"task": row.task, "unique_key": row.unique_key, "now": now})
+        if holder and not holder[0][1]:
+            return Enqueued(holder[0][0], duplicate=True)
+        # The holder vanished or its hold lapsed and was released: insert again.
+    raise DatabaseError(
+        f"unique key {row.unique_key!r} of task {row.task!r} changed hands "
+        f"{_UNIQUE_RETRIES} times during one enqueue"
+    )
+
+
+def plan_enqueue_many(rows: Sequence[JobRow], now: datetime | None) -> Generator[Step, Any, list[Enqueued]]:
+    """Keyless jobs go in by COPY; jobs with unique keys by one INSERT … ON CONFLICT for
+    the batch. Round trips per call, not per job: 2 for keyless, 3 (+1 if any key was
+    taken) for keyed; a key whose holder changed mid-call falls back to the one-job plan."""
+    results: list[Enqueued | None] = [None] * len(rows)
+    keyless = [i for i, r in enumerate(rows) if r.unique_key is None]
+    keyed = [i for i, r in enumerate(rows) if r.unique_key is not None]
+
+    if keyless:
+        ((db_now, ids),) = yield Exec("clock_now_and_ids", {"now": now, "n": len(keyless)})
+        copy_rows = []
+        for job_id, i in zip(ids, keyless, strict=True):
+            r = rows[i]
+            run_at = r.run_at if r.run_at is not None else db_now + r.delay
+            state = "scheduled" if run_at > db_now else "available"
+            copy_rows.append((job_id, r.queue, r.task, state, r.priority, r.max_attempts,
+                              r.args, run_at, db_now, r.timeout_seconds, r.tags, r.meta))
+            results[i] = Enqueued(job_id)
+        yield Copy("job_copy", copy_rows)
+
+    if keyed:
+        keys = {"tasks": [rows[i].task for i in keyed],
+                "unique_keys": [rows[i].unique_key for i in keyed], "now": now}
+        yield Exec("job_unique_release_lapsed_many", keys)
+        inserted = yield Exec("job_insert_unique_many", _columns(rows, keyed, now))
+        new_ids = {(task, key): job_id for job_id, task, key in inserted}
+        taken: set[tuple[str, str | None]] = set()
+        missing = []
+        for i in keyed:
+            key = (rows[i].task, rows[i].unique_key)
+            if key in new_ids:
+                # The batch's first row with this key was inserted; later ones duplicate it.
+                results[i] = Enqueued(new_ids[key], duplicate=key in taken)
+                taken.add(key)
+            else:
+                missing.append(i)
+        if missing:
+            held = yield Exec("job_unique_holders_many", {
+                "tasks": [rows[i].task for i in missing],
+                "unique_keys": [rows[i].unique_key for i in missing], "now": now})
+            holders = {(task, key): job_id for task, key, job_id in held}
+            for i in missing:
+                holder = holders.get((rows[i].task, rows[i].unique_key))
+                if holder is not None:
+                    results[i] = Enqueued(holder, duplicate=True)
+                else:
+                    results[i] = yield from plan_enqueue_one(rows[i], now)
+    return [r for r in results if r is not None]
+
+
+def _columns(rows: Sequence[JobRow], indexes: Sequence[int], now: datetime | None) -> dict[str, Any]:
+    picked = [rows[i] for i in indexes]
+    return {
+        "queue": [r.queue for r in picked],
+        "task": [r.task for r in picked],
+        "priority": [r.priority for r in picked],
+        "max_attempts": [r.max_attempts for r in picked],
+        "args": [r.args for r in picked],
+        "run_at": [r.run_at for r in picked],
+        "delay": [r.delay for r in picked],
+        "timeout_seconds": [r.timeout_seconds for r in picked],
+        "unique_key": [r.unique_key for r in picked],
+        "unique_for": [r.unique_for for r in picked],
+        "tags": [json.dumps(r.tags) for r in picked],
+        "meta": [r.meta for r in picked],
+        "ord": list(range(len(picked))),
+        "now": now,
+    }

@@ -1,0 +1,78 @@
+"""Everything pgq raises, in two families.
+
+``PgqError`` is a failure *of pgq*: bad configuration, bad input to enqueue, an
+unreachable database. Job outcomes a task raises on purpose (retry later, snooze,
+cancel) are a separate family that arrives with the worker; they are not errors.
+
+    PgqError
+    ├── ConfigError                  settings, URLs, an --app that cannot be imported
+    ├── DatabaseError                a database call failed (the driver error is __cause__)
+    │   └── DatabaseUnavailable      cannot connect at all
+    ├── MigrationError               the schema is missing, old, or a migration failed
+    ├── UnsupportedConnectionError   conn= is not a psycopg 3 / SQLAlchemy-on-psycopg object
+    ├── TaskDefinitionError          a @task declaration is invalid
+    └── InvalidJobError              enqueue input rejected before any SQL ran
+        ├── UnknownTaskError         task name not registered (strict registry)
+        ├── InvalidIdentifierError   queue, task, tag or unique key with bad characters/length
+        ├── InvalidArgsError         args or meta that JSON cannot carry faithfully
+        │   └── PayloadTooLargeError args + meta over the configured byte cap
+        └── InvalidOptionError       priority out of range, naive datetime, bad delay, ...
+
+Every ``InvalidJobError`` is raised before pgq sends anything to the database, so a
+rejected enqueue writes nothing. Driver exceptions are wrapped once, at the boundary
+(``pgq.database``), with the original attached as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class PgqError(Exception):
+    """Base class of every error pgq raises."""
+
+
+class ConfigError(PgqError):
+    """Settings are invalid: a malformed URL, an out-of-range limit, an unimportable app."""
+
+
+class DatabaseError(PgqError):
+    """A database operation failed; the psycopg exception is ``__cause__``."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """pgq could not connect to PostgreSQL (refused, timed out, authentication failed)."""
+
+
+class MigrationError(PgqError):
+    """The pgq schema is missing or not at the expected revision, or migrating failed."""
+
+
+class UnsupportedConnectionError(PgqError):
+    """``conn=`` was given an object pgq cannot enqueue through."""
+
+
+class TaskDefinitionError(PgqError):
+    """A task declaration is invalid (bad name, defaults out of range, duplicate name)."""
+
+
+class InvalidJobError(PgqError):
+    """Enqueue input was rejected before any SQL was sent; nothing was written."""
+
+
+class UnknownTaskError(InvalidJobError):
+    """The task name is not registered and the registry is strict."""
+
+
+class InvalidIdentifierError(InvalidJobError):
+    """A queue name, task name, tag or unique key has characters or a length pgq refuses."""
+
+
+class InvalidArgsError(InvalidJobError):
+    """Args or meta cannot be stored as JSON without changing their meaning."""
+
+
+class PayloadTooLargeError(InvalidArgsError):
+    """The encoded args and meta exceed ``Settings.max_payload_bytes``."""
+
+
+class InvalidOptionError(InvalidJobError):
+    """An enqueue option is out of range or of the wrong kind."""

@@ -1,0 +1,112 @@
+-- Every statement pgq runs at run time, in one place, named noun_verb so related
+-- statements sort together. Loaded once by pgq/queries.py; executed only by
+-- pgq/database.py. Parameters use psycopg's %(name)s style.
+--
+-- Time: a statement that needs "now" takes %(now)s and uses coalesce(%(now)s, now()),
+-- so production uses the database clock (now = NULL) and tests inject a fixed time.
+
+-- name: clock_now_and_ids
+-- One round trip before a bulk COPY: the database's "now" (so state and run_at are
+-- decided by the database clock, not the client's) and n fresh job ids, because COPY
+-- cannot return the ids it assigned.
+SELECT coalesce(%(now)s::timestamptz, now()) AS now,
+       array(SELECT nextval(pg_get_serial_sequence('pgq_jobs', 'id'))
+             FROM generate_series(1, %(n)s)) AS ids;
+
+-- name: job_insert
+-- One job. ON CONFLICT targets the partial unique index: a key already held makes this
+-- return no row, and the caller looks for the holder (job_unique_holder_release). A
+-- concurrent, uncommitted holder makes this statement wait for that transaction: if it
+-- commits we conflict, if it rolls back we insert. That wait is what makes the key safe
+-- under concurrent transactions without any lock of our own.
+INSERT INTO pgq_jobs AS j (
+    queue, task, state, priority, max_attempts, args, run_at, created_at,
+    timeout_seconds, unique_key, unique_until, unique_held, tags, meta)
+SELECT %(queue)s, %(task)s,
+       CASE WHEN t.run_at > t.now THEN 'scheduled' ELSE 'available' END,
+       %(priority)s, %(max_attempts)s, %(args)s::jsonb, t.run_at, t.now,
+       %(timeout_seconds)s, %(unique_key)s, t.now + %(unique_for)s::interval,
+       %(unique_key)s::text IS NOT NULL, %(tags)s::text[], %(meta)s::jsonb
+FROM (SELECT n.now,
+             coalesce(%(run_at)s::timestamptz, n.now + %(delay)s::interval) AS run_at
+      FROM (SELECT coalesce(%(now)s::timestamptz, now()) AS now) AS n) AS t
+ON CONFLICT (task, unique_key) WHERE unique_held DO NOTHING
+RETURNING j.id;
+
+-- name: job_unique_holder_release
+-- After job_insert conflicted: find the row holding (task, unique_key) and, if its hold
+-- has lapsed, release it in the same statement. A hold lapses when the job failed or was
+-- cancelled, or completed with no window or after its window (unique_until). Returns
+-- no row if the holder vanished meanwhile (its transaction rolled back, or it was
+-- pruned); released = true if it was released. Either way the caller inserts again.
+-- The UPDATE re-checks its conditions on the row's latest version, so two releasers
+-- cannot both think they released it, and no row lock is taken on an active holder.
+WITH holder AS (
+    SELECT id FROM pgq_jobs
+    WHERE task = %(task)s AND unique_key = %(unique_key)s AND unique_held
+), released AS (
+    UPDATE pgq_jobs AS j SET unique_held = false
+    FROM holder AS h
+    WHERE j.id = h.id AND j.unique_held
+      AND (j.state IN ('failed', 'cancelled')
+           OR (j.state = 'completed'
+               AND (j.unique_until IS NULL
+                    OR j.unique_until <= coalesce(%(now)s::timestamptz, now()))))
+    RETURNING j.id
+)
+SELECT h.id, EXISTS (SELECT 1 FROM released) AS released FROM holder AS h;
+
+-- name: job_unique_release_lapsed_many
+-- Bulk enqueue, before inserting: release every lapsed hold on the batch's keys, so the
+-- insert below conflicts only with holds that still count.
+UPDATE pgq_jobs AS j SET unique_held = false
+FROM unnest(%(tasks)s::text[], %(unique_keys)s::text[]) AS k(task, unique_key)
+WHERE j.task = k.task AND j.unique_key = k.unique_key AND j.unique_held
+  AND (j.state IN ('failed', 'cancelled')
+       OR (j.state = 'completed'
+           AND (j.unique_until IS NULL
+                OR j.unique_until <= coalesce(%(now)s::timestamptz, now()))));
+
+-- name: job_insert_unique_many
+-- Bulk enqueue of jobs that carry unique keys: one statement for the batch. Rows whose
+-- key is held (by an existing job or an earlier row of the same batch) are skipped by
+-- ON CONFLICT; RETURNING names the inserted rows by (task, unique_key), which is unique
+-- among them, so the caller can map ids back to its input.
+INSERT INTO pgq_jobs AS j (
+    queue, task, state, priority, max_attempts, args, run_at, created_at,
+    timeout_seconds, unique_key, unique_until, unique_held, tags, meta)
+SELECT r.queue, r.task,
+       CASE WHEN t.run_at > n.now THEN 'scheduled' ELSE 'available' END,
+       r.priority, r.max_attempts, r.args::jsonb, t.run_at, n.now,
+       r.timeout_seconds, r.unique_key, n.now + r.unique_for, true,
+       ARRAY(SELECT jsonb_array_elements_text(r.tags::jsonb)), r.meta::jsonb
+FROM (SELECT coalesce(%(now)s::timestamptz, now()) AS now) AS n,
+     unnest(%(queue)s::text[], %(task)s::text[], %(priority)s::smallint[],
+            %(max_attempts)s::int[], %(args)s::text[], %(run_at)s::timestamptz[],
+            %(delay)s::interval[], %(timeout_seconds)s::float8[], %(unique_key)s::text[],
+            %(unique_for)s::interval[], %(tags)s::text[], %(meta)s::text[], %(ord)s::int[])
+       AS r(queue, task, priority, max_attempts, args, run_at, delay, timeout_seconds,
+            unique_key, unique_for, tags, meta, ord),
+     LATERAL (SELECT coalesce(r.run_at, n.now + r.delay) AS run_at) AS t
+ORDER BY r.ord
+ON CONFLICT (task, unique_key) WHERE unique_held DO NOTHING
+RETURNING j.id, j.task, j.unique_key;
+
+-- name: job_unique_holders_many
+-- Bulk enqueue, after job_insert_unique_many skipped rows: who holds each of those keys.
+-- Only holds that still count are returned; a key whose holder rolled back or lapsed
+-- since job_unique_release_lapsed_many ran is retried one by one by the caller.
+SELECT j.task, j.unique_key, j.id
+FROM unnest(%(tasks)s::text[], %(unique_keys)s::text[]) AS k(task, unique_key)
+JOIN pgq_jobs AS j
+  ON j.task = k.task AND j.unique_key = k.unique_key AND j.unique_held
+WHERE j.state IN ('scheduled', 'available', 'running', 'retryable')
+   OR (j.state = 'completed'
+       AND j.unique_until > coalesce(%(now)s::timestamptz, now()));
+
+-- name: job_copy
+-- Bulk enqueue of jobs without unique keys: COPY is the fastest way in. Ids, state and
+-- run_at come from clock_now_and_ids, so the database clock still decides them.
+COPY pgq_jobs (id, queue, task, state, priority, max_attempts, args, run_at, created_at,
+               timeout_seconds, tags, meta)
+FROM STDIN;

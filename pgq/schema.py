@@ -1,0 +1,115 @@
+"""The pgq schema described with SQLAlchemy Core.
+
+This is the *public, stable* description of the tables operators audit with SQL and
+applications may read in their own sessions (``select(pgq.schema.jobs)``). Alembic
+revisions in ``migrations/`` create exactly this; a test fails if the two drift.
+pgq's runtime statements do not go through these objects: they are hand-written SQL in
+``pgq/queries.sql``.
+
+Index budget (every index costs every insert and every state change):
+
+``pgq_jobs_claim_idx``
+    ``(queue, priority, run_at, id) WHERE state IN ('available','scheduled','retryable')``:
+    the claim's WHERE and ORDER BY, exactly. Partial, so finished rows — the vast
+    majority of a busy table — are not in it and the claim never walks them.
+``pgq_jobs_task_created_idx``
+    ``(task, created_at)``: audits by task and time ("failures of X this week", p95 run
+    time per task) and per-task retention; without it every audit scans the table.
+``pgq_jobs_unique_idx``
+    ``UNIQUE (task, unique_key) WHERE unique_held``: the database, not the client,
+    enforces "one job per key", so it holds under concurrent transactions and rollbacks.
+    Partial, so only jobs that currently hold a key pay for it.
+
+Lease columns (``lease_owner``, ``lease_expires_at``) are deliberately unindexed so the
+heartbeat's updates can stay HOT (no index maintenance).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Double,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+from pgq.states import CLAIMABLE_STATES, JobState
+
+metadata = MetaData()
+
+_STATE_LIST = ", ".join(f"'{s.value}'" for s in JobState)
+_CLAIMABLE_LIST = ", ".join(f"'{s.value}'" for s in sorted(CLAIMABLE_STATES))
+
+jobs = Table(
+    "pgq_jobs",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True,
+           comment="Job id, assigned at enqueue; never reused."),
+    Column("queue", Text, nullable=False, server_default=text("'default'"),
+           comment="Queue the job waits in; workers subscribe to queues."),
+    Column("task", Text, nullable=False, comment="Registered task name that runs the job."),
+    Column("state", Text, nullable=False, server_default=text("'available'"),
+           comment="scheduled | available | running | retryable | completed | failed | cancelled"),
+    Column("priority", SmallInteger, nullable=False, server_default=text("0"),
+           comment="-100..100; lower runs first within a queue."),
+    Column("attempt", Integer, nullable=False, server_default=text("0"),
+           comment="Attempts started so far (a claim increments it)."),
+    Column("max_attempts", Integer, nullable=False, server_default=text("25"),
+           comment="Attempts allowed before the job ends failed."),
+    Column("args", JSONB, nullable=False, server_default=text("'{}'::jsonb"),
+           comment="Keyword arguments for the task (JSON object)."),
+    Column("run_at", DateTime(timezone=True), nullable=False, server_default=text("now()"),
+           comment="Earliest time the job may run (database clock)."),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()"),
+           comment="Enqueue time (transaction start of the enqueuing transaction)."),
+    Column("started_at", DateTime(timezone=True),
+           comment="Start of the latest attempt."),
+    Column("finished_at", DateTime(timezone=True),
+           comment="When the job reached completed, failed or cancelled."),
+    Column("lease_owner", Text, comment="Worker holding the lease while running."),
+    Column("lease_expires_at", DateTime(timezone=True),
+           comment="Lease expiry (database clock); past it the job is reclaimed."),
+    Column("timeout_seconds", Double, comment="Per-attempt time limit; NULL for none."),
+    Column("unique_key", Text, comment="Deduplication key, unique per task while held."),
+    Column("unique_until", DateTime(timezone=True),
+           comment="End of the unique window: a completed job holds its key until then."),
+    Column("unique_held", Boolean, nullable=False, server_default=text("false"),
+           comment="True while this row may hold unique_key; released lazily."),
+    Column("tags", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]"),
+           comment="Free-form labels for audits and filtering."),
+    Column("meta", JSONB, nullable=False, server_default=text("'{}'::jsonb"),
+           comment="Application metadata (tenant, request id, ...); not passed to the task."),
+    Column("errors", JSONB, nullable=False, server_default=text("'[]'::jsonb"),
+           comment="One entry per failed attempt: attempt, at, type, message, traceback, worker."),
+    Column("result", JSONB, comment="Return value of the successful attempt."),
+    CheckConstraint(f"state IN ({_STATE_LIST})", name="pgq_jobs_state_check"),
+    CheckConstraint("priority BETWEEN -100 AND 100", name="pgq_jobs_priority_check"),
+    CheckConstraint("attempt >= 0", name="pgq_jobs_attempt_check"),
+    CheckConstraint("max_attempts >= 1", name="pgq_jobs_max_attempts_check"),
+    CheckConstraint("NOT unique_held OR unique_key IS NOT NULL", name="pgq_jobs_unique_held_check"),
+    comment="pgq jobs: one row per job, the source of truth. See docs/schema.md.",
+)
+
+Index(
+    "pgq_jobs_claim_idx",
+    jobs.c.queue, jobs.c.priority, jobs.c.run_at, jobs.c.id,
+    postgresql_where=text(f"state IN ({_CLAIMABLE_LIST})"),
+)
+Index("pgq_jobs_task_created_idx", jobs.c.task, jobs.c.created_at)
+Index(
+    "pgq_jobs_unique_idx",
+    jobs.c.task, jobs.c.unique_key,
+    unique=True,
+    postgresql_where=text("unique_held"),
+)

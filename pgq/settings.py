@@ -1,0 +1,169 @@
+"""pgq's one settings object: built once (from the environment, or from CLI flags that
+default to the same ``PGQ_*`` variables), validated, frozen, and passed explicitly.
+
+Every field says its default and what it changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+import psycopg.conninfo
+
+from pgq.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@localhost:5432/postgres"
+"""Where pgq looks when ``PGQ_DATABASE_URL`` is unset: the usual local development server."""
+
+_PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg"}
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
+
+ENV_DATABASE_URL = "PGQ_DATABASE_URL"
+ENV_REDIS_URL = "PGQ_REDIS_URL"
+ENV_MAX_PAYLOAD_BYTES = "PGQ_MAX_PAYLOAD_BYTES"
+ENV_POOL_MAX_SIZE = "PGQ_POOL_MAX_SIZE"
+ENV_CONNECT_TIMEOUT = "PGQ_CONNECT_TIMEOUT"
+
+
+def normalize_database_url(url: str) -> str:
+    """Return ``url`` as a libpq URL (``postgresql://…``) or raise ``ConfigError``.
+
+    Accepts the three spellings users bring: ``postgresql://`` (libpq), ``postgres://``
+    (Heroku and friends) and ``postgresql+psycopg://`` (SQLAlchemy).
+    """
+    url = url.strip()
+    parts = _split(url, "database URL")
+    if parts.scheme not in _PG_SCHEMES:
+        raise ConfigError(
+            f"database URL must start with postgresql://, postgres:// or "
+            f"postgresql+psycopg://, got {parts.scheme or 'no scheme'}:// ({redact_url(url)})"
+        )
+    libpq = urlunsplit(parts._replace(scheme="postgresql"))
+    try:
+        psycopg.conninfo.conninfo_to_dict(libpq)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"invalid database URL {redact_url(url)}: {exc}") from None
+    return libpq
+
+
+def normalize_redis_url(url: str) -> str:
+    url = url.strip()
+    parts = _split(url, "Redis URL")
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise ConfigError(
+            f"Redis URL must start with redis://, rediss:// or unix://, "
+            f"got {parts.scheme or 'no scheme'}:// ({redact_url(url)})"
+        )
+    return url
+
+
+def _split(url: str, what: str) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise ConfigError(f"invalid {what} {redact_url(url)}: {exc}") from None
+    return parts
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: the only form pgq ever prints or logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """The SQLAlchemy spelling of a normalized libpq URL (psycopg 3 dialect)."""
+    return "postgresql+psycopg" + database_url[len("postgresql") :]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    """libpq URL of the PostgreSQL database holding the pgq tables (``PGQ_DATABASE_URL``).
+    Stored normalized; print it only through :func:`redact_url`."""
+
+    redis_url: str | None = None
+    """Redis URL (``PGQ_REDIS_URL``). ``None`` runs pgq on PostgreSQL alone: every Redis
+    role has a PostgreSQL fallback, so this changes speed and load, never correctness."""
+
+    max_payload_bytes: int = 1024 * 1024
+    """Cap on a job's encoded args plus meta, in bytes (``PGQ_MAX_PAYLOAD_BYTES``, default
+    1 MiB). Large blobs belong in object storage; the job should carry their key."""
+
+    pool_max_size: int = 4
+    """Connections in pgq's own pool, used by enqueues that bring no ``conn=``
+    (``PGQ_POOL_MAX_SIZE``, default 4). Enqueues into your transaction use your connection."""
+
+    connect_timeout: float = 5.0
+    """Seconds to wait for a PostgreSQL connection before failing with
+    ``DatabaseUnavailable`` (``PGQ_CONNECT_TIMEOUT``, default 5)."""
+
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Reserved for settings later components add; unknown keys are kept, not interpreted."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "database_url", normalize_database_url(self.database_url))
+        if self.redis_url is not None:
+            object.__setattr__(self, "redis_url", normalize_redis_url(self.redis_url))
+        if not 1024 <= self.max_payload_bytes <= 256 * 1024 * 1024:
+            raise ConfigError(
+                f"max_payload_bytes must be between 1024 and 268435456, got {self.max_payload_bytes}"
+            )
+        if not 1 <= self.pool_max_size <= 1000:
+            raise ConfigError(f"pool_max_size must be between 1 and 1000, got {self.pool_max_size}")
+        if not 0 < self.connect_timeout <= 600:
+            raise ConfigError(
+                f"connect_timeout must be in (0, 600] seconds, got {self.connect_timeout}"
+            )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from ``PGQ_*`` variables; keyword overrides that are not ``None``
+        (typically CLI flags) win over the environment."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if url := env.get(ENV_DATABASE_URL):
+            values["database_url"] = url
+        if url := env.get(ENV_REDIS_URL):
+            values["redis_url"] = url
+        for key, var, conv in (
+            ("max_payload_bytes", ENV_MAX_PAYLOAD_BYTES, int),
+            ("pool_max_size", ENV_POOL_MAX_SIZE, int),
+            ("connect_timeout", ENV_CONNECT_TIMEOUT, float),
+        ):
+            if raw := env.get(var):
+                try:
+                    values[key] = conv(raw)
+                except ValueError:
+                    raise ConfigError(f"{var} must be a number, got {raw!r}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return sqlalchemy_url(self.database_url)
+
+    def __repr__(self) -> str:
+        redis = redact_url(self.redis_url) if self.redis_url else None
+        return (
+            f"Settings(database_url={redact_url(self.database_url)!r}, redis_url={redis!r}, "
+            f"max_payload_bytes={self.max_payload_bytes}, pool_max_size={self.pool_max_size}, "
+            f"connect_timeout={self.connect_timeout})"
+        )

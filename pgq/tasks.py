@@ -1,0 +1,131 @@
+"""Tasks: named Python functions a job can run, and the registry that maps names to them.
+
+A task is declared with ``@app.task(...)`` and carries the defaults its jobs get unless
+an enqueue overrides them. Arguments travel as a JSON object and are passed as keyword
+arguments. A task that wants its run-time context (job id, attempt, lease deadline, ...)
+declares a first positional parameter named ``ctx``; the worker passes it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgq.errors import InvalidArgsError, PgqError, TaskDefinitionError
+from pgq.validation import (
+    check_max_attempts,
+    check_priority,
+    check_queue,
+    check_task_name,
+    check_timeout,
+)
+
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 0
+DEFAULT_MAX_ATTEMPTS = 25
+"""25 attempts with the default backoff spread retries over roughly three weeks, long
+enough to outlast a weekend outage of a dependency (Sidekiq chose the same number)."""
+
+CONTEXT_PARAMETER = "ctx"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A registered task. Calling it calls the function directly (handy in tests)."""
+
+    name: str
+    fn: Callable[..., Any]
+    queue: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float | None = None
+    """Seconds one attempt may take; ``None`` for no limit."""
+    takes_context: bool = field(default=False)
+    is_async: bool = field(default=False)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def check_args(self, args: Mapping[str, Any]) -> None:
+        """Reject args the function could not be called with, at enqueue time rather than
+        as a failed attempt later."""
+        sig = inspect.signature(self.fn)
+        leading = (None,) if self.takes_context else ()
+        try:
+            sig.bind(*leading, **args)
+        except TypeError as exc:
+            raise InvalidArgsError(f"args do not fit task {self.name!r}{sig}: {exc}") from None
+
+
+class TaskRegistry:
+    """Task names to ``Task`` objects; a name can be registered once."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+
+    def register(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | None = None,
+    ) -> Task:
+        task_name = name if name is not None else default_task_name(fn)
+        try:
+            task = Task(
+                name=check_task_name(task_name),
+                fn=fn,
+                queue=check_queue(queue),
+                priority=check_priority(priority),
+                max_attempts=check_max_attempts(max_attempts),
+                timeout=check_timeout(timeout),
+                takes_context=_takes_context(fn),
+                is_async=inspect.iscoroutinefunction(fn),
+            )
+        except PgqError as exc:
+            raise TaskDefinitionError(f"task {task_name!r}: {exc}") from None
+        existing = self._tasks.get(task.name)
+        if existing is not None and existing.fn is not fn:
+            raise TaskDefinitionError(
+                f"task name {task.name!r} is already registered to "
+                f"{existing.fn.__module__}.{existing.fn.__qualname__}"
+            )
+        self._tasks[task.name] = task
+        return task
+
+    def get(self, name: str) -> Task | None:
+        return self._tasks.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(sorted(self._tasks.values(), key=lambda t: t.name))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+def default_task_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname``: stable across processes, unlike anything derived from ``__main__``."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    if module in (None, "__main__") or "<locals>" in qualname or "<lambda>" in qualname:
+        raise TaskDefinitionError(
+            f"cannot derive a stable task name for {qualname or fn!r} "
+            f"(module {module!r}); pass name=... to @app.task"
+        )
+    return f"{module}.{qualname}"
+
+
+def _takes_context(fn: Callable[..., Any]) -> bool:
+    params = list(inspect.signature(fn).parameters.values())
+    return bool(params) and params[0].name == CONTEXT_PARAMETER and params[0].kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )

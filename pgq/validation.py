@@ -1,0 +1,182 @@
+"""Checks every enqueue input passes before any SQL is sent.
+
+Identifiers are restricted so they are safe everywhere pgq puts them: SQL literals in
+audit queries, CLI syntax (``--queues critical=6,default:5``), log lines and Redis keys.
+Payloads must survive a JSON round trip *unchanged*: a tuple silently becoming a list or
+an integer key becoming a string is a bug the task would only discover at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pgq.errors import (
+    InvalidArgsError,
+    InvalidIdentifierError,
+    InvalidOptionError,
+    PayloadTooLargeError,
+)
+
+QUEUE_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,62}")
+"""Queue names: 1–63 ASCII letters, digits, ``_ . -``; no ``, = :`` (CLI syntax) or spaces."""
+
+TASK_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,127}")
+"""Task names: 1–128 ASCII chars, starting with a letter or ``_``; ``.`` and ``:`` allowed
+so module paths (``shop.emails.send``) and namespaces (``email:receipt``) both fit."""
+
+MAX_UNIQUE_KEY_BYTES = 512
+MAX_TAG_BYTES = 64
+MAX_TAGS = 32
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+MAX_ATTEMPTS_LIMIT = 1000
+
+
+def check_queue(name: object) -> str:
+    return _check_identifier(name, QUEUE_PATTERN, "queue name", 63)
+
+
+def check_task_name(name: object) -> str:
+    return _check_identifier(name, TASK_PATTERN, "task name", 128)
+
+
+def _check_identifier(value: object, pattern: re.Pattern[str], what: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidIdentifierError(f"{what} must be a string, got {type(value).__name__}")
+    if not pattern.fullmatch(value):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise InvalidIdentifierError(
+            f"invalid {what} {shown!r}: use 1-{limit} ASCII letters, digits and "
+            f"{'_ . -' if what == 'queue name' else '_ . : -'}, starting with a letter, digit or _"
+        )
+    return value
+
+
+def check_free_text(value: object, what: str, max_bytes: int) -> str:
+    """Unique keys and tags: any printable text without NUL, bounded in bytes."""
+    if not isinstance(value, str):
+        raise InvalidIdentifierError(f"{what} must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidIdentifierError(f"{what} must not be empty")
+    if "\x00" in value:
+        raise InvalidIdentifierError(f"{what} must not contain NUL characters")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidIdentifierError(f"{what} is not valid Unicode (lone surrogate)") from None
+    if size > max_bytes:
+        raise InvalidIdentifierError(f"{what} is {size} bytes; the limit is {max_bytes}")
+    return value
+
+
+def check_tags(tags: Iterable[str]) -> list[str]:
+    if isinstance(tags, str):
+        raise InvalidIdentifierError("tags must be a list of strings, not one string")
+    out = [check_free_text(t, "tag", MAX_TAG_BYTES) for t in tags]
+    if len(out) > MAX_TAGS:
+        raise InvalidIdentifierError(f"a job may carry at most {MAX_TAGS} tags, got {len(out)}")
+    return out
+
+
+def check_priority(priority: object) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidOptionError(f"priority must be an int, got {type(priority).__name__}")
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidOptionError(
+            f"priority must be between {PRIORITY_MIN} (runs first) and {PRIORITY_MAX}, "
+            f"got {priority}"
+        )
+    return priority
+
+
+def check_max_attempts(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOptionError(f"max_attempts must be an int, got {type(value).__name__}")
+    if not 1 <= value <= MAX_ATTEMPTS_LIMIT:
+        raise InvalidOptionError(
+            f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {value}"
+        )
+    return value
+
+
+def check_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidOptionError(f"timeout must be seconds (int or float), got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidOptionError(f"timeout must be a positive number of seconds, got {value}")
+    return float(value)
+
+
+def encode_json_object(value: object, what: str) -> str:
+    """Encode a dict of JSON-native values, or raise ``InvalidArgsError`` naming the
+    offending path. The fast path is one C-level dump/load/compare round trip; the slow
+    walk runs only to explain a rejection."""
+    if not isinstance(value, Mapping):
+        raise InvalidArgsError(f"{what} must be a dict (a JSON object), got {type(value).__name__}")
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        faithful = json.loads(text) == value
+        text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError):
+        faithful = False
+    if not faithful or "\\u0000" in text:
+        problem = _find_unfaithful(value, what)
+        raise InvalidArgsError(problem)
+    return text
+
+
+def _find_unfaithful(value: Any, path: str) -> str:
+    """Describe the first value under ``path`` that JSON cannot carry unchanged."""
+    stack: list[tuple[str, Any, int]] = [(path, value, 0)]
+    while stack:
+        where, item, depth = stack.pop()
+        if depth > 100:
+            return f"{where} nests deeper than 100 levels"
+        if item is None or isinstance(item, bool | int):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return f"{where} is {item}, which JSON cannot represent"
+            continue
+        if isinstance(item, str):
+            if "\x00" in item:
+                return f"{where} contains a NUL character, which PostgreSQL jsonb rejects"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{where} is not valid Unicode (lone surrogate)"
+            continue
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return (
+                        f"{where} has a {type(key).__name__} key {key!r}; JSON object keys "
+                        f"are strings, so it would come back as {str(key)!r}"
+                    )
+                stack.append((f"{where}[{key!r}]", child, depth + 1))
+            continue
+        if isinstance(item, list):
+            stack.extend((f"{where}[{i}]", child, depth + 1) for i, child in enumerate(item))
+            continue
+        if isinstance(item, tuple):
+            return f"{where} is a tuple; it would come back as a list (pass a list)"
+        return (
+            f"{where} is a {type(item).__name__}; job args are JSON only "
+            "(dict, list, str, int, float, bool, None)"
+        )
+    return f"{path} does not survive a JSON round trip unchanged"
+
+
+def check_payload_size(args_json: str, meta_json: str, limit: int) -> None:
+    size = len(args_json.encode("utf-8")) + len(meta_json.encode("utf-8"))
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"job payload (args + meta) is {size} bytes; the limit is {limit} "
+            "(Settings.max_payload_bytes / PGQ_MAX_PAYLOAD_BYTES). "
+            "Store large data elsewhere and enqueue its key."
+        )

@@ -1,0 +1,99 @@
+"""Test-wide fixtures: real PostgreSQL and Redis by URL, never mocks.
+
+The run fails at once, loudly, if either service is unreachable: a green run must mean
+the tests ran. Each test that needs a database gets a fresh one, cloned from a migrated
+template made once per session, and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+
+from pgq import migrate
+from pgq.settings import Settings
+
+ADMIN_URL = os.environ.get("PGQ_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("PGQ_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    try:
+        with psycopg.connect(ADMIN_URL, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        pytest.exit(f"PostgreSQL is unreachable at {ADMIN_URL}: {exc}".strip(), returncode=3)
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).ping()
+    except redis.RedisError as exc:
+        pytest.exit(f"Redis is unreachable at {REDIS_URL}: {exc}", returncode=3)
+
+
+def url_for(database: str) -> str:
+    """ADMIN_URL pointed at another database on the same server."""
+    return urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{database}"))
+
+
+class Databases:
+    """Creates uniquely named databases on the test server and drops them at the end."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def create(self, template: str | None = None, prefix: str = "pgq_test") -> str:
+        name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            clause = f" TEMPLATE {template}" if template else ""
+            conn.execute(f"CREATE DATABASE {name}{clause}")
+        self.created.append(name)
+        return name
+
+    def drop_all(self) -> None:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            for name in reversed(self.created):
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.created.clear()
+
+
+@pytest.fixture(scope="session")
+def databases() -> Iterator[Databases]:
+    dbs = Databases()
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(databases: Databases) -> str:
+    name = databases.create(prefix="pgq_tpl")
+    migrate.upgrade(Settings(database_url=url_for(name)))
+    return name
+
+
+@pytest.fixture
+def empty_db_url(databases: Databases) -> str:
+    """A fresh database with nothing in it."""
+    return url_for(databases.create())
+
+
+@pytest.fixture
+def db_url(databases: Databases, migrated_template: str) -> str:
+    """A fresh database with the pgq schema at head."""
+    return url_for(databases.create(template=migrated_template))
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return Settings(database_url=db_url, redis_url=REDIS_URL)
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection for looking at the database from outside."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        yield c

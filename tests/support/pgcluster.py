@@ -1,0 +1,76 @@
+"""A throwaway PostgreSQL cluster on a spare port, for tests that need server settings
+the shared server does not have (more connections) or must stop and start the server.
+Never touches the shared server on 5432."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+def _bindir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if found:
+        return Path(found[-1]).parent
+    pg_ctl = shutil.which("pg_ctl")
+    if pg_ctl:
+        return Path(pg_ctl).parent
+    raise RuntimeError("no PostgreSQL server binaries (pg_ctl) on this machine")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PgCluster:
+    def __init__(self, **settings: str | int) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="pgq-cluster-"))
+        self.data = self.dir / "data"
+        self.settings = {"max_connections": 100, "fsync": "off", **settings}
+        self._bin = _bindir()
+        self._user: str | None = None
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            self._user = "postgres"
+            pw = pwd.getpwnam(self._user)
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        cmd = [str(self._bin / args[0]), *args[1:]]
+        if self._user:
+            cmd = ["runuser", "-u", self._user, "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> PgCluster:
+        if not self.data.exists():
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                      "--encoding=UTF8", "--no-sync")
+            with open(self.data / "postgresql.conf", "a") as conf:
+                for key, value in self.settings.items():
+                    conf.write(f"{key} = {value}\n")
+                conf.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n")
+                conf.write(f"unix_socket_directories = '{self.dir}'\n")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def destroy(self) -> None:
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
