@@ -189,13 +189,15 @@ def connect(settings: Settings, **kwargs: Any) -> psycopg.Connection[Any]:
     except psycopg.Error as exc:
         raise DatabaseUnavailable(
             f"cannot connect to PostgreSQL at {redact_url(settings.database_url)}: "
-            f"{_first_line(exc)}"
+            f"{connect_failure_reason(exc)}"
         ) from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[-1].strip() if text else type(exc).__name__
+def connect_failure_reason(exc: BaseException) -> str:
+    """The line of a libpq connection error that says what went wrong (its first; the
+    rest are hints like "Is the server running…")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 class Pools:

@@ -30,10 +30,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from pgq.errors import DatabaseError, DatabaseUnavailable, MigrationError
+from pgq.database import connect_failure_reason
+from pgq.errors import DatabaseUnavailable, MigrationError
 from pgq.settings import Settings, redact_url
 
 VERSION_TABLE = "pgq_alembic_version"
@@ -86,6 +87,7 @@ def upgrade(target: Settings | Connection, revision: str = "head") -> tuple[str 
     caller commits); given Settings, opens, migrates and commits."""
     script = script_directory()
     with _connection(target) as connection:
+        _lock(connection)
         before = current(connection)
         _run(connection, lambda rev, _ctx: script._upgrade_revs(revision, rev))
         return before, current(connection)
@@ -96,6 +98,7 @@ def downgrade(target: Settings | Connection, revision: str) -> tuple[str | None,
     pgq's version table."""
     script = script_directory()
     with _connection(target) as connection:
+        _lock(connection)
         before = current(connection)
         _run(connection, lambda rev, _ctx: script._downgrade_revs(revision, rev))
         if revision == "base":
@@ -126,10 +129,14 @@ def upgrade_sql(revision: str = "head", start: str | None = None) -> str:
     return buffer.getvalue()
 
 
-def _run(connection: Connection, fn: Any) -> None:
-    # One migrator at a time: workers that all run `pgq migrate` at boot queue up here
-    # instead of racing to create the same tables.
+def _lock(connection: Connection) -> None:
+    # One migrator at a time, held to the end of the transaction: workers that all run
+    # `pgq migrate` at boot queue up here, and each reads the revision only once it has
+    # the lock, instead of racing to create the same tables.
     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+
+
+def _run(connection: Connection, fn: Any) -> None:
     context = MigrationContext.configure(
         connection,
         opts={"version_table": VERSION_TABLE, "fn": fn, "transactional_ddl": True},
@@ -151,14 +158,14 @@ def _connection(target: Settings | Connection) -> Iterator[Connection]:
         connect_args={"connect_timeout": max(1, round(target.connect_timeout))},
     )
     try:
-        with engine.begin() as connection:
-            yield connection
-    except OperationalError as exc:
-        if getattr(exc, "connection_invalidated", False) or "connect" in str(exc.orig).lower():
-            reason = str(exc.orig).strip().splitlines()[-1] if str(exc.orig).strip() else "?"
+        try:
+            connection = engine.connect()
+        except DBAPIError as exc:
             raise DatabaseUnavailable(
-                f"cannot connect to PostgreSQL at {redact_url(target.database_url)}: {reason}"
+                f"cannot connect to PostgreSQL at {redact_url(target.database_url)}: "
+                f"{connect_failure_reason(exc.orig)}"
             ) from exc
-        raise DatabaseError(str(exc.orig)) from exc
+        with connection, connection.begin():
+            yield connection
     finally:
         engine.dispose()

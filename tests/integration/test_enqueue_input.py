@@ -1,0 +1,133 @@
+"""Bulk enqueue at scale, and bad input: a typed error before any SQL, nothing written."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+import pgq
+
+
+@pytest.fixture
+def app(settings: pgq.Settings) -> Iterator[pgq.App]:
+    with pgq.App(settings.with_changes(max_payload_bytes=64 * 1024)) as a:
+
+        @a.task(name="email.send", queue="critical", priority=-10, max_attempts=5, timeout=30)
+        def send(ctx: object, to: str, subject: str = "") -> None:
+            """A registered task, for signature checks."""
+
+        yield a
+
+
+def test_options_and_defaults_are_stored(app: pgq.App, conn: psycopg.Connection) -> None:
+    default = app.enqueue("email.send", {"to": "a@example.com"})
+    custom = app.enqueue(
+        "email.send", {"to": "b@example.com"}, queue="bulk", priority=50, delay=3600,
+        max_attempts=2, timeout=timedelta(minutes=2), unique_key="mail:b", tags=["t1", "t2"],
+        meta={"tenant": "acme"},
+    )
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    explicit = app.enqueue("email.send", {"to": "c@example.com"}, run_at=at)
+    rows = {r[0]: r[1:] for r in conn.execute(
+        "SELECT id, queue, priority, max_attempts, timeout_seconds, state, unique_key, tags, "
+        "meta, run_at - created_at, run_at FROM pgq_jobs")}
+    assert rows[default.id][:6] == ("critical", -10, 5, 30.0, "available", None)
+    assert rows[default.id][8] == timedelta(0)
+    assert rows[custom.id][:8] == ("bulk", 50, 2, 120.0, "scheduled", "mail:b", ["t1", "t2"],
+                                   {"tenant": "acme"})
+    assert rows[custom.id][8] == timedelta(hours=1)
+    assert rows[explicit.id][4] == "scheduled" and rows[explicit.id][9] == at
+
+
+def test_past_run_at_is_available(app: pgq.App, conn: psycopg.Connection) -> None:
+    job = app.enqueue("email.send", {"to": "x"}, run_at=datetime(2000, 1, 1, tzinfo=UTC))
+    assert conn.execute("SELECT state FROM pgq_jobs WHERE id = %s", [job.id]).fetchone() == ("available",)
+
+
+def test_bulk_100k_in_one_call(app: pgq.App, conn: psycopg.Connection) -> None:
+    specs = [pgq.JobSpec("email.send", {"to": f"u{i}@example.com"}, delay=(3600 if i % 10 == 0 else None))
+             for i in range(100_000)]
+    results = app.enqueue_many(specs)
+    assert len(results) == 100_000
+    assert len({r.id for r in results}) == 100_000
+    counts = dict(conn.execute("SELECT state, count(*) FROM pgq_jobs GROUP BY state").fetchall())
+    assert counts == {"available": 90_000, "scheduled": 10_000}
+    # results are in input order: spot-check that ids map to their own args
+    for i in (0, 1, 12_345, 99_999):
+        args = conn.execute("SELECT args FROM pgq_jobs WHERE id = %s", [results[i].id]).fetchone()[0]
+        assert args == {"to": f"u{i}@example.com"}
+
+
+# Each bad input, the error it must raise, and nothing else may happen.
+BAD: list[tuple[str, Callable[[pgq.App, Any], Any], type[pgq.PgqError]]] = [
+    ("unknown task", lambda a, c: a.enqueue("email.sned", {"to": "x"}, conn=c), pgq.UnknownTaskError),
+    ("bad task name", lambda a, c: a.enqueue("email send; drop", conn=c), pgq.InvalidIdentifierError),
+    ("bad queue", lambda a, c: a.enqueue("email.send", {"to": "x"}, queue="a,b", conn=c),
+     pgq.InvalidIdentifierError),
+    ("long queue", lambda a, c: a.enqueue("email.send", {"to": "x"}, queue="q" * 64, conn=c),
+     pgq.InvalidIdentifierError),
+    ("tuple arg", lambda a, c: a.enqueue("email.send", {"to": ("x",)}, conn=c), pgq.InvalidArgsError),
+    ("int key", lambda a, c: a.enqueue("email.send", {"to": "x", "subject": {1: 2}}, conn=c),
+     pgq.InvalidArgsError),
+    ("nan", lambda a, c: a.enqueue("email.send", {"to": float("nan")}, conn=c), pgq.InvalidArgsError),
+    ("nul", lambda a, c: a.enqueue("email.send", {"to": "a\x00b"}, conn=c), pgq.InvalidArgsError),
+    ("bytes", lambda a, c: a.enqueue("email.send", {"to": b"x"}, conn=c), pgq.InvalidArgsError),
+    ("signature", lambda a, c: a.enqueue("email.send", {"too": "x"}, conn=c), pgq.InvalidArgsError),
+    ("oversized", lambda a, c: a.enqueue("email.send", {"to": "x" * 70_000}, conn=c),
+     pgq.PayloadTooLargeError),
+    ("oversized meta", lambda a, c: a.enqueue("email.send", {"to": "x"}, meta={"m": "x" * 70_000},
+                                              conn=c), pgq.PayloadTooLargeError),
+    ("priority", lambda a, c: a.enqueue("email.send", {"to": "x"}, priority=101, conn=c),
+     pgq.InvalidOptionError),
+    ("naive run_at", lambda a, c: a.enqueue("email.send", {"to": "x"}, run_at=datetime(2030, 1, 1),
+                                            conn=c), pgq.InvalidOptionError),
+    ("bad unique key", lambda a, c: a.enqueue("email.send", {"to": "x"}, unique_key="", conn=c),
+     pgq.InvalidIdentifierError),
+    ("bulk with one bad", lambda a, c: a.enqueue_many(
+        [pgq.JobSpec("email.send", {"to": "ok"})] * 10 + [pgq.JobSpec("email.send", {"to": {1}})],
+        conn=c), pgq.InvalidArgsError),
+]
+
+
+@pytest.mark.parametrize(("case", "call", "error"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_rejected_before_any_sql(
+    case: str, call: Callable[[pgq.App, Any], Any], error: type[pgq.PgqError],
+    app: pgq.App, db_url: str, conn: psycopg.Connection,
+) -> None:
+    with psycopg.connect(db_url) as c:
+        with pytest.raises(error) as excinfo:
+            call(app, c)
+        # psycopg begins a transaction on the first statement; still idle means pgq sent nothing.
+        assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert str(excinfo.value), "the error must say what is wrong"
+    assert conn.execute("SELECT count(*) FROM pgq_jobs").fetchone()[0] == 0
+    # and on pgq's own connection too
+    with pytest.raises(error):
+        call(app, None)
+    assert conn.execute("SELECT count(*) FROM pgq_jobs").fetchone()[0] == 0
+
+
+def test_missing_schema_is_a_clear_error(empty_db_url: str) -> None:
+    with pgq.App(pgq.Settings(database_url=empty_db_url), strict=False) as app, pytest.raises(
+        pgq.MigrationError, match="pgq migrate"
+    ):
+        app.enqueue("a.task")
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    settings = pgq.Settings(database_url="postgresql://u:s3cret@127.0.0.1:1/x", connect_timeout=1)
+    with pgq.App(settings, strict=False) as app, pytest.raises(pgq.DatabaseUnavailable) as excinfo:
+        app.enqueue("a.task")
+    assert "s3cret" not in str(excinfo.value)
+    assert "127.0.0.1:1" in str(excinfo.value)
+
+
+def test_args_round_trip_unchanged(app: pgq.App, conn: psycopg.Connection) -> None:
+    args = {"to": "ü→✓ \u2028", "subject": json.dumps({"nested": [1, 2.5, None, True]})}
+    job = app.enqueue("email.send", args)
+    assert conn.execute("SELECT args FROM pgq_jobs WHERE id = %s", [job.id]).fetchone()[0] == args
