@@ -112,6 +112,11 @@ def check_timeout(value: object) -> float | None:
     return float(value)
 
 
+# Built once: json.dumps with non-default options constructs a new encoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
+
 def encode_json_object(value: object, what: str) -> str:
     """Encode a dict of JSON-native values, or raise ``InvalidArgsError`` naming the
     offending path. The fast path is one C-level dump/load/compare round trip; the slow
@@ -119,8 +124,8 @@ def encode_json_object(value: object, what: str) -> str:
     if not isinstance(value, Mapping):
         raise InvalidArgsError(f"{what} must be a dict (a JSON object), got {type(value).__name__}")
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        faithful = json.loads(text) == value
+        text = _ENCODER.encode(value)
+        faithful = _DECODER.decode(text) == value
         text.encode("utf-8")
     except (TypeError, ValueError, RecursionError):
         faithful = False

@@ -1,0 +1,1 @@
+"""pgq's benchmark suite: ``python -m bench`` (see bench/README.md)."""

@@ -1,0 +1,97 @@
+"""The pgq demo: enqueue jobs inside application transactions and audit them with SQL.
+
+    python examples/demo.py
+
+Uses PGQ_DATABASE_URL if set, else a PostgreSQL on localhost:5432 (database pgq_demo),
+else an embedded PostgreSQL, so it runs on a machine that has only Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import psycopg
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+import pgq
+from pgq import migrate
+from pgq.embedded import demo_database_url
+from pgq.settings import redact_url
+
+warnings.filterwarnings("ignore", module="platformdirs")  # pgserver's harmless XDG notice
+logging.getLogger("pgserver").setLevel(logging.ERROR)
+
+url, where = demo_database_url()
+print(f"database: {where}")
+settings = pgq.Settings(database_url=url)
+before, after = migrate.upgrade(settings)
+print(f"schema:   pgq {after} ({'migrated just now' if before != after else 'already current'})")
+
+app = pgq.App(settings)
+
+
+@app.task(name="email.receipt", queue="critical", max_attempts=5)
+def send_receipt(order_id: int) -> None:
+    """Runs in a worker (the worker arrives with pgq's next release of the demo)."""
+
+
+with psycopg.connect(url, autocommit=True) as admin:
+    admin.execute("CREATE TABLE IF NOT EXISTS demo_orders (id serial PRIMARY KEY, item text)")
+
+# 1. SQLAlchemy: the order and its receipt job commit together.
+engine = create_engine(settings.sqlalchemy_url, poolclass=NullPool)
+with Session(engine) as session, session.begin():
+    order_id = session.execute(
+        text("INSERT INTO demo_orders (item) VALUES ('book') RETURNING id")).scalar_one()
+    committed = app.enqueue(send_receipt, {"order_id": order_id}, conn=session,
+                            unique_key=f"receipt:{order_id}", meta={"tenant": "acme"})
+engine.dispose()
+print(f"\n1. SQLAlchemy session committed: order {order_id} and job {committed.id}")
+
+# 2. psycopg: the transaction rolls back, and the job vanishes with the order.
+with psycopg.connect(url) as conn:
+    rolled_back_order = conn.execute(
+        "INSERT INTO demo_orders (item) VALUES ('lamp') RETURNING id").fetchone()[0]
+    rolled_back = app.enqueue("email.receipt", {"order_id": rolled_back_order}, conn=conn)
+    conn.rollback()
+print(f"2. psycopg transaction rolled back: job {rolled_back.id} was never visible")
+
+# 3. The same unique key again: a duplicate is a result, not an error.
+again = app.enqueue(send_receipt, {"order_id": order_id}, unique_key=f"receipt:{order_id}")
+print(f"3. enqueue with the same unique key: duplicate={again.duplicate}, id={again.id}")
+
+# 4. Bulk: a thousand jobs in one statement.
+many = app.enqueue_many(pgq.JobSpec("email.receipt", {"order_id": i}, queue="bulk", priority=10)
+                        for i in range(1000))
+print(f"4. enqueue_many: {len(many)} jobs, ids {many[0].id}..{many[-1].id}")
+
+# 5. Bad input is refused before any SQL runs.
+try:
+    app.enqueue("email.reciept", {"order_id": 1})
+except pgq.UnknownTaskError as exc:
+    print(f"5. a typo is refused: {exc}")
+
+app.close()
+
+AUDIT = """
+SELECT id, task, queue, state, attempt, max_attempts, unique_key,
+       meta->>'tenant' AS tenant, created_at::timestamp(0) AS created_at
+FROM pgq_jobs
+WHERE id IN (%(committed)s, %(rolled_back)s)
+ORDER BY id
+"""
+print("\nThe audit query an operator would run:" + AUDIT)
+with psycopg.connect(url) as conn:
+    cur = conn.execute(AUDIT, {"committed": committed.id, "rolled_back": rolled_back.id})
+    names = [d.name for d in cur.description or []]
+    rows = [[str(v) for v in row] for row in cur.fetchall()]
+widths = [max(len(n), *(len(r[i]) for r in rows)) for i, n in enumerate(names)]
+print(" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)))
+print("-+-".join("-" * w for w in widths))
+for row in rows:
+    print(" | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+print(f"({len(rows)} row: the committed job is there, the rolled-back job {rolled_back.id} is not)")
+print(f"\nEverything above is in {redact_url(url)}; see docs/audit.md for more queries.")
