@@ -67,10 +67,11 @@ def enqueue_bulk(url: str, n: int = 100_000, runs: int = 5) -> Figure:
             for i in range(n)]
 
     def raw_copy() -> None:
-        with psycopg.connect(url) as conn, conn.cursor() as cur:
-            with cur.copy("COPY pgq_jobs (queue, task, args) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+        with psycopg.connect(url) as conn, conn.cursor() as cur, cur.copy(
+            "COPY pgq_jobs (queue, task, args) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
 
     try:
         baseline = _median_rate(runs, n, url, raw_copy)

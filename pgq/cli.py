@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -135,6 +136,9 @@ def _rebind(app: App, database_url: str) -> App:
 
 
 def main() -> None:
+    # One-shot commands report a failed connection themselves, in one line; the pool's
+    # per-attempt warnings would only repeat it.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

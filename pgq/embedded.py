@@ -68,6 +68,6 @@ def start_embedded(data_dir: Path | None = None) -> str:
         ) from None
     data_dir = data_dir or cache_dir() / "embedded"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
+    server = pgserver.get_server(str(data_dir), cleanup_mode="stop")  # type: ignore[attr-defined]
     _servers.append(server)
     return str(server.get_uri())

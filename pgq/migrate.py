@@ -163,7 +163,7 @@ def _connection(target: Settings | Connection) -> Iterator[Connection]:
         except DBAPIError as exc:
             raise DatabaseUnavailable(
                 f"cannot connect to PostgreSQL at {redact_url(target.database_url)}: "
-                f"{connect_failure_reason(exc.orig)}"
+                f"{connect_failure_reason(exc.orig or exc)}"
             ) from exc
         with connection, connection.begin():
             yield connection

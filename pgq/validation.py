@@ -22,10 +22,10 @@ from pgq.errors import (
 )
 
 QUEUE_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,62}")
-"""Queue names: 1–63 ASCII letters, digits, ``_ . -``; no ``, = :`` (CLI syntax) or spaces."""
+"""Queue names: 1-63 ASCII letters, digits, ``_ . -``; no ``, = :`` (CLI syntax) or spaces."""
 
 TASK_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,127}")
-"""Task names: 1–128 ASCII chars, starting with a letter or ``_``; ``.`` and ``:`` allowed
+"""Task names: 1-128 ASCII chars, starting with a letter or ``_``; ``.`` and ``:`` allowed
 so module paths (``shop.emails.send``) and namespaces (``email:receipt``) both fit."""
 
 MAX_UNIQUE_KEY_BYTES = 512

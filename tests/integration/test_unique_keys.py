@@ -12,9 +12,8 @@ import psycopg
 import pytest
 
 import pgq
-from tests.support.pgcluster import PgCluster
-
 from pgq import migrate
+from tests.support.pgcluster import PgCluster
 
 
 @pytest.fixture

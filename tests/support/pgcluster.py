@@ -4,6 +4,7 @@ Never touches the shared server on 5432."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -72,8 +73,6 @@ class PgCluster:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.dir, ignore_errors=True)

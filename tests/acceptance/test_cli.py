@@ -1,0 +1,116 @@
+"""The `pgq` command, run as a subprocess the way operators run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgq import migrate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pgq_cmd(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PGQ_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "pgq", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or ROOT, timeout=120, check=False)
+
+
+def test_help_describes_exactly_what_exists() -> None:
+    out = pgq_cmd("--help")
+    assert out.returncode == 0
+    commands = out.stdout.split("Commands:")[1].split()
+    assert [w for w in commands if w.islower() and w.isalpha() and len(w) > 3][:2] == [
+        "enqueue", "migrate"]
+    for sub in ("migrate", "enqueue"):
+        help_text = pgq_cmd(sub, "--help").stdout
+        assert "PGQ_DATABASE_URL" in help_text, f"{sub} --help must name its env var"
+
+
+def test_version() -> None:
+    out = pgq_cmd("--version")
+    assert out.returncode == 0 and out.stdout.startswith("pgq, version ")
+
+
+def test_migrate_twice_then_enqueue(empty_db_url: str) -> None:
+    env = {"PGQ_DATABASE_URL": empty_db_url}
+    first = pgq_cmd("migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert f"base -> {migrate.head()}" in first.stdout
+    second = pgq_cmd("migrate", env=env)
+    assert second.returncode == 0 and "nothing to do" in second.stdout
+
+    out = pgq_cmd("enqueue", "report.build", "--args", '{"day": "2026-11-24"}', "--queue",
+                  "bulk", "--delay", "60", "--priority", "5", "--tag", "ops", env=env)
+    assert out.returncode == 0, out.stderr
+    job_id = int(out.stdout.split()[-1])
+    with psycopg.connect(empty_db_url) as c:
+        row = c.execute("SELECT task, args, queue, state, priority, tags FROM pgq_jobs WHERE id = %s",
+                        [job_id]).fetchone()
+    assert row == ("report.build", {"day": "2026-11-24"}, "bulk", "scheduled", 5, ["ops"])
+
+    dup1 = pgq_cmd("enqueue", "x.y", "--unique-key", "k", env=env)
+    dup2 = pgq_cmd("enqueue", "x.y", "--unique-key", "k", env=env)
+    assert dup1.returncode == dup2.returncode == 0
+    assert dup2.stdout.startswith("duplicate: job " + dup1.stdout.split()[-1])
+
+    down = pgq_cmd("migrate", "--downgrade", "base", env=env)
+    assert down.returncode == 0 and "removed" in down.stdout
+
+
+def test_flag_wins_over_env(empty_db_url: str) -> None:
+    out = pgq_cmd("migrate", "--database-url", empty_db_url,
+                  env={"PGQ_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/nothing"})
+    assert out.returncode == 0, out.stderr
+
+
+def test_enqueue_with_app_uses_its_registry_and_defaults(db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "myjobs.py").write_text(
+        "import pgq\napp = pgq.App(strict=True)\n"
+        "@app.task(name='mail.send', queue='critical', max_attempts=3)\n"
+        "def send(to: str) -> None: ...\n")
+    env = {"PGQ_DATABASE_URL": db_url}
+    ok = pgq_cmd("enqueue", "mail.send", "--args", '{"to": "a@b.c"}', "--app", "myjobs:app",
+                 env=env, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT queue, max_attempts FROM pgq_jobs").fetchall() == [("critical", 3)]
+    typo = pgq_cmd("enqueue", "mail.sned", "--app", "myjobs:app", env=env, cwd=tmp_path)
+    assert typo.returncode == 1 and "unknown task 'mail.sned'" in typo.stderr
+    bad_app = pgq_cmd("enqueue", "mail.send", "--app", "nosuchmodule:app", env=env, cwd=tmp_path)
+    assert bad_app.returncode == 1 and "cannot import 'nosuchmodule'" in bad_app.stderr
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["migrate"], {"PGQ_DATABASE_URL": "postgresql://admin:hunter2@127.0.0.1:1/db"},
+     "cannot connect to PostgreSQL at postgresql://admin:***@127.0.0.1:1/db"),
+    (["migrate"], {"PGQ_DATABASE_URL": "mysql://admin:hunter2@localhost/db"},
+     "database URL must start with postgresql://"),
+    (["migrate"], {"PGQ_DATABASE_URL": "postgresql://admin:hunter2@localhost:notaport/db"},
+     "invalid database URL"),
+    (["enqueue", "a.b", "--database-url", "postgresql://admin:hunter2@127.0.0.1:1/db"], {},
+     "cannot connect to PostgreSQL"),
+    (["enqueue", "bad name!"], {"PGQ_DATABASE_URL": "postgresql://admin:hunter2@127.0.0.1:1/db"},
+     "invalid task name"),
+    (["enqueue", "a.b", "--args", "[1, 2]"], {"PGQ_DATABASE_URL": "postgresql://x:hunter2@127.0.0.1:1/db"},
+     "args must be a dict"),
+    (["enqueue", "a.b", "--args", "{not json"], {}, "not valid JSON"),
+    (["enqueue", "a.b", "--priority", "500"], {"PGQ_DATABASE_URL": "postgresql://x:hunter2@127.0.0.1:1/d"},
+     "priority must be between -100"),
+])
+def test_errors_are_one_line_without_traceback_or_secret(args: list[str], env: dict[str, str],
+                                                         message: str) -> None:
+    out = pgq_cmd(*args, env=env)
+    assert out.returncode in (1, 2)
+    assert message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "hunter2" not in out.stderr + out.stdout
+    if out.returncode == 1:
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr

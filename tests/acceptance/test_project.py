@@ -1,0 +1,47 @@
+"""Project-level promises: CI runs the README's test command, and the code is lint- and
+type-clean."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [line.strip() for block in blocks for line in block.splitlines()
+            if line.strip().startswith("python3 -m venv")]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    demo, tests = readme_commands()[:2]
+    assert demo.endswith("examples/demo.py")
+    assert tests.endswith("pytest")
+    ci = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert tests in ci, ".ci/run must call the README's test command"
+    assert all(line.startswith(("set ", "cd ")) or line == tests for line in ci), (
+        ".ci/run must do nothing but run the README's test command")
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    assert found, f"{name} is a dev dependency; install with pip install -e '.[dev]'"
+    return found
+
+
+def test_ruff_clean() -> None:
+    out = subprocess.run([_tool("ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_mypy_clean() -> None:
+    out = subprocess.run([_tool("mypy")], cwd=ROOT, capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
