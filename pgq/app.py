@@ -54,12 +54,12 @@ class App:
         strict: bool = True,
         clock: Clock | None = None,
     ) -> None:
+        overrides = {k: v for k, v in (("database_url", database_url), ("redis_url", redis_url))
+                     if v is not None}
         if settings is None:
-            settings = Settings.from_env(database_url=database_url, redis_url=redis_url)
-        elif database_url is not None or redis_url is not None:
-            settings = settings.with_changes(
-                **{k: v for k, v in (("database_url", database_url), ("redis_url", redis_url)) if v}
-            )
+            settings = Settings.from_env(**overrides)
+        elif overrides:
+            settings = settings.with_changes(**overrides)
         self.settings = settings
         self.strict = strict
         self.clock: Clock = clock or DatabaseClock()

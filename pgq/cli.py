@@ -48,11 +48,12 @@ def cli() -> None:
 
 @cli.command()
 @database_option
-@click.option("--sql", "as_sql", is_flag=True,
+@click.option("--sql", "as_sql", is_flag=True, envvar="PGQ_MIGRATE_SQL", show_envvar=True,
               help="Print the DDL instead of running it (for DBAs who apply SQL themselves).")
 @click.option("--revision", default="head", metavar="REV", show_envvar=True,
               help="Upgrade to this revision.")
-@click.option("--downgrade", "downgrade_to", metavar="REV", show_envvar=True,
+@click.option("--downgrade", "downgrade_to", envvar="PGQ_MIGRATE_DOWNGRADE", metavar="REV",
+              show_envvar=True,
               help="Downgrade to REV instead; 'base' removes every pgq object.")
 def migrate(database_url: str | None, as_sql: bool, revision: str,
             downgrade_to: str | None) -> None:
@@ -75,7 +76,8 @@ def migrate(database_url: str | None, as_sql: bool, revision: str,
 
 @cli.command()
 @click.argument("task")
-@click.option("--args", "args_json", default="{}", metavar="JSON", show_envvar=True,
+@click.option("--args", "args_json", envvar="PGQ_ENQUEUE_ARGS", default="{}", metavar="JSON",
+              show_envvar=True,
               help="Task arguments as a JSON object.")
 @click.option("--queue", metavar="NAME", show_envvar=True, help="Queue (default: the task's).")
 @click.option("--delay", type=click.FloatRange(min=0), metavar="SECONDS", show_envvar=True,
@@ -86,7 +88,8 @@ def migrate(database_url: str | None, as_sql: bool, revision: str,
               help="Attempts before the job ends failed (default: the task's, else 25).")
 @click.option("--unique-key", metavar="KEY", show_envvar=True,
               help="Skip if a job of this task with this key is active.")
-@click.option("--tag", "tags", multiple=True, metavar="TAG", help="A tag; repeatable.")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", show_envvar=True,
+              help="A tag; repeatable (the env var takes space-separated tags).")
 @app_option
 @database_option
 def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,

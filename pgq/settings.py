@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -109,9 +109,6 @@ class Settings:
     connect_timeout: float = 5.0
     """Seconds to wait for a PostgreSQL connection before failing with
     ``DatabaseUnavailable`` (``PGQ_CONNECT_TIMEOUT``, default 5)."""
-
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    """Reserved for settings later components add; unknown keys are kept, not interpreted."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "database_url", normalize_database_url(self.database_url))

@@ -32,6 +32,9 @@ def test_help_describes_exactly_what_exists() -> None:
     for sub in ("migrate", "enqueue"):
         help_text = pgq_cmd(sub, "--help").stdout
         assert "PGQ_DATABASE_URL" in help_text, f"{sub} --help must name its env var"
+        options = " ".join(help_text.split("Options:")[1].split("-h, --help")[0].split())
+        # every option's help names its PGQ_* variable
+        assert options.count(" --") + options.startswith("--") == options.count("env var: PGQ_"), options
 
 
 def test_version() -> None:
