@@ -57,7 +57,7 @@ class App:
         overrides = {k: v for k, v in (("database_url", database_url), ("redis_url", redis_url))
                      if v is not None}
         if settings is None:
-            settings = Settings.from_env(**overrides)
+            settings = Settings.from_env(None, **overrides)
         elif overrides:
             settings = settings.with_changes(**overrides)
         self.settings = settings
