@@ -45,3 +45,10 @@ def test_mypy_clean() -> None:
     out = subprocess.run([_tool("mypy")], cwd=ROOT, capture_output=True, text=True,
                          check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_no_pickle_code_path() -> None:
+    """Job data is JSON only: nothing in the package may import or call pickle/marshal."""
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "pgq").rglob("*.py")
+                 if re.search(r"\b(c?pickle|marshal|shelve|dill)\b", p.read_text())]
+    assert offenders == []
