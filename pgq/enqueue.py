@@ -231,7 +231,7 @@ def plan_enqueue_one(row: JobRow, now: datetime | None) -> Generator[Step, Any, 
 
 def plan_enqueue_many(rows: Sequence[JobRow], now: datetime | None) -> Generator[Step, Any, list[Enqueued]]:
     """Keyless jobs go in by COPY; jobs with unique keys by one INSERT … ON CONFLICT for
-    the batch. Round trips per call, not per job: 2 for keyless, 3 (+1 if any key was
+    the batch. Round trips per call, not per job: 2 for keyless, 2 (+1 if any key was
     taken) for keyed; a key whose holder changed mid-call falls back to the one-job plan."""
     results: list[Enqueued | None] = [None] * len(rows)
     keyless = [i for i, r in enumerate(rows) if r.unique_key is None]

@@ -7,10 +7,11 @@ Every field says its default and what it changes.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import psycopg.conninfo
 
@@ -33,54 +34,90 @@ def normalize_database_url(url: str) -> str:
     """Return ``url`` as a libpq URL (``postgresql://…``) or raise ``ConfigError``.
 
     Accepts the three spellings users bring: ``postgresql://`` (libpq), ``postgres://``
-    (Heroku and friends) and ``postgresql+psycopg://`` (SQLAlchemy).
+    (Heroku and friends) and ``postgresql+psycopg://`` (SQLAlchemy), including socket
+    (``postgresql:///db?host=/run/postgresql``) and multi-host URLs. No error message
+    ever contains the password.
     """
     url = url.strip()
-    parts = _split(url, "database URL")
-    if parts.scheme not in _PG_SCHEMES:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _PG_SCHEMES:
         raise ConfigError(
             f"database URL must start with postgresql://, postgres:// or "
-            f"postgresql+psycopg://, got {parts.scheme or 'no scheme'}:// ({redact_url(url)})"
+            f"postgresql+psycopg://, got {redact_url(url)!r}"
         )
-    libpq = urlunsplit(parts._replace(scheme="postgresql"))
+    span = _password_span(url)
+    if span is not None and any(c in url[span[0]:span[1]] for c in "@/?#"):
+        # libpq and SQLAlchemy split such URLs differently (or at the wrong '@'), which
+        # would send the password's tail as a host name into logs.
+        raise ConfigError(
+            f"invalid database URL {redact_url(url)}: percent-encode '@ / ? #' in the "
+            "password (e.g. '@' as %40)"
+        )
+    libpq = f"postgresql://{rest}"  # string surgery: urlunsplit would drop an empty authority
     try:
-        psycopg.conninfo.conninfo_to_dict(libpq)
+        params = psycopg.conninfo.conninfo_to_dict(libpq)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"invalid database URL {redact_url(url)}: {exc}") from None
+        raise ConfigError(
+            f"invalid database URL {redact_url(url)}: {_scrub(str(exc), url)}"
+        ) from None
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"invalid database URL {redact_url(url)}: port must be 1-65535")
     return libpq
 
 
 def normalize_redis_url(url: str) -> str:
     url = url.strip()
-    parts = _split(url, "Redis URL")
-    if parts.scheme not in _REDIS_SCHEMES:
+    scheme, sep, _rest = url.partition("://")
+    if not sep or scheme.lower() not in _REDIS_SCHEMES:
         raise ConfigError(
-            f"Redis URL must start with redis://, rediss:// or unix://, "
-            f"got {parts.scheme or 'no scheme'}:// ({redact_url(url)})"
+            f"Redis URL must start with redis://, rediss:// or unix://, got {redact_url(url)!r}"
         )
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"invalid Redis URL {redact_url(url)}: port must be 1-65535")
     return url
 
 
-def _split(url: str, what: str) -> SplitResult:
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
-    except ValueError as exc:
-        raise ConfigError(f"invalid {what} {redact_url(url)}: {exc}") from None
-    return parts
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the userinfo password is in ``url``, read leniently: the user part runs to
+    the first ':' and the password to the *last* '@', so a password containing '@', '#'
+    or '/' (invalid unless percent-encoded, but users write them) is still found."""
+    start = url.find("://")
+    start = start + 3 if start != -1 else 0
+    rest = url[start:]
+    colon = rest.find(":")
+    if colon < 0 or any(c in rest[:colon] for c in "/@?#"):
+        return None
+    at = rest.rfind("@")
+    if at <= colon + 1:
+        return None
+    return start + colon + 1, start + at
+
+
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)([^&#]*)")
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``: the only form pgq ever prints or logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if not parts.password:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """``url`` with every password replaced by ``***`` (in the userinfo and in a
+    ``password=`` query parameter): the only form pgq ever prints or logs."""
+    span = _password_span(url)
+    if span is not None:
+        url = f"{url[:span[0]]}***{url[span[1]:]}"
+    return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+def _scrub(message: str, url: str) -> str:
+    """Remove any password of ``url`` from ``message`` (libpq quotes bad tokens)."""
+    span = _password_span(url)
+    secrets = [url[span[0]:span[1]]] if span else []
+    secrets += [m.group(2) for m in _QUERY_PASSWORD.finditer(url) if m.group(2)]
+    for secret in secrets:
+        message = message.replace(secret, "***").replace(unquote(secret), "***")
+    return " ".join(message.split())
 
 
 def sqlalchemy_url(database_url: str) -> str:
@@ -114,6 +151,12 @@ class Settings:
         object.__setattr__(self, "database_url", normalize_database_url(self.database_url))
         if self.redis_url is not None:
             object.__setattr__(self, "redis_url", normalize_redis_url(self.redis_url))
+        for name in ("max_payload_bytes", "pool_max_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an int, got {value!r}")
+        if isinstance(self.connect_timeout, bool) or not isinstance(self.connect_timeout, int | float):
+            raise ConfigError(f"connect_timeout must be a number, got {self.connect_timeout!r}")
         if not 1024 <= self.max_payload_bytes <= 256 * 1024 * 1024:
             raise ConfigError(
                 f"max_payload_bytes must be between 1024 and 268435456, got {self.max_payload_bytes}"

@@ -48,9 +48,11 @@ def _check_identifier(value: object, pattern: re.Pattern[str], what: str, limit:
         raise InvalidIdentifierError(f"{what} must be a string, got {type(value).__name__}")
     if not pattern.fullmatch(value):
         shown = value if len(value) <= 80 else value[:77] + "..."
+        allowed, first = (("_ . -", "a letter, digit or _") if what == "queue name"
+                          else ("_ . : -", "a letter or _"))
         raise InvalidIdentifierError(
-            f"invalid {what} {shown!r}: use 1-{limit} ASCII letters, digits and "
-            f"{'_ . -' if what == 'queue name' else '_ . : -'}, starting with a letter, digit or _"
+            f"invalid {what} {shown!r}: use 1-{limit} ASCII letters, digits and {allowed}, "
+            f"starting with {first}"
         )
     return value
 
@@ -73,8 +75,8 @@ def check_free_text(value: object, what: str, max_bytes: int) -> str:
 
 
 def check_tags(tags: Iterable[str]) -> list[str]:
-    if isinstance(tags, str):
-        raise InvalidIdentifierError("tags must be a list of strings, not one string")
+    if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
+        raise InvalidIdentifierError(f"tags must be a list of strings, got {tags!r:.80}")
     out = [check_free_text(t, "tag", MAX_TAG_BYTES) for t in tags]
     if len(out) > MAX_TAGS:
         raise InvalidIdentifierError(f"a job may carry at most {MAX_TAGS} tags, got {len(out)}")
@@ -107,9 +109,13 @@ def check_timeout(value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidOptionError(f"timeout must be seconds (int or float), got {value!r}")
-    if not math.isfinite(value) or value <= 0:
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise InvalidOptionError(f"timeout is out of range: {value:.3g}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
         raise InvalidOptionError(f"timeout must be a positive number of seconds, got {value}")
-    return float(value)
+    return seconds
 
 
 # Built once: json.dumps with non-default options constructs a new encoder per call.
@@ -118,30 +124,36 @@ _DECODER = json.JSONDecoder()
 
 
 def encode_json_object(value: object, what: str) -> str:
-    """Encode a dict of JSON-native values, or raise ``InvalidArgsError`` naming the
+    """Encode a mapping of JSON-native values, or raise ``InvalidArgsError`` naming the
     offending path. The fast path is one C-level dump/load/compare round trip; the slow
     walk runs only to explain a rejection."""
     if not isinstance(value, Mapping):
         raise InvalidArgsError(f"{what} must be a dict (a JSON object), got {type(value).__name__}")
+    if not isinstance(value, dict):
+        value = dict(value)
     try:
         text = _ENCODER.encode(value)
         faithful = _DECODER.decode(text) == value
         text.encode("utf-8")
-    except (TypeError, ValueError, RecursionError):
+    except RecursionError:
+        raise InvalidArgsError(f"{what} nests too deeply to encode as JSON") from None
+    except (TypeError, ValueError):
         faithful = False
-    if not faithful or "\\u0000" in text:
-        problem = _find_unfaithful(value, what)
-        raise InvalidArgsError(problem)
+    # PostgreSQL's jsonb cannot store NUL; the encoder writes it as \u0000 (an odd number
+    # of backslashes: an even number is an escaped backslash followed by "u0000").
+    if not faithful or _JSON_NUL.search(text):
+        raise InvalidArgsError(_find_unfaithful(value, what))
     return text
+
+
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _find_unfaithful(value: Any, path: str) -> str:
     """Describe the first value under ``path`` that JSON cannot carry unchanged."""
-    stack: list[tuple[str, Any, int]] = [(path, value, 0)]
+    stack: list[tuple[str, Any]] = [(path, value)]
     while stack:
-        where, item, depth = stack.pop()
-        if depth > 100:
-            return f"{where} nests deeper than 100 levels"
+        where, item = stack.pop()
         if item is None or isinstance(item, bool | int):
             continue
         if isinstance(item, float):
@@ -149,24 +161,20 @@ def _find_unfaithful(value: Any, path: str) -> str:
                 return f"{where} is {item}, which JSON cannot represent"
             continue
         if isinstance(item, str):
-            if "\x00" in item:
-                return f"{where} contains a NUL character, which PostgreSQL jsonb rejects"
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return f"{where} is not valid Unicode (lone surrogate)"
+            if problem := _text_problem(item):
+                return f"{where} {problem}"
             continue
         if isinstance(item, dict):
             for key, child in item.items():
                 if not isinstance(key, str):
-                    return (
-                        f"{where} has a {type(key).__name__} key {key!r}; JSON object keys "
-                        f"are strings, so it would come back as {str(key)!r}"
-                    )
-                stack.append((f"{where}[{key!r}]", child, depth + 1))
+                    return (f"{where} has a {type(key).__name__} key {key!r}; JSON object keys "
+                            "must be strings")
+                if problem := _text_problem(key):
+                    return f"{where} has a key {key!r} that {problem}"
+                stack.append((f"{where}[{key!r}]", child))
             continue
         if isinstance(item, list):
-            stack.extend((f"{where}[{i}]", child, depth + 1) for i, child in enumerate(item))
+            stack.extend((f"{where}[{i}]", child) for i, child in enumerate(item))
             continue
         if isinstance(item, tuple):
             return f"{where} is a tuple; it would come back as a list (pass a list)"
@@ -175,6 +183,16 @@ def _find_unfaithful(value: Any, path: str) -> str:
             "(dict, list, str, int, float, bool, None)"
         )
     return f"{path} does not survive a JSON round trip unchanged"
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character, which PostgreSQL jsonb rejects"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (lone surrogate)"
+    return None
 
 
 def check_payload_size(args_json: str, meta_json: str, limit: int) -> None:
