@@ -13,8 +13,9 @@ Index budget (every index costs every insert and every state change):
     the claim's WHERE and ORDER BY, exactly. Partial, so finished rows — the vast
     majority of a busy table — are not in it and the claim never walks them.
 ``pgq_jobs_task_created_idx``
-    ``(task, created_at)``: audits by task and time ("failures of X this week", p95 run
-    time per task) and per-task retention; without it every audit scans the table.
+    ``(task, created_at)``: audits of one task by enqueue time, and a bound that narrows
+    per-task failure and run-time queries; without it every per-task audit scans the
+    table. (Cross-task questions about finish times scan; see docs/schema.md.)
 ``pgq_jobs_unique_idx``
     ``UNIQUE (task, unique_key) WHERE unique_held``: the database, not the client,
     enforces "one job per key", so it holds under concurrent transactions and rollbacks.
