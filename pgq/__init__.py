@@ -6,8 +6,10 @@ The public surface is what this module exports; ``tests/unit/test_public_api.py`
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from pgq.app import App
+from pgq.app import App, Middleware
+from pgq.backoff import Backoff
 from pgq.clock import Clock, DatabaseClock, ManualClock
+from pgq.context import Context, LeaseLost
 from pgq.enqueue import Enqueued, EnqueueOptions, JobSpec
 from pgq.errors import (
     ConfigError,
@@ -24,9 +26,12 @@ from pgq.errors import (
     UnknownTaskError,
     UnsupportedConnectionError,
 )
+from pgq.outcomes import Cancel, Fail, JobOutcome, Retry, Snooze
+from pgq.queues import QueueSpec, parse_queues
 from pgq.settings import Settings
 from pgq.states import JobState
 from pgq.tasks import Task, TaskRegistry
+from pgq.worker import Worker, WorkerConfig
 
 try:
     __version__ = _version("pgq-jobs")
@@ -35,28 +40,41 @@ except PackageNotFoundError:  # running from a checkout that was never installed
 
 __all__ = [
     "App",
+    "Backoff",
+    "Cancel",
     "Clock",
     "ConfigError",
+    "Context",
     "DatabaseClock",
     "DatabaseError",
     "DatabaseUnavailable",
     "EnqueueOptions",
     "Enqueued",
+    "Fail",
     "InvalidArgsError",
     "InvalidIdentifierError",
     "InvalidJobError",
     "InvalidOptionError",
+    "JobOutcome",
     "JobSpec",
     "JobState",
+    "LeaseLost",
     "ManualClock",
+    "Middleware",
     "MigrationError",
     "PayloadTooLargeError",
     "PgqError",
+    "QueueSpec",
+    "Retry",
     "Settings",
+    "Snooze",
     "Task",
     "TaskDefinitionError",
     "TaskRegistry",
     "UnknownTaskError",
     "UnsupportedConnectionError",
+    "Worker",
+    "WorkerConfig",
     "__version__",
+    "parse_queues",
 ]

@@ -10,9 +10,11 @@ back. Without ``conn=``, pgq uses a pooled connection and commits at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Unpack, overload
 
+from pgq.backoff import Backoff
 from pgq.clock import Clock, DatabaseClock
 from pgq.database import Pools, async_connection, run_plan, run_plan_async, sync_connection
 from pgq.enqueue import (
@@ -32,6 +34,9 @@ from pgq.tasks import (
     Task,
     TaskRegistry,
 )
+
+Middleware = Callable[[Any], AbstractContextManager[Any]]
+"""``middleware(ctx) -> context manager`` wrapped around each task execution."""
 
 
 class App:
@@ -64,6 +69,7 @@ class App:
         self.strict = strict
         self.clock: Clock = clock or DatabaseClock()
         self.registry = TaskRegistry()
+        self.middleware: list[Middleware] = []
         self._pools = Pools(settings)
 
     @classmethod
@@ -88,6 +94,7 @@ class App:
         priority: int = DEFAULT_PRIORITY,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
+        backoff: Backoff | None = None,
     ) -> Callable[[Callable[..., Any]], Task]: ...
 
     def task(
@@ -100,6 +107,7 @@ class App:
         priority: int = DEFAULT_PRIORITY,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
+        backoff: Backoff | None = None,
     ) -> Task | Callable[[Callable[..., Any]], Task]:
         """Register a task: ``@app.task`` or ``@app.task(name="email:send", queue="critical")``.
         The options are the defaults of its jobs; each enqueue may override them."""
@@ -107,10 +115,17 @@ class App:
         def register(func: Callable[..., Any]) -> Task:
             return self.registry.register(
                 func, name=name, queue=queue, priority=priority,
-                max_attempts=max_attempts, timeout=timeout,
+                max_attempts=max_attempts, timeout=timeout, backoff=backoff,
             )
 
         return register(fn) if fn is not None else register
+
+    def add_middleware(self, middleware: Middleware) -> Middleware:
+        """Wrap every task execution: ``middleware(ctx)`` returns a context manager
+        entered before the task runs and exited after (with the exception, if any).
+        For logging, metrics and tracing. Usable as a decorator."""
+        self.middleware.append(middleware)
+        return middleware
 
     # --- enqueue ---------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ here, into ``pgq.errors`` with the original as ``__cause__``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
@@ -71,6 +71,22 @@ async def run_plan_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> Any:
                         reply = await cur.fetchall() if cur.description is not None else []
             except StopIteration as done:
                 return done.value
+
+
+def execute(conn: psycopg.Connection[Any], name: str, params: Mapping[str, Any]) -> list[Any]:
+    """Run one named statement; its rows, or ``[]``."""
+    with _wrap_errors(), conn.cursor() as cur:
+        cur.execute(QUERIES[name], params)
+        return cur.fetchall() if cur.description is not None else []
+
+
+async def execute_async(conn: psycopg.AsyncConnection[Any], name: str,
+                        params: Mapping[str, Any]) -> list[Any]:
+    """``execute`` on an ``AsyncConnection``."""
+    with _wrap_errors():
+        async with conn.cursor() as cur:
+            await cur.execute(QUERIES[name], params)
+            return await cur.fetchall() if cur.description is not None else []
 
 
 @contextmanager
@@ -179,6 +195,19 @@ def _unsupported(conn: object) -> str:
 
 
 # --- pgq's own connections --------------------------------------------------------------
+
+async def connect_async(settings: Settings, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    """``connect`` for asyncio."""
+    try:
+        return await psycopg.AsyncConnection.connect(
+            settings.database_url, connect_timeout=max(1, round(settings.connect_timeout)), **kwargs
+        )
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {redact_url(settings.database_url)}: "
+            f"{connect_failure_reason(exc)}"
+        ) from exc
+
 
 def connect(settings: Settings, **kwargs: Any) -> psycopg.Connection[Any]:
     """A new connection, or ``DatabaseUnavailable`` with a one-line reason (no password)."""

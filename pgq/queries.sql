@@ -110,3 +110,117 @@ WHERE j.state IN ('scheduled', 'available', 'running', 'retryable')
 COPY pgq_jobs (id, queue, task, state, priority, max_attempts, args, run_at, created_at,
                timeout_seconds, tags, meta)
 FROM STDIN;
+
+-- name: job_claim
+-- Claim up to n jobs from each queue for one worker, in one statement. Each queue's pick
+-- is a LATERAL sub-select that walks pgq_jobs_claim_idx in (priority, run_at, id) order
+-- and locks with SKIP LOCKED, so concurrent workers take disjoint rows without waiting.
+-- LIMIT sits inside the locking sub-select and the CTE is MATERIALIZED: the planner can
+-- neither lock more rows than it returns nor re-run the pick for the UPDATE. Scheduled
+-- and retryable jobs are claimed directly once due: no promotion step is needed for a
+-- job to run on time. Tasks this worker does not know are left for a worker that does.
+WITH wanted AS (
+    SELECT w.queue, w.n
+    FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS w(queue, n)
+    WHERE w.n > 0
+), picked AS MATERIALIZED (
+    SELECT c.id
+    FROM wanted AS w
+    CROSS JOIN LATERAL (
+        SELECT id FROM pgq_jobs
+        WHERE queue = w.queue
+          AND state IN ('available', 'retryable', 'scheduled')
+          AND run_at <= coalesce(%(now)s::timestamptz, now())
+          AND task = ANY(%(tasks)s::text[])
+        ORDER BY priority, run_at, id
+        LIMIT w.n
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+)
+UPDATE pgq_jobs AS j
+SET state = 'running',
+    attempt = j.attempt + 1,
+    started_at = coalesce(%(now)s::timestamptz, now()),
+    lease_owner = %(worker)s,
+    lease_expires_at = coalesce(%(now)s::timestamptz, now())
+                       + make_interval(secs => %(lease_seconds)s)
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.timeout_seconds,
+          j.lease_expires_at,
+          (SELECT count(*) FROM jsonb_array_elements(j.errors) AS e
+           WHERE e->>'type' = 'pgq.WorkerLost')::int AS lost;
+
+-- name: job_heartbeat_many
+-- One statement per worker process per interval: extend every lease it still holds and
+-- flush the progress its tasks reported. Fenced on (id, attempt, owner, running): a job
+-- missing from RETURNING was lost (reclaimed, cancelled) and its task must stop.
+UPDATE pgq_jobs AS j
+SET lease_expires_at = coalesce(%(now)s::timestamptz, now())
+                       + make_interval(secs => %(lease_seconds)s),
+    progress = coalesce(p.progress::jsonb, j.progress)
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(progress)s::text[])
+     AS p(id, attempt, progress)
+WHERE j.id = p.id AND j.attempt = p.attempt AND j.lease_owner = %(worker)s
+  AND j.state = 'running'
+RETURNING j.id;
+
+-- name: job_finish_many
+-- Record a batch of attempt outcomes in one statement: completed, retryable, failed,
+-- cancelled, snoozed (scheduled, attempt refunded) or released at shutdown (available,
+-- attempt refunded). Every row is fenced on (id, attempt, lease owner, running), so a
+-- worker that lost its lease writes nothing; RETURNING tells it which rows it still owned.
+UPDATE pgq_jobs AS j
+SET state = o.state,
+    attempt = j.attempt - o.refund,
+    run_at = CASE WHEN o.state IN ('completed', 'failed', 'cancelled') THEN j.run_at
+                  ELSE coalesce(%(now)s::timestamptz, now()) + make_interval(secs => o.delay) END,
+    finished_at = CASE WHEN o.state IN ('completed', 'failed', 'cancelled')
+                       THEN coalesce(%(now)s::timestamptz, now()) END,
+    result = CASE WHEN o.state = 'completed' THEN o.result::jsonb ELSE j.result END,
+    errors = CASE WHEN o.error IS NULL THEN j.errors
+                  ELSE j.errors || jsonb_build_array(o.error::jsonb
+                       || jsonb_build_object('at', coalesce(%(now)s::timestamptz, now()))) END
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(owners)s::text[], %(states)s::text[],
+            %(delays)s::float8[], %(refunds)s::int[], %(results)s::text[], %(errors)s::text[])
+     AS o(id, attempt, owner, state, delay, refund, result, error)
+WHERE j.id = o.id AND j.attempt = o.attempt AND j.lease_owner = o.owner
+  AND j.state = 'running'
+RETURNING j.id;
+
+-- name: job_lost_lock
+-- Running jobs whose lease expired (their worker died, hung, or was partitioned away),
+-- or whose owner is known dead (a supervisor saw its child exit). Locked with SKIP
+-- LOCKED so concurrent reclaimers share the work; the caller decides retry or failure
+-- per task policy and writes it with job_finish_many in the same transaction.
+SELECT id, attempt, lease_owner, task, max_attempts,
+       (SELECT count(*) FROM jsonb_array_elements(errors) AS e
+        WHERE e->>'type' = 'pgq.WorkerLost')::int AS lost
+FROM pgq_jobs
+WHERE state = 'running'
+  AND (lease_expires_at < coalesce(%(now)s::timestamptz, now())
+       OR lease_owner = ANY(%(dead_owners)s::text[]))
+ORDER BY id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: job_unknown_tasks
+-- Due jobs in this worker's queues whose task it does not know (a rolling deploy, a
+-- typo in a producer): reported in the log, never claimed, never failed.
+SELECT queue, task, count(*)::int
+FROM pgq_jobs
+WHERE queue = ANY(%(queues)s::text[])
+  AND state IN ('available', 'retryable', 'scheduled')
+  AND run_at <= now()
+  AND NOT (task = ANY(%(tasks)s::text[]))
+GROUP BY queue, task
+ORDER BY 3 DESC
+LIMIT 20;
+
+-- name: job_count_active
+-- Jobs of these queues and tasks that may still run (any active state, due or not). Used
+-- by Worker.run_async(until_idle=True) in demos and tests, not on the hot path.
+SELECT count(*)
+FROM pgq_jobs
+WHERE queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[])
+  AND state IN ('available', 'retryable', 'scheduled', 'running');

@@ -21,8 +21,12 @@ Index budget (every index costs every insert and every state change):
     enforces "one job per key", so it holds under concurrent transactions and rollbacks.
     Partial, so only jobs that currently hold a key pay for it.
 
-Lease columns (``lease_owner``, ``lease_expires_at``) are deliberately unindexed so the
-heartbeat's updates can stay HOT (no index maintenance).
+``pgq_jobs_running_idx``
+    ``(lease_owner) WHERE state = 'running'``: the few running jobs, for reclaiming expired
+    leases and rescuing a dead worker's jobs without scanning the table.
+
+``lease_expires_at`` is deliberately unindexed, and ``lease_owner`` only changes at claim
+time, so heartbeat updates stay HOT (no index maintenance).
 """
 
 from __future__ import annotations
@@ -94,6 +98,8 @@ jobs = Table(
     Column("errors", JSONB, nullable=False, server_default=text("'[]'::jsonb"),
            comment="One entry per failed attempt: attempt, at, type, message, traceback, worker."),
     Column("result", JSONB, comment="Return value of the successful attempt."),
+    Column("progress", JSONB,
+           comment="Latest progress the running task reported (JSON), flushed with heartbeats."),
     CheckConstraint(f"state IN ({_STATE_LIST})", name="pgq_jobs_state_check"),
     CheckConstraint("priority BETWEEN -100 AND 100", name="pgq_jobs_priority_check"),
     CheckConstraint("attempt >= 0", name="pgq_jobs_attempt_check"),
@@ -108,6 +114,11 @@ Index(
     postgresql_where=text(f"state IN ({_CLAIMABLE_LIST})"),
 )
 Index("pgq_jobs_task_created_idx", jobs.c.task, jobs.c.created_at)
+Index(
+    "pgq_jobs_running_idx",
+    jobs.c.lease_owner,
+    postgresql_where=text("state = 'running'"),
+)
 Index(
     "pgq_jobs_unique_idx",
     jobs.c.task, jobs.c.unique_key,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgq.backoff import Backoff
 from pgq.errors import InvalidArgsError, PgqError, TaskDefinitionError
 from pgq.validation import (
     check_max_attempts,
@@ -42,6 +43,8 @@ class Task:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     timeout: float | None = None
     """Seconds one attempt may take; ``None`` for no limit."""
+    backoff: Backoff = field(default_factory=Backoff)
+    """Delays between retries (see ``pgq.Backoff``)."""
     takes_context: bool = field(default=False)
     is_async: bool = field(default=False)
 
@@ -74,6 +77,7 @@ class TaskRegistry:
         priority: int = DEFAULT_PRIORITY,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
+        backoff: Backoff | None = None,
     ) -> Task:
         task_name = name if name is not None else default_task_name(fn)
         try:
@@ -84,6 +88,7 @@ class TaskRegistry:
                 priority=check_priority(priority),
                 max_attempts=check_max_attempts(max_attempts),
                 timeout=check_timeout(timeout),
+                backoff=backoff or Backoff(),
                 takes_context=_takes_context(fn),
                 is_async=inspect.iscoroutinefunction(fn),
             )

@@ -1,0 +1,53 @@
+"""Turning an exception into an ``errors`` entry that can always be stored.
+
+Recording a failure must never fail: a message with NUL bytes (jsonb rejects them),
+lone surrogates (not UTF-8), or ten megabytes of text would otherwise make the failure
+write itself fail and leave the job stuck in ``running``. Everything is sanitised and
+truncated here, before it reaches SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback as tb
+
+MAX_MESSAGE_CHARS = 2_000
+MAX_TRACEBACK_CHARS = 8_000
+LOST_TYPE = "pgq.WorkerLost"
+"""``errors[].type`` of an attempt whose worker died or lost its lease mid-run."""
+
+
+def clean_text(text: str, limit: int) -> str:
+    """NUL-free, valid UTF-8, at most ``limit`` characters (keeping head and tail)."""
+    if len(text) > limit:
+        cut = len(text) - limit
+        half = limit // 2
+        text = f"{text[:half]}\n… [{cut} characters cut] …\n{text[-(limit - half):]}"
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def error_entry(attempt: int, worker: str, exc: BaseException | None = None, *,
+                type_name: str | None = None, message: str | None = None) -> str:
+    """The JSON of one ``errors`` entry; the database adds ``at`` from its clock."""
+    if exc is not None:
+        type_name = type_name or f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix(
+            "builtins.")
+        try:
+            message = message if message is not None else str(exc)
+        except Exception:  # a broken __str__ must not break failure recording
+            message = f"<unprintable {type(exc).__name__}>"
+        try:
+            trace = "".join(tb.format_exception(exc))
+        except Exception:
+            trace = ""
+    else:
+        trace = ""
+    entry = {
+        "attempt": attempt,
+        "type": clean_text(type_name or "Error", 200),
+        "message": clean_text(message or "", MAX_MESSAGE_CHARS),
+        "traceback": clean_text(trace, MAX_TRACEBACK_CHARS),
+        "worker": worker,
+    }
+    return json.dumps(entry, ensure_ascii=False)

@@ -1,0 +1,606 @@
+"""The worker: claims jobs, runs them, records their outcomes, and never loses one.
+
+One worker process runs an asyncio loop that owns:
+
+* the **producer**: claims batches sized to free capacity, per queue by weight or strict
+  order (``pgq.queues``), with one ``job_claim`` statement; claims again at once when a
+  queue came back full, else waits for a freed slot or the poll interval;
+* the **executor**: async tasks run as asyncio tasks on the loop, sync tasks in daemon
+  threads; timeouts cancel async tasks and abandon (and signal) sync threads;
+* the **completer**: outcomes are written in batches, one ``job_finish_many`` statement
+  per flush (a flush window of ``completion_window`` seconds, 10 ms by default), every
+  row fenced on (id, attempt, lease owner); a job keeps its slot and its lease until its
+  outcome is stored, so a lagging database slows claiming instead of expiring leases;
+* periodic **reclaim** of expired leases (``pgq.reclaim``) and a report of due jobs whose
+  task this worker does not know (they are never claimed, never failed).
+
+Leases are renewed by a **heartbeat thread** with its own connection, one
+``job_heartbeat_many`` statement per interval for all of the process's jobs. Because
+it is an OS thread doing blocking I/O (which releases the GIL), a task that blocks the
+event loop, or sleeps in C, does not stop the heartbeat. C code that holds the GIL for
+longer than the lease can still starve it: the lease then expires, the job is reclaimed,
+and the stale worker's writes are fenced out and logged as "lease lost" — never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from pgq.app import App
+from pgq.context import Context, LeaseLost
+from pgq.database import connect, connect_async, execute, execute_async
+from pgq.errors import ConfigError, PgqError
+from pgq.failure import error_entry
+from pgq.outcomes import Cancel, Fail, Retry, Snooze
+from pgq.queues import QueueSpec, allocate
+from pgq.reclaim import DEFAULT_CRASH_BUDGET, reclaim
+from pgq.tasks import Task
+
+log = logging.getLogger("pgq.worker")
+
+EXIT_OK = 0
+EXIT_RECYCLE = 75
+"""Exit code of a worker that stopped itself to be replaced (too many abandoned threads)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    queues: tuple[QueueSpec, ...] = (QueueSpec("default"),)
+    concurrency: int = 10
+    """Jobs this process runs at once, all queues together."""
+    strict: bool = False
+    """Serve queues in strict order instead of by weight."""
+    lease_seconds: float = 30.0
+    """How long a claim or heartbeat keeps a job; a worker silent this long loses it."""
+    heartbeat_seconds: float | None = None
+    """Heartbeat interval; default a third of the lease, so two heartbeats can fail."""
+    poll_seconds: float = 1.0
+    """Longest wait between claims when idle (the floor under wake-ups)."""
+    shutdown_seconds: float = 30.0
+    """Grace period on SIGTERM for running jobs before they are handed back."""
+    reclaim_seconds: float = 5.0
+    """How often this worker looks for expired leases to reclaim."""
+    crash_budget: int = DEFAULT_CRASH_BUDGET
+    """Times a job may lose its worker (crash, kill, hang) before it ends failed."""
+    completion_window: float = 0.01
+    """Seconds outcomes wait to be written together. A crash inside it re-runs those jobs."""
+    max_abandoned_threads: int | None = None
+    """Timed-out sync threads tolerated before the worker recycles itself (default: concurrency)."""
+
+    def __post_init__(self) -> None:
+        if not self.queues:
+            raise ConfigError("a worker needs at least one queue")
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        if self.lease_seconds < 1 or self.poll_seconds <= 0 or self.shutdown_seconds < 0:
+            raise ConfigError("lease must be >= 1 s, poll > 0 s and shutdown timeout >= 0 s")
+        if self.crash_budget < 1:
+            raise ConfigError("crash budget must be at least 1")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat_seconds or self.lease_seconds / 3
+
+
+@dataclass(eq=False)
+class _Running:
+    job_id: int
+    attempt: int
+    task: Task
+    ctx: Context
+    started: float
+    handle: asyncio.Future[Any] | None = None
+    lost: bool = False
+    released: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    job_id: int
+    attempt: int
+    state: str
+    delay: float = 0.0
+    refund: int = 0
+    result: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Stats:
+    claimed: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, app: App, config: WorkerConfig | None = None, *,
+                 worker_id: str | None = None) -> None:
+        self.app = app
+        self.config = config or WorkerConfig()
+        self.id = worker_id or new_worker_id()
+        self.stats = _Stats()
+        self._held: dict[int, _Running] = {}
+        self._held_lock = threading.Lock()
+        self._outcomes: list[_Outcome] = []
+        self._hungry: dict[str, bool] = {}
+        self._stopping = False
+        self._abandoned = 0
+        self._exit_code = EXIT_OK
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._flush_now: asyncio.Event | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._signals = 0
+        if not app.registry:
+            raise ConfigError("the app has no tasks registered; nothing for a worker to run")
+
+    # --- public control ----------------------------------------------------------------
+
+    def run(self, *, install_signals: bool = True) -> int:
+        """Run until SIGTERM/SIGINT (or ``request_stop``); returns the exit code."""
+        return asyncio.run(self.run_async(install_signals=install_signals))
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop; thread-safe. A second request exits at once."""
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second stop request: exiting now; leases will expire and be reclaimed")
+            os._exit(1)
+        if self._loop is not None and self._stop_requested is not None:
+            self._loop.call_soon_threadsafe(self._stop_requested.set)
+
+    async def run_async(self, *, install_signals: bool = False,
+                        until_idle: bool = False) -> int:
+        """The worker's main coroutine. ``until_idle`` stops once no job is due and none
+        is running (for demos and tests)."""
+        self._loop = asyncio.get_running_loop()
+        self._wake, self._flush_now, self._stop_requested = (
+            asyncio.Event(), asyncio.Event(), asyncio.Event())
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self.request_stop)
+        settings = self.app.settings
+        self._conn = await connect_async(settings, autocommit=True)
+        self._flush_conn = await connect_async(settings, autocommit=True)
+        heartbeat = _Heartbeat(self, connect(settings, autocommit=True))
+        heartbeat.start()
+        completer = asyncio.create_task(self._completer(), name="pgq-completer")
+        log.info("worker %s started: queues=%s concurrency=%d%s", self.id,
+                 ",".join(f"{q.name}={q.weight}" + (f":{q.cap}" if q.cap else "")
+                          for q in self.config.queues),
+                 self.config.concurrency, " strict" if self.config.strict else "")
+        try:
+            await self._produce(until_idle)
+            await self._drain()
+        finally:
+            self._stopping = True
+            self._flush_now.set()
+            await completer
+            heartbeat.stop()
+            await self._conn.close()
+            await self._flush_conn.close()
+            log.info("worker %s stopped: claimed=%d finished=%s", self.id,
+                     self.stats.claimed, self.stats.finished)
+        return self._exit_code
+
+    # --- producer ----------------------------------------------------------------------
+
+    async def _produce(self, until_idle: bool) -> None:
+        assert self._wake is not None and self._stop_requested is not None
+        loop = asyncio.get_running_loop()
+        next_reclaim = loop.time()
+        next_report = loop.time() + 5
+        tasks = [t.name for t in self.app.registry]
+        queues = [q.name for q in self.config.queues]
+        while not self._stop_requested.is_set():
+            now = loop.time()
+            if now >= next_reclaim:
+                await self._safely(reclaim(self._conn, self.app.registry, reclaimer=self.id,
+                                           crash_budget=self.config.crash_budget,
+                                           now=self.app.clock.now()))
+                next_reclaim = now + self.config.reclaim_seconds
+            if now >= next_report:
+                await self._safely(self._report_unknown(queues, tasks))
+                next_report = now + 60
+            claimed_full = await self._claim(tasks)
+            if claimed_full:
+                continue  # a queue has more work: claim again at once
+            if until_idle and not self._held and not await self._active_jobs(queues, tasks):
+                return
+            self._wake.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_or_stop(), self.config.poll_seconds)
+
+    async def _wake_or_stop(self) -> None:
+        assert self._wake is not None and self._stop_requested is not None
+        wake = asyncio.ensure_future(self._wake.wait())
+        stop = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait({wake, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            stop.cancel()
+
+    async def _active_jobs(self, queues: list[str], tasks: list[str]) -> int:
+        rows = await execute_async(self._conn, "job_count_active", {"queues": queues, "tasks": tasks})
+        return int(rows[0][0])
+
+    async def _claim(self, tasks: list[str]) -> bool:
+        with self._held_lock:
+            running: dict[str, int] = {}
+            for r in self._held.values():
+                running[r.ctx.queue] = running.get(r.ctx.queue, 0) + 1
+        limits = allocate(self.config.queues, self.config.concurrency, running, self._hungry,
+                          strict=self.config.strict)
+        wanted = {q: n for q, n in limits.items() if n > 0}
+        if not wanted:
+            return False
+        rows = await self._safely(execute_async(self._conn, "job_claim", {
+            "queues": list(wanted), "limits": list(wanted.values()), "tasks": tasks,
+            "worker": self.id, "lease_seconds": self.config.lease_seconds,
+            "now": self.app.clock.now()}))
+        if rows is None:
+            return False
+        got: dict[str, int] = {}
+        for row in rows:
+            got[row[1]] = got.get(row[1], 0) + 1
+            self._start(row)
+        self.stats.claimed += len(rows)
+        full = False
+        for queue, n in wanted.items():
+            self._hungry[queue] = got.get(queue, 0) >= n
+            full = full or self._hungry[queue]
+        return full and len(self._held) < self.config.concurrency
+
+    async def _safely(self, awaitable: Any) -> Any:
+        """Database trouble in a loop step is logged and retried next round, never fatal."""
+        try:
+            return await awaitable
+        except PgqError as exc:
+            log.error("worker %s: %s", self.id, exc)
+            if self._conn.closed or self._conn.broken:
+                self._conn = await self._reconnect()
+            await asyncio.sleep(min(self.config.poll_seconds, 1.0))  # back off, then retry
+            return None
+
+    async def _report_unknown(self, queues: list[str], tasks: list[str]) -> None:
+        for queue, task, count in await execute_async(
+                self._conn, "job_unknown_tasks", {"queues": queues, "tasks": tasks}):
+            log.warning("%d due job(s) of task %r in queue %r are waiting for a worker that "
+                        "knows that task; this worker does not (rolling deploy?)",
+                        count, task, queue)
+
+    # --- executor ----------------------------------------------------------------------
+
+    def _start(self, row: tuple[Any, ...]) -> None:
+        job_id, queue, task_name, args, attempt, max_attempts, timeout, lease, _lost = row
+        task = self.app.registry.get(task_name)
+        assert task is not None, "the claim only takes known tasks"
+        ctx = Context(job_id=job_id, task=task_name, queue=queue, attempt=attempt,
+                      max_attempts=max_attempts, lease_expires_at=lease, worker_id=self.id)
+        ctx._transaction = self._transaction
+        running = _Running(job_id, attempt, task, ctx, time.monotonic())
+        with self._held_lock:
+            self._held[job_id] = running
+        log.debug("job=%s task=%s args=%s", job_id, task_name, json.dumps(args))
+        running.handle = asyncio.ensure_future(self._execute(running, args, timeout))
+
+    async def _execute(self, running: _Running, args: dict[str, Any],
+                       timeout: float | None) -> None:
+        task, ctx = running.task, running.ctx
+        call_args = (ctx,) if task.takes_context else ()
+        timer = asyncio.timeout(timeout)
+        try:
+            async with timer:
+                if task.is_async:
+                    result = await self._call_async(task, ctx, call_args, args)
+                else:
+                    # shield: at the timeout the thread cannot be stopped, only abandoned
+                    result = await asyncio.shield(self._call_in_thread(task, ctx, call_args, args))
+            outcome = self._success(running, result)
+        except asyncio.CancelledError:
+            if not running.released and not running.lost:
+                raise
+            return
+        except BaseException as exc:
+            if isinstance(exc, TimeoutError) and timer.expired():
+                ctx.cancelled.set()
+                if not task.is_async:
+                    self._abandon_thread(running)
+                outcome = self._failure(running, exc, timed_out=timeout)
+            else:
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    exc = RuntimeError(f"task raised {type(exc).__name__}")
+                outcome = self._failure(running, exc)
+        if outcome is not None:
+            self._record(running, outcome)
+
+    async def _call_async(self, task: Task, ctx: Context, call_args: tuple[Any, ...],
+                          args: dict[str, Any]) -> Any:
+        with self._middleware(ctx):
+            return await task.fn(*call_args, **args)
+
+    def _call_in_thread(self, task: Task, ctx: Context, call_args: tuple[Any, ...],
+                        args: dict[str, Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle(setter: Callable[[Any], None], value: Any) -> None:
+            if not future.done():
+                setter(value)
+
+        def target() -> None:
+            try:
+                with self._middleware(ctx):
+                    value = task.fn(*call_args, **args)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(settle, future.set_exception, exc)
+            else:
+                loop.call_soon_threadsafe(settle, future.set_result, value)
+
+        # Daemon threads: a thread abandoned at its timeout must not keep the process alive.
+        threading.Thread(target=target, name=f"pgq-job-{ctx.job_id}", daemon=True).start()
+        return future
+
+    @contextmanager
+    def _middleware(self, ctx: Context) -> Iterator[None]:
+        with ExitStack() as stack:
+            for middleware in self.app.middleware:
+                stack.enter_context(middleware(ctx))
+            yield
+
+    def _abandon_thread(self, running: _Running) -> None:
+        self._abandoned += 1
+        limit = self.config.max_abandoned_threads or self.config.concurrency
+        log.warning("job=%s task=%s: sync task exceeded its timeout; its thread is abandoned "
+                    "(%d/%d) and told to stop via ctx.cancelled", running.job_id,
+                    running.task.name, self._abandoned, limit)
+        if self._abandoned >= limit and not self._stopping:
+            log.error("worker %s: %d abandoned threads; stopping so a fresh process replaces it",
+                      self.id, self._abandoned)
+            self._exit_code = EXIT_RECYCLE
+            self.request_stop()
+
+    def _success(self, running: _Running, result: Any) -> _Outcome | None:
+        if running.ctx.completed_in_transaction:
+            self._log(running, "completed", "in its transaction")
+            self._forget(running, "completed")
+            return None
+        try:
+            encoded = json.dumps(result, allow_nan=False) if result is not None else None
+        except (TypeError, ValueError) as exc:
+            log.warning("job=%s task=%s: result is not JSON (%s); stored as null",
+                        running.job_id, running.task.name, exc)
+            encoded = None
+        return _Outcome(running.job_id, running.attempt, "completed", result=encoded)
+
+    def _failure(self, running: _Running, exc: BaseException,
+                 timed_out: float | None = None) -> _Outcome | None:
+        ctx, job_id, attempt = running.ctx, running.job_id, running.attempt
+        if running.lost or isinstance(exc, LeaseLost):
+            self._log(running, "lease-lost", "nothing written; the new owner decides")
+            self._forget(running, "lease-lost")
+            return None
+        if isinstance(exc, Snooze):
+            return _Outcome(job_id, attempt, "scheduled", delay=exc.delay, refund=1)
+        if isinstance(exc, Cancel):
+            return _Outcome(job_id, attempt, "cancelled",
+                            error=error_entry(attempt, self.id, exc))
+        if timed_out is not None:
+            error = error_entry(attempt, self.id, exc, type_name="pgq.Timeout",
+                                message=f"attempt exceeded its timeout of {timed_out:g}s")
+        else:
+            error = error_entry(attempt, self.id, exc)
+        if isinstance(exc, Fail) or attempt >= ctx.max_attempts:
+            return _Outcome(job_id, attempt, "failed", error=error)
+        delay = exc.delay if isinstance(exc, Retry) else running.task.backoff.delay(attempt)
+        return _Outcome(job_id, attempt, "retryable", delay=delay, error=error)
+
+    # --- completer ---------------------------------------------------------------------
+
+    def _record(self, running: _Running, outcome: _Outcome) -> None:
+        self._outcomes.append(outcome)
+        assert self._flush_now is not None
+        self._flush_now.set()
+
+    async def _completer(self) -> None:
+        assert self._flush_now is not None
+        while True:
+            await self._flush_now.wait()
+            if self._outcomes and not self._stopping:
+                await asyncio.sleep(self.config.completion_window)  # gather a batch
+            self._flush_now.clear()
+            batch, self._outcomes = self._outcomes, []
+            if batch:
+                await self._flush(batch)
+            if self._stopping and not self._outcomes:
+                return
+
+    async def _flush(self, batch: list[_Outcome]) -> None:
+        params = {
+            "ids": [o.job_id for o in batch], "attempts": [o.attempt for o in batch],
+            "owners": [self.id] * len(batch), "states": [o.state for o in batch],
+            "delays": [o.delay for o in batch], "refunds": [o.refund for o in batch],
+            "results": [o.result for o in batch], "errors": [o.error for o in batch],
+            "now": self.app.clock.now(),
+        }
+        delay = 0.05
+        while True:
+            try:
+                rows = await execute_async(self._flush_conn, "job_finish_many", params)
+                break
+            except PgqError as exc:
+                # Keep the jobs (and their leases, which the heartbeat renews) until the
+                # outcomes are stored; claiming pauses because the slots stay occupied.
+                log.error("worker %s: cannot record %d outcome(s), retrying: %s",
+                          self.id, len(batch), exc)
+                if self._flush_conn.closed or self._flush_conn.broken:
+                    self._flush_conn = await self._reconnect()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        stored = {row[0] for row in rows}
+        for outcome in batch:
+            running = self._held.get(outcome.job_id)
+            if running is None:
+                continue
+            if outcome.job_id in stored:
+                self._log(running, outcome.state, _detail(outcome))
+                self._forget(running, outcome.state)
+            else:
+                self._log(running, "lease-lost", f"outcome {outcome.state} discarded: "
+                          "the job was reclaimed by another worker")
+                self._forget(running, "lease-lost")
+
+    async def _reconnect(self) -> psycopg.AsyncConnection[Any]:
+        while True:
+            try:
+                return await connect_async(self.app.settings, autocommit=True)
+            except PgqError as exc:
+                log.error("worker %s: %s", self.id, exc)
+                await asyncio.sleep(1.0)
+
+    def _forget(self, running: _Running, outcome: str) -> None:
+        with self._held_lock:
+            self._held.pop(running.job_id, None)
+        self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
+        if self._wake is not None:
+            self._wake.set()  # a slot is free: claim now
+
+    def _log(self, running: _Running, outcome: str, detail: str = "") -> None:
+        ctx = running.ctx
+        level = logging.WARNING if outcome in ("failed", "lease-lost") else logging.INFO
+        log.log(level, "job=%s task=%s queue=%s attempt=%d/%d outcome=%s duration=%.3fs%s",
+                ctx.job_id, ctx.task, ctx.queue, ctx.attempt, ctx.max_attempts, outcome,
+                time.monotonic() - running.started, f" {detail}" if detail else "",
+                extra={"job_id": ctx.job_id, "task": ctx.task, "queue": ctx.queue,
+                       "attempt": ctx.attempt, "outcome": outcome})
+
+    # --- lease loss and shutdown -------------------------------------------------------
+
+    def lease_lost(self, job_id: int) -> None:
+        """Called (on the loop) when a heartbeat finds the job no longer ours."""
+        running = self._held.get(job_id)
+        if running is None or running.lost:
+            return
+        running.lost = True
+        running.ctx.cancelled.set()
+        log.warning("job=%s task=%s: lease lost (reclaimed or cancelled); stopping it",
+                    job_id, running.task.name)
+        if running.handle is not None and running.task.is_async:
+            running.handle.cancel()
+        self._forget(running, "lease-lost")
+
+    async def _drain(self) -> None:
+        """Graceful stop: let running jobs finish within the grace period, then hand the
+        rest back as ``available`` without spending their attempt."""
+        if not self._held:
+            return
+        log.info("worker %s stopping: waiting up to %ss for %d running job(s)", self.id,
+                 self.config.shutdown_seconds, len(self._held))
+        deadline = asyncio.get_running_loop().time() + self.config.shutdown_seconds
+        while self._held and asyncio.get_running_loop().time() < deadline:
+            assert self._wake is not None
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(),
+                                       deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                break
+        with self._held_lock:
+            leftovers = [r for r in self._held.values() if not r.released]
+        for running in leftovers:
+            pending = any(o.job_id == running.job_id for o in self._outcomes)
+            if pending:
+                continue  # finished just now; its outcome is being written
+            running.released = True
+            running.ctx.cancelled.set()
+            if running.handle is not None:
+                running.handle.cancel()
+            self._record(running, _Outcome(running.job_id, running.attempt, "available",
+                                           refund=1))
+        if leftovers:
+            log.warning("worker %s: handed %d unfinished job(s) back to their queues",
+                        self.id, len(leftovers))
+
+    # --- transactional completion -------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, ctx: Context) -> Iterator[psycopg.Connection[Any]]:
+        with connect(self.app.settings) as conn, conn.transaction():
+            yield conn
+            rows = execute(conn, "job_finish_many", {
+                "ids": [ctx.job_id], "attempts": [ctx.attempt], "owners": [self.id],
+                "states": ["completed"], "delays": [0.0], "refunds": [0],
+                "results": [ctx.encoded_result()], "errors": [None],
+                "now": self.app.clock.now()})
+            if not rows:
+                raise LeaseLost(f"job {ctx.job_id}: lease lost before the transaction "
+                                "committed; rolled back")
+
+    def held_snapshot(self) -> list[tuple[int, int, str | None]]:
+        with self._held_lock:
+            return [(r.job_id, r.attempt, r.ctx.take_progress())
+                    for r in self._held.values() if not r.lost]
+
+
+def _detail(outcome: _Outcome) -> str:
+    if outcome.state in ("retryable", "scheduled"):
+        return f"retry_in={outcome.delay:.1f}s"
+    return ""
+
+
+class _Heartbeat(threading.Thread):
+    """Renews every lease of the process, once per interval, from its own thread and
+    connection, so the event loop being busy or blocked cannot stop it."""
+
+    def __init__(self, worker: Worker, conn: psycopg.Connection[Any]) -> None:
+        super().__init__(name="pgq-heartbeat", daemon=True)
+        self.worker = worker
+        self.conn = conn
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+        self.conn.close()
+
+    def run(self) -> None:
+        worker = self.worker
+        interval = worker.config.heartbeat_interval
+        while not self._stop_event.wait(interval):
+            held = worker.held_snapshot()
+            if not held:
+                continue
+            try:
+                rows = execute(self.conn, "job_heartbeat_many", {
+                    "ids": [h[0] for h in held], "attempts": [h[1] for h in held],
+                    "progress": [h[2] for h in held], "worker": worker.id,
+                    "lease_seconds": worker.config.lease_seconds, "now": worker.app.clock.now()})
+            except PgqError as exc:
+                log.error("worker %s: heartbeat failed: %s", worker.id, exc)
+                if self.conn.closed or self.conn.broken:
+                    with suppress(PgqError):
+                        self.conn = connect(worker.app.settings, autocommit=True)
+                continue
+            alive = {row[0] for row in rows}
+            loop = worker._loop
+            for job_id, _attempt, _progress in held:
+                if job_id not in alive and loop is not None:
+                    loop.call_soon_threadsafe(worker.lease_lost, job_id)
