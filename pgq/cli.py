@@ -112,6 +112,52 @@ def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,
         click.echo(f"enqueued job {result.id}")
 
 
+@cli.command()
+@app_option
+@click.option("--queues", default="default", show_envvar=True, metavar="SPEC",
+              help="Queues to serve: name[=weight][:cap],... e.g. critical=6,default=3,bulk=1:4. "
+              "With all busy, slots are shared by weight; idle slots are lent to busy queues "
+              "(one per idle queue is kept free); cap limits one queue's running jobs.")
+@click.option("--concurrency", type=click.IntRange(1, 10_000), default=10, show_envvar=True,
+              help="Jobs one process runs at once.")
+@click.option("--strict", is_flag=True, show_envvar=True,
+              help="Serve queues in the order given: a queue runs only when those before it are empty.")
+@click.option("--processes", type=click.IntRange(1, 256), default=1, show_envvar=True,
+              help="Worker processes under one supervisor that restarts any that die.")
+@click.option("--shutdown-timeout", type=click.FloatRange(0), default=30.0, show_envvar=True,
+              metavar="SECONDS", help="On SIGTERM, how long running jobs may finish before "
+              "they are handed back (attempt not spent). A second signal exits at once.")
+@click.option("--lease", type=click.FloatRange(1), default=30.0, show_envvar=True,
+              metavar="SECONDS", help="Lease length; heartbeats renew it every third of it.")
+@click.option("--poll-interval", type=click.FloatRange(0.01), default=1.0, show_envvar=True,
+              metavar="SECONDS", help="Longest wait between claims when idle.")
+@click.option("--crash-budget", type=click.IntRange(1), default=3, show_envvar=True,
+              help="Times a job may lose its worker (crash, kill) before it ends failed.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+              default="INFO", show_envvar=True, help="DEBUG also logs job args.")
+@database_option
+def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, processes: int,
+           shutdown_timeout: float, lease: float, poll_interval: float, crash_budget: int,
+           log_level: str, database_url: str | None) -> None:
+    """Run jobs. Stops gracefully on SIGTERM/SIGINT."""
+    from pgq.queues import parse_queues
+    from pgq.supervisor import Supervisor
+    from pgq.worker import Worker, WorkerConfig
+
+    if not app_path:
+        raise ConfigError("pgq worker needs --app module:attribute (or PGQ_APP)")
+    logging.basicConfig(level=getattr(logging, log_level),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = WorkerConfig(queues=tuple(parse_queues(queues)), concurrency=concurrency,
+                          strict=strict, lease_seconds=lease, poll_seconds=poll_interval,
+                          shutdown_seconds=shutdown_timeout, crash_budget=crash_budget)
+    app = load_app(app_path, database_url)
+    if processes == 1:
+        sys.exit(Worker(app, config).run())
+    sys.exit(Supervisor(app, load_app, (app_path, database_url), config, processes,
+                        getattr(logging, log_level)).run())
+
+
 def load_app(path: str, database_url: str | None = None) -> App:
     """Import ``module:attr`` and return the App there, or raise ``ConfigError``."""
     module_name, _, attr = path.partition(":")

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -167,9 +167,10 @@ class Worker:
             self._loop.call_soon_threadsafe(self._stop_requested.set)
 
     async def run_async(self, *, install_signals: bool = False,
-                        until_idle: bool = False) -> int:
-        """The worker's main coroutine. ``until_idle`` stops once no job is due and none
-        is running (for demos and tests)."""
+                        stop_when: Literal["due", "done"] | None = None) -> int:
+        """The worker's main coroutine. For demos and tests, ``stop_when="due"`` returns
+        once nothing is running and nothing is due; ``"done"`` once no job of this
+        worker's queues and tasks is active at all (waiting out retry backoffs)."""
         self._loop = asyncio.get_running_loop()
         self._wake, self._flush_now, self._stop_requested = (
             asyncio.Event(), asyncio.Event(), asyncio.Event())
@@ -187,7 +188,7 @@ class Worker:
                           for q in self.config.queues),
                  self.config.concurrency, " strict" if self.config.strict else "")
         try:
-            await self._produce(until_idle)
+            await self._produce(stop_when)
             await self._drain()
         finally:
             self._stopping = True
@@ -202,7 +203,7 @@ class Worker:
 
     # --- producer ----------------------------------------------------------------------
 
-    async def _produce(self, until_idle: bool) -> None:
+    async def _produce(self, stop_when: str | None) -> None:
         assert self._wake is not None and self._stop_requested is not None
         loop = asyncio.get_running_loop()
         next_reclaim = loop.time()
@@ -222,8 +223,11 @@ class Worker:
             claimed_full = await self._claim(tasks)
             if claimed_full:
                 continue  # a queue has more work: claim again at once
-            if until_idle and not self._held and not await self._active_jobs(queues, tasks):
-                return
+            if stop_when and not self._held and not self._outcomes:
+                if stop_when == "due" and not any(self._hungry.values()):
+                    return
+                if stop_when == "done" and not await self._active_jobs(queues, tasks):
+                    return
             self._wake.clear()
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_or_stop(), self.config.poll_seconds)

@@ -1,0 +1,47 @@
+"""A pgq app for worker tests, importable by worker subprocesses as
+``tests.support.jobs:app``. Tasks write an execution ledger (tests.support.ledger) on
+their own autocommit connection, so a test can prove what ran, where, and how often."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pgq
+from tests.support import ledger
+
+app = pgq.App.from_env()
+FAST = pgq.Backoff(base=0.05, factor=1, jitter=0)
+
+
+@app.task(name="ledger.noop", backoff=FAST)
+def noop(ctx: pgq.Context) -> None:
+    ledger.record_start(ctx)
+
+
+@app.task(name="ledger.anoop", backoff=FAST)
+async def anoop(ctx: pgq.Context) -> None:
+    ledger.record_start(ctx)
+
+
+@app.task(name="ledger.sleep", backoff=FAST)
+def sleep(ctx: pgq.Context, seconds: float) -> None:
+    ledger.record_start(ctx)
+    ctx.cancelled.wait(seconds)  # sleeps, but wakes if cancelled
+    ledger.record_end(ctx)
+
+
+@app.task(name="ledger.asleep", backoff=FAST)
+async def asleep(ctx: pgq.Context, seconds: float) -> None:
+    ledger.record_start(ctx)
+    await asyncio.sleep(seconds)
+    ledger.record_end(ctx)
+
+
+@app.task(name="ledger.segfault", backoff=FAST, max_attempts=10)
+def segfault(ctx: pgq.Context) -> None:
+    ledger.record_start(ctx)
+    time.sleep(0.2)  # let the process's other jobs get going first
+    os.kill(os.getpid(), signal.SIGSEGV)
