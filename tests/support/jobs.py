@@ -27,10 +27,14 @@ async def anoop(ctx: pgq.Context) -> None:
 
 
 @app.task(name="ledger.sleep", backoff=FAST)
-def sleep(ctx: pgq.Context, seconds: float) -> None:
+def sleep(ctx: pgq.Context, seconds: float, retry_seconds: float | None = None) -> str:
+    """Sleeps ``seconds`` (``retry_seconds`` on later attempts); returns who ran it."""
     ledger.record_start(ctx)
+    if ctx.attempt > 1 and retry_seconds is not None:
+        seconds = retry_seconds
     ctx.cancelled.wait(seconds)  # sleeps, but wakes if cancelled
     ledger.record_end(ctx)
+    return ctx.worker_id
 
 
 @app.task(name="ledger.asleep", backoff=FAST)
