@@ -203,7 +203,7 @@ def test_critical_job_starts_at_once_behind_a_bulk_flood(
     for _ in range(3):
         before = conn.execute("SELECT clock_timestamp()").fetchone()[0]
         job = app.enqueue("ledger.noop", queue="critical").id
-        started = wait_until(lambda: conn.execute(  # noqa: B023
+        started = wait_until(lambda job=job: conn.execute(
             "SELECT started_at FROM ledger WHERE job_id = %s", [job]).fetchone(), 10,
             "the critical job to start")[0]
         assert (started - before).total_seconds() < 1.0
