@@ -1,4 +1,5 @@
-"""The pgq demo: enqueue jobs inside application transactions and audit them with SQL.
+"""The pgq demo: enqueue jobs inside application transactions, run a worker, and audit
+what happened with SQL.
 
     python examples/demo.py
 
@@ -8,6 +9,7 @@ else an embedded PostgreSQL, so it runs on a machine that has only Python.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
 
@@ -33,9 +35,24 @@ print(f"schema:   pgq {after} ({'migrated just now' if before != after else 'alr
 app = pgq.App(settings)
 
 
+QUICK = pgq.Backoff(base=0.5, jitter=0)  # the demo's retries come fast; the default is 30 s, 5 min, ...
+
+
 @app.task(name="email.receipt", queue="critical", max_attempts=5)
-def send_receipt(order_id: int) -> None:
-    """Runs in a worker (the worker arrives with pgq's next release of the demo)."""
+def send_receipt(order_id: int) -> dict[str, object]:
+    return {"sent_to": f"customer-of-order-{order_id}"}
+
+
+@app.task(name="api.sync", max_attempts=5, backoff=QUICK)
+def flaky_sync(ctx: pgq.Context) -> str:
+    if ctx.attempt == 1:
+        raise ConnectionError("upstream API timed out (first attempt fails on purpose)")
+    return "synced on a retry"
+
+
+@app.task(name="report.broken", max_attempts=2, backoff=QUICK)
+def broken_report() -> None:
+    raise ValueError("report template missing: this job will end in the dead letter")
 
 
 with psycopg.connect(url, autocommit=True) as admin:
@@ -74,18 +91,30 @@ try:
 except pgq.UnknownTaskError as exc:
     print(f"5. a typo is refused: {exc}")
 
+flaky = app.enqueue(flaky_sync)
+broken = app.enqueue(broken_report)
+
+# 6. A worker runs everything until no job is left (demo mode; `pgq worker` runs forever).
+print("\n6. running a worker until every job has finished...")
+logging.basicConfig(level=logging.WARNING, format="   %(levelname)s %(message)s")
+worker = pgq.Worker(app, pgq.WorkerConfig(
+    queues=tuple(pgq.parse_queues("critical=3,default=2,bulk=1")), concurrency=8,
+    poll_seconds=0.1))
+asyncio.run(worker.run_async(stop_when="done"))
+print(f"   worker finished: {worker.stats.finished}")
 app.close()
 
 AUDIT = """
-SELECT id, task, queue, state, attempt, max_attempts, unique_key,
-       meta->>'tenant' AS tenant, created_at::timestamp(0) AS created_at
+SELECT id, task, state, attempt, max_attempts, result,
+       errors->-1->>'type' AS last_error, left(errors->-1->>'message', 50) AS message
 FROM pgq_jobs
-WHERE id IN (%(committed)s, %(rolled_back)s)
+WHERE id IN (%(committed)s, %(rolled_back)s, %(flaky)s, %(broken)s)
 ORDER BY id
 """
 print("\nThe audit query an operator would run:" + AUDIT)
 with psycopg.connect(url) as conn:
-    cur = conn.execute(AUDIT, {"committed": committed.id, "rolled_back": rolled_back.id})
+    cur = conn.execute(AUDIT, {"committed": committed.id, "rolled_back": rolled_back.id,
+                               "flaky": flaky.id, "broken": broken.id})
     names = [d.name for d in cur.description or []]
     rows = [[str(v) for v in row] for row in cur.fetchall()]
 widths = [max(len(n), *(len(r[i]) for r in rows)) for i, n in enumerate(names)]
@@ -93,5 +122,6 @@ print(" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)))
 print("-+-".join("-" * w for w in widths))
 for row in rows:
     print(" | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-print(f"({len(rows)} row: the committed job is there, the rolled-back job {rolled_back.id} is not)")
+print(f"({len(rows)} rows: the receipt completed, api.sync completed on its 2nd attempt, "
+      f"report.broken is in the dead letter; the rolled-back job {rolled_back.id} never existed)")
 print(f"\nEverything above is in {redact_url(url)}; see docs/audit.md for more queries.")

@@ -6,10 +6,10 @@ The public surface is what this module exports; ``tests/unit/test_public_api.py`
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from pgq.app import App, Middleware
+from pgq.app import App
 from pgq.backoff import Backoff
 from pgq.clock import Clock, DatabaseClock, ManualClock
-from pgq.context import Context, LeaseLost
+from pgq.context import Context
 from pgq.enqueue import Enqueued, EnqueueOptions, JobSpec
 from pgq.errors import (
     ConfigError,
@@ -19,6 +19,7 @@ from pgq.errors import (
     InvalidIdentifierError,
     InvalidJobError,
     InvalidOptionError,
+    LeaseLost,
     MigrationError,
     PayloadTooLargeError,
     PgqError,
@@ -60,7 +61,6 @@ __all__ = [
     "JobState",
     "LeaseLost",
     "ManualClock",
-    "Middleware",
     "MigrationError",
     "PayloadTooLargeError",
     "PgqError",

@@ -17,16 +17,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pgq.errors import PgqError
+from pgq.errors import LeaseLost, PgqError
 from pgq.validation import encode_json_object
 
 if TYPE_CHECKING:
     import psycopg
 
-
-class LeaseLost(PgqError):
-    """This worker no longer owns the job's attempt (its lease expired and the job was
-    reclaimed, or it was cancelled). Nothing it writes for the job will be stored."""
+__all__ = ["Context", "LeaseLost"]
 
 
 @dataclass(eq=False)

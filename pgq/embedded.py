@@ -1,11 +1,12 @@
 """A database for demos and first steps, on any machine that has Python.
 
-``demo_database_url()`` picks, in order: ``PGQ_DATABASE_URL`` if set; a PostgreSQL
-answering on localhost:5432 (using a ``pgq_demo`` database there, created if missing,
-so the demo never writes into your own databases); else an embedded PostgreSQL from
-the ``pgserver`` package (real PostgreSQL binaries shipped in a wheel: ``pip install
-'pgq-jobs[embedded]'``), with its data under the user's cache directory. The embedded
-server stops when the process exits.
+``demo_database_url()`` picks, in order: ``PGQ_DATABASE_URL`` if set (used as it is);
+a PostgreSQL answering on localhost:5432; else an embedded PostgreSQL from the
+``pgserver`` package (real PostgreSQL binaries shipped in a wheel: ``pip install
+'pgq-jobs[embedded]'``), with its data under the user's cache directory, stopped when
+the process exits. On the last two, the demo gets a fresh ``pgq_demo`` database each
+run (dropped and recreated), so it never writes into your own databases and always
+starts from the same state.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
 
 from pgq.errors import ConfigError
 from pgq.settings import ENV_DATABASE_URL
@@ -35,26 +37,38 @@ def demo_database_url() -> tuple[str, str]:
     configured = os.environ.get(ENV_DATABASE_URL)
     if configured:
         return configured, "PGQ_DATABASE_URL"
-    local = _local_demo_database()
-    if local is not None:
-        return local, f"local PostgreSQL on localhost:5432, database {DEMO_DATABASE}"
-    return start_embedded(), f"embedded PostgreSQL (data in {cache_dir() / 'embedded'})"
+    if _answers(LOCAL_URL):
+        return fresh_demo_database(LOCAL_URL), f"local PostgreSQL on localhost:5432, database {DEMO_DATABASE}"
+    server = start_embedded()
+    return fresh_demo_database(server), (
+        f"embedded PostgreSQL (data in {cache_dir() / 'embedded'}), database {DEMO_DATABASE}")
 
 
-def _local_demo_database() -> str | None:
+def _answers(url: str) -> bool:
     try:
-        with psycopg.connect(LOCAL_URL, connect_timeout=2, autocommit=True) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", [DEMO_DATABASE]
-            ).fetchone()
-            if not exists:
-                try:
-                    conn.execute(f"CREATE DATABASE {DEMO_DATABASE}")
-                except psycopg.Error:
-                    return LOCAL_URL  # no CREATEDB right: use the default database
+        with psycopg.connect(url, connect_timeout=2):
+            return True
     except psycopg.Error:
-        return None
-    return LOCAL_URL.rsplit("/", 1)[0] + f"/{DEMO_DATABASE}"
+        return False
+
+
+def fresh_demo_database(server_url: str) -> str:
+    """Drop and recreate ``pgq_demo`` on the server of ``server_url``; its URL."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DEMO_DATABASE}")
+    info = psycopg.conninfo.conninfo_to_dict(server_url)
+    info["dbname"] = DEMO_DATABASE
+    return _as_url(info)
+
+
+def _as_url(info: dict[str, Any]) -> str:
+    host = str(info.get("host") or "")
+    user = str(info.get("user") or "")
+    port = f":{info['port']}" if info.get("port") else ""
+    if host.startswith("/"):  # a socket directory: libpq takes it as a query parameter
+        return f"postgresql://{user}@/{info['dbname']}?host={host}"
+    return f"postgresql://{user}@{host}{port}/{info['dbname']}"
 
 
 def start_embedded(data_dir: Path | None = None) -> str:

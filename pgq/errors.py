@@ -9,6 +9,7 @@ cancel) are a separate family that arrives with the worker; they are not errors.
     ├── DatabaseError                a database call failed (the driver error is __cause__)
     │   └── DatabaseUnavailable      cannot connect at all
     ├── MigrationError               the schema is missing, old, or a migration failed
+    ├── LeaseLost                    this worker no longer owns the job's attempt
     ├── UnsupportedConnectionError   conn= is not a psycopg 3 / SQLAlchemy-on-psycopg object
     ├── TaskDefinitionError          a @task declaration is invalid
     └── InvalidJobError              enqueue input rejected before any SQL ran
@@ -44,6 +45,11 @@ class DatabaseUnavailable(DatabaseError):
 
 class MigrationError(PgqError):
     """The pgq schema is missing or not at the expected revision, or migrating failed."""
+
+
+class LeaseLost(PgqError):
+    """This worker no longer owns the job's attempt (its lease expired and the job was
+    reclaimed, or it was cancelled). Nothing it writes for the job will be stored."""
 
 
 class UnsupportedConnectionError(PgqError):

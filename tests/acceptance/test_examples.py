@@ -49,7 +49,10 @@ def check_demo_output(stdout: str) -> None:
     assert re.search(r"enqueue with the same unique key: duplicate=True", stdout)
     assert "enqueue_many: 1000 jobs" in stdout
     assert "a typo is refused: unknown task 'email.reciept'" in stdout
-    assert "(1 row: the committed job is there" in stdout
+    assert "(3 rows: the receipt completed" in stdout
+    assert re.search(r"\| api\.sync\s+\| completed\s+\| 2 ", stdout), stdout
+    assert re.search(r"\| report\.broken\s+\| failed\s+\| 2 .*ValueError", stdout), stdout
+    assert "worker finished: {" in stdout
 
 
 def test_demo_against_a_server(empty_db_url: str) -> None:
@@ -58,7 +61,9 @@ def test_demo_against_a_server(empty_db_url: str) -> None:
     assert "database: PGQ_DATABASE_URL" in out.stdout
     check_demo_output(out.stdout)
     with psycopg.connect(empty_db_url) as c:
-        assert c.execute("SELECT count(*) FROM pgq_jobs").fetchone() == (1001,)
+        assert c.execute("SELECT count(*) FROM pgq_jobs").fetchone() == (1003,)
+        assert c.execute("SELECT count(*) FROM pgq_jobs WHERE state NOT IN ('completed', 'failed')"
+                         ).fetchone() == (0,)
         assert c.execute("SELECT count(*) FROM demo_orders").fetchone() == (1,)
 
 

@@ -7,30 +7,42 @@ import pgq
 
 PUBLIC = [
     "App",
+    "Backoff",
+    "Cancel",
     "Clock",
     "ConfigError",
+    "Context",
     "DatabaseClock",
     "DatabaseError",
     "DatabaseUnavailable",
     "EnqueueOptions",
     "Enqueued",
+    "Fail",
     "InvalidArgsError",
     "InvalidIdentifierError",
     "InvalidJobError",
     "InvalidOptionError",
+    "JobOutcome",
     "JobSpec",
     "JobState",
+    "LeaseLost",
     "ManualClock",
     "MigrationError",
     "PayloadTooLargeError",
     "PgqError",
+    "QueueSpec",
+    "Retry",
     "Settings",
+    "Snooze",
     "Task",
     "TaskDefinitionError",
     "TaskRegistry",
     "UnknownTaskError",
     "UnsupportedConnectionError",
+    "Worker",
+    "WorkerConfig",
     "__version__",
+    "parse_queues",
 ]
 
 
@@ -63,5 +75,9 @@ def test_public_names_come_from_pgq_modules() -> None:
 def test_errors_are_exported_with_their_base() -> None:
     exported_errors = {n for n in pgq.__all__ if isinstance(getattr(pgq, n), type)
                        and issubclass(getattr(pgq, n), Exception)}
-    assert all(issubclass(getattr(pgq, n), pgq.PgqError) for n in exported_errors)
-    assert len(exported_errors) == 13
+    # two families: failures of pgq, and outcomes a task raises on purpose
+    pgq_errors = {n for n in exported_errors if issubclass(getattr(pgq, n), pgq.PgqError)}
+    outcomes = {n for n in exported_errors if issubclass(getattr(pgq, n), pgq.JobOutcome)}
+    assert pgq_errors | outcomes == exported_errors and not pgq_errors & outcomes
+    assert len(pgq_errors) == 14
+    assert outcomes == {"JobOutcome", "Retry", "Snooze", "Cancel", "Fail"}
