@@ -163,7 +163,7 @@ FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(progress)s::text[])
      AS p(id, attempt, progress)
 WHERE j.id = p.id AND j.attempt = p.attempt AND j.lease_owner = %(worker)s
   AND j.state = 'running'
-RETURNING j.id;
+RETURNING j.id, j.lease_expires_at;
 
 -- name: job_finish_many
 -- Record a batch of attempt outcomes in one statement: completed, retryable, failed,

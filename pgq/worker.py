@@ -558,6 +558,14 @@ class Worker:
                 raise LeaseLost(f"job {ctx.job_id}: lease lost before the transaction "
                                 "committed; rolled back")
 
+    def leases_renewed(self, deadlines: dict[int, Any]) -> None:
+        """Heartbeat thread: publish the new lease deadlines to the tasks' contexts."""
+        with self._held_lock:
+            for job_id, deadline in deadlines.items():
+                running = self._held.get(job_id)
+                if running is not None:
+                    running.ctx.lease_expires_at = deadline
+
     def held_snapshot(self) -> list[tuple[int, int, str | None]]:
         with self._held_lock:
             return [(r.job_id, r.attempt, r.ctx.take_progress())
@@ -603,7 +611,8 @@ class _Heartbeat(threading.Thread):
                     with suppress(PgqError):
                         self.conn = connect(worker.app.settings, autocommit=True)
                 continue
-            alive = {row[0] for row in rows}
+            alive = dict(rows)
+            worker.leases_renewed(alive)
             loop = worker._loop
             for job_id, _attempt, _progress in held:
                 if job_id not in alive and loop is not None:
