@@ -109,7 +109,47 @@ def enqueue_single(url: str, n: int = 5_000, runs: int = 3) -> Figure:
     return Figure("enqueue_single", "jobs/s", ours, baseline, "bare INSERT + COMMIT")
 
 
+def drain(url: str, n: int = 50_000, runs: int = 3, processes: int = 2,
+          task: str = "bench.noop") -> Figure:
+    """``pgq worker --processes N`` draining n pre-enqueued no-op jobs, from the first
+    claim to the last completion (both read from the jobs table, by the database clock).
+    The database-ceiling baseline arrives with the performance issue."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    app = pgq.App(pgq.Settings(database_url=url), strict=False)
+    rates = []
+    try:
+        for _ in range(runs):
+            _reset(url)
+            app.enqueue_many([pgq.JobSpec(task) for _ in range(n)])
+            env = {**os.environ, "PGQ_DATABASE_URL": url}
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pgq", "worker", "--app", "bench.app:app",
+                 "--processes", str(processes), "--concurrency", "64", "--poll-interval",
+                 "0.05", "--log-level", "WARNING"], env=env)
+            try:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    while conn.execute("SELECT count(*) FROM pgq_jobs WHERE state <> 'completed'"
+                                       ).fetchone()[0]:  # type: ignore[index]
+                        time.sleep(0.2)
+                    first, last = conn.execute(
+                        "SELECT min(started_at), max(finished_at) FROM pgq_jobs").fetchone()  # type: ignore[misc]
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+            rates.append(n / (last - first).total_seconds())
+    finally:
+        app.close()
+    rates.sort()
+    return Figure(f"drain_{processes}p", "jobs/s", rates[len(rates) // 2], None, "-")
+
+
 WORKLOADS: dict[str, Callable[..., Figure]] = {
     "enqueue_bulk": enqueue_bulk,
     "enqueue_single": enqueue_single,
+    "drain_1p": lambda url, **kw: drain(url, processes=1, **kw),
+    "drain_2p": lambda url, **kw: drain(url, processes=2, **kw),
 }
