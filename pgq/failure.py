@@ -19,11 +19,11 @@ LOST_TYPE = "pgq.WorkerLost"
 
 def clean_text(text: str, limit: int) -> str:
     """NUL-free, valid UTF-8, at most ``limit`` characters (keeping head and tail)."""
+    text = text.replace("\x00", "\\x00")  # before cutting, so escapes cannot exceed the limit
     if len(text) > limit:
         cut = len(text) - limit
         half = limit // 2
         text = f"{text[:half]}\n… [{cut} characters cut] …\n{text[-(limit - half):]}"
-    text = text.replace("\x00", "\\x00")
     return text.encode("utf-8", "replace").decode("utf-8")
 
 

@@ -224,3 +224,7 @@ SELECT count(*)
 FROM pgq_jobs
 WHERE queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[])
   AND state IN ('available', 'retryable', 'scheduled', 'running');
+
+-- name: schema_version
+-- The pgq migration this database is at; a worker refuses to start on an old schema.
+SELECT version_num FROM pgq_alembic_version;

@@ -43,7 +43,7 @@ import psycopg
 from pgq.app import App
 from pgq.context import Context, LeaseLost
 from pgq.database import connect, connect_async, execute, execute_async
-from pgq.errors import ConfigError, PgqError
+from pgq.errors import ConfigError, MigrationError, PgqError
 from pgq.failure import error_entry
 from pgq.outcomes import Cancel, Fail, Retry, Snooze
 from pgq.queues import QueueSpec, allocate
@@ -179,6 +179,7 @@ class Worker:
                 self._loop.add_signal_handler(sig, self.request_stop)
         settings = self.app.settings
         self._conn = await connect_async(settings, autocommit=True)
+        await self._check_schema()
         self._flush_conn = await connect_async(settings, autocommit=True)
         heartbeat = _Heartbeat(self, connect(settings, autocommit=True))
         heartbeat.start()
@@ -200,6 +201,19 @@ class Worker:
             log.info("worker %s stopped: claimed=%d finished=%s", self.id,
                      self.stats.claimed, self.stats.finished)
         return self._exit_code
+
+    async def _check_schema(self) -> None:
+        from pgq.migrate import head
+
+        try:
+            rows = await execute_async(self._conn, "schema_version", {})
+        except MigrationError:
+            rows = []
+        current, wanted = (rows[0][0] if rows else None), head()
+        if current != wanted:
+            await self._conn.close()
+            raise MigrationError(f"the database's pgq schema is at {current or 'nothing'}, "
+                                 f"this pgq needs {wanted}: run `pgq migrate` first")
 
     # --- producer ----------------------------------------------------------------------
 

@@ -26,10 +26,9 @@ def pgq_cmd(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 def test_help_describes_exactly_what_exists() -> None:
     out = pgq_cmd("--help")
     assert out.returncode == 0
-    commands = out.stdout.split("Commands:")[1].split()
-    assert [w for w in commands if w.islower() and w.isalpha() and len(w) > 3][:2] == [
-        "enqueue", "migrate"]
-    for sub in ("migrate", "enqueue"):
+    lines = out.stdout.split("Commands:")[1].strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["enqueue", "migrate", "worker"]
+    for sub in ("migrate", "enqueue", "worker"):
         help_text = pgq_cmd(sub, "--help").stdout
         assert "PGQ_DATABASE_URL" in help_text, f"{sub} --help must name its env var"
         options = " ".join(help_text.split("Options:")[1].split("-h, --help")[0].split())
@@ -117,3 +116,25 @@ def test_errors_are_one_line_without_traceback_or_secret(args: list[str], env: d
     assert "hunter2" not in out.stderr + out.stdout
     if out.returncode == 1:
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_worker_refuses_an_unmigrated_database(empty_db_url: str) -> None:
+    out = pgq_cmd("worker", "--app", "tests.support.jobs:app", env={"PGQ_DATABASE_URL": empty_db_url})
+    assert out.returncode == 1
+    assert "run `pgq migrate` first" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--queues", "a=0"], "weight and cap must be at least 1"),
+    (["--queues", "bad queue"], "bad queue spec"),
+    ([], None),
+])
+def test_worker_config_errors(args: list[str], message: str | None, db_url: str) -> None:
+    if message is None:  # no --app at all
+        out = pgq_cmd("worker", env={"PGQ_DATABASE_URL": db_url})
+        assert out.returncode == 1 and "needs --app" in out.stderr
+        return
+    out = pgq_cmd("worker", "--app", "tests.support.jobs:app", *args,
+                  env={"PGQ_DATABASE_URL": db_url})
+    assert out.returncode == 1 and message in out.stderr, out.stderr
