@@ -39,6 +39,9 @@ class Backoff:
             object.__setattr__(self, "steps", None)
             if self.base <= 0 or self.factor < 1:
                 raise ValueError("Backoff needs base > 0 and factor >= 1")
+        if self.steps is not None and (
+                not self.steps or any(not 0 <= step <= 10 * 365 * 86400 for step in self.steps)):
+            raise ValueError("Backoff steps must be a non-empty list of delays in seconds")
         if not 0 <= self.jitter < 1:
             raise ValueError("jitter must be in [0, 1)")
 

@@ -13,11 +13,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+MAX_DELAY_SECONDS = 10 * 365 * 86400.0
+"""Ten years: longer delays are almost certainly unit mistakes, and PostgreSQL's
+timestamps would overflow on some."""
+
 
 def _seconds(delay: float | timedelta) -> float:
-    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-    if not seconds >= 0:
-        raise ValueError(f"delay must be a non-negative number of seconds, got {delay!r}")
+    try:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    except OverflowError:
+        seconds = float("inf")
+    if not 0 <= seconds <= MAX_DELAY_SECONDS:
+        raise ValueError(f"delay must be between 0 and {MAX_DELAY_SECONDS:g} seconds, got {delay!r}")
     return seconds
 
 

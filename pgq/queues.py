@@ -62,13 +62,18 @@ def allocate(
     hungry: Mapping[str, bool] | None = None,
     *,
     strict: bool = False,
+    rotation: int = 0,
 ) -> dict[str, int]:
     """How many jobs to claim from each queue now.
 
     ``running``: jobs of each queue running in this process. ``hungry``: whether the
     queue's last claim came back full (it has more work); unknown counts as hungry.
-    Weighted: each queue is first offered its weighted share of all slots, less what it
-    runs; slots still free are then lent, by weight, to hungry queues, within caps.
+    An idle queue is always offered one probe slot while any slot is free, so new work
+    in it is noticed at once; when there are fewer free slots than idle queues, the
+    probes rotate (``rotation`` is the caller's round counter). Weighted: each hungry
+    queue is offered its weighted share of all slots, less what it runs; what is left is
+    lent, by weight, to hungry queues, within caps. Strict: in order, idle queues get
+    their probe and the first hungry queue takes everything left; later queues wait.
 
     >>> q = parse_queues("critical=6,default=3,bulk=1")
     >>> allocate(q, 10, {})
@@ -77,6 +82,8 @@ def allocate(
     {'critical': 1, 'default': 1, 'bulk': 7}
     >>> allocate(parse_queues("critical,bulk=1:8"), 10, {"bulk": 8})
     {'critical': 2, 'bulk': 0}
+    >>> allocate(parse_queues("a,b,c"), 10, {}, {"a": False, "b": True}, strict=True)
+    {'a': 1, 'b': 9, 'c': 0}
     """
     hungry = hungry or {}
     free = concurrency - sum(running.get(s.name, 0) for s in specs)
@@ -90,26 +97,43 @@ def allocate(
     if free <= 0:
         return out
     if strict:
+        # In order: idle queues get a probe; the first queue with work takes the rest,
+        # and the queues after it wait.
         for spec in specs:
-            take = min(free, room(spec))
-            out[spec.name] = take
-            free -= take
             if hungry.get(spec.name, True):
-                break  # a queue with work takes everything; later queues wait
+                out[spec.name] = min(free, room(spec))
+                break
+            if free > 0 and room(spec) > 0:
+                out[spec.name] = 1
+                free -= 1
         return out
+    idle = [s for s in specs if not hungry.get(s.name, True)]
+    busy = [s for s in specs if hungry.get(s.name, True)]
+    if idle and free <= len(idle):
+        # Too few slots to probe every idle queue and still serve the busy ones: one slot
+        # per queue, rotating over all of them, so none is starved of attention.
+        start = rotation % len(specs)
+        for spec in [*specs[start:], *specs[:start]]:
+            if free > 0 and room(spec) > 0:
+                out[spec.name] = 1
+                free -= 1
+        return out
+    # Probes: one slot per idle queue.
+    for spec in idle:
+        if room(spec) > 0:
+            out[spec.name] = 1
+            free -= 1
 
     total_weight = sum(s.weight for s in specs)
-    # Pass 1: each queue's weighted share, less what it already runs.
-    for spec in specs:
+    # Pass 1: each busy queue's weighted share, less what it already runs.
+    for spec in busy:
         share = concurrency * spec.weight // total_weight
         take = min(max(0, share - running.get(spec.name, 0)), room(spec), free)
-        if not hungry.get(spec.name, True):
-            take = min(take, 1)  # an idle queue keeps one probe slot, lends the rest
         out[spec.name] += take
         free -= take
-    # Pass 2: lend what is left to hungry queues by weight, one slot at a time, within caps.
+    # Pass 2: lend what is left to busy queues by weight, one slot at a time, within caps.
     while free > 0:
-        candidates = [s for s in specs if hungry.get(s.name, True) and room(s) > 0]
+        candidates = [s for s in busy if room(s) > 0]
         if not candidates:
             break
         best = min(candidates, key=lambda s: (running.get(s.name, 0) + out[s.name]) / s.weight)

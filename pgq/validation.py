@@ -149,6 +149,21 @@ def encode_json_object(value: object, what: str) -> str:
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+def encode_result(value: object) -> str | None:
+    """A task's return value as JSON that jsonb accepts, ``None`` for ``None``; raises
+    ``InvalidArgsError`` for what cannot be stored (not JSON, NaN, NUL, lone surrogates)."""
+    if value is None:
+        return None
+    try:
+        text = _ENCODER.encode(value)
+        text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidArgsError(f"result is not storable JSON ({exc})") from None
+    if _JSON_NUL.search(text):
+        raise InvalidArgsError("result contains a NUL character, which jsonb rejects")
+    return text
+
+
 def _find_unfaithful(value: Any, path: str) -> str:
     """Describe the first value under ``path`` that JSON cannot carry unchanged."""
     stack: list[tuple[str, Any]] = [(path, value)]

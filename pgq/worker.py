@@ -43,12 +43,20 @@ import psycopg
 from pgq.app import App
 from pgq.context import Context, LeaseLost
 from pgq.database import connect, connect_async, execute, execute_async
-from pgq.errors import ConfigError, MigrationError, PgqError
+from pgq.errors import (
+    ConfigError,
+    DatabaseError,
+    DatabaseUnavailable,
+    InvalidArgsError,
+    MigrationError,
+    PgqError,
+)
 from pgq.failure import error_entry
 from pgq.outcomes import Cancel, Fail, Retry, Snooze
 from pgq.queues import QueueSpec, allocate
 from pgq.reclaim import DEFAULT_CRASH_BUDGET, reclaim
 from pgq.tasks import Task
+from pgq.validation import encode_result
 
 log = logging.getLogger("pgq.worker")
 
@@ -140,6 +148,7 @@ class Worker:
         self._held_lock = threading.Lock()
         self._outcomes: list[_Outcome] = []
         self._hungry: dict[str, bool] = {}
+        self._round = 0
         self._stopping = False
         self._abandoned = 0
         self._exit_code = EXIT_OK
@@ -238,7 +247,8 @@ class Worker:
             if claimed_full:
                 continue  # a queue has more work: claim again at once
             if stop_when and not self._held and not self._outcomes:
-                if stop_when == "due" and not any(self._hungry.values()):
+                if stop_when == "due" and not any(
+                        self._hungry.get(q.name, True) for q in self.config.queues):
                     return
                 if stop_when == "done" and not await self._active_jobs(queues, tasks):
                     return
@@ -265,8 +275,9 @@ class Worker:
             running: dict[str, int] = {}
             for r in self._held.values():
                 running[r.ctx.queue] = running.get(r.ctx.queue, 0) + 1
+        self._round += 1
         limits = allocate(self.config.queues, self.config.concurrency, running, self._hungry,
-                          strict=self.config.strict)
+                          strict=self.config.strict, rotation=self._round)
         wanted = {q: n for q, n in limits.items() if n > 0}
         if not wanted:
             return False
@@ -332,23 +343,36 @@ class Worker:
                 else:
                     # shield: at the timeout the thread cannot be stopped, only abandoned
                     result = await asyncio.shield(self._call_in_thread(task, ctx, call_args, args))
-            outcome = self._success(running, result)
+            outcome = self._outcome_or_internal_failure(
+                running, lambda: self._success(running, result))
         except asyncio.CancelledError:
             if not running.released and not running.lost:
                 raise
             return
         except BaseException as exc:
+            failure: BaseException = exc
             if isinstance(exc, TimeoutError) and timer.expired():
                 ctx.cancelled.set()
                 if not task.is_async:
                     self._abandon_thread(running)
-                outcome = self._failure(running, exc, timed_out=timeout)
+                outcome = self._outcome_or_internal_failure(
+                    running, lambda: self._failure(running, failure, timed_out=timeout))
             else:
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
-                    exc = RuntimeError(f"task raised {type(exc).__name__}")
-                outcome = self._failure(running, exc)
+                    failure = RuntimeError(f"task raised {type(exc).__name__}")
+                outcome = self._outcome_or_internal_failure(
+                    running, lambda: self._failure(running, failure))
         if outcome is not None:
             self._record(running, outcome)
+
+    def _outcome_or_internal_failure(self, running: _Running, make: Callable[[], _Outcome | None],
+                                     ) -> _Outcome | None:
+        try:
+            return make()
+        except Exception as exc:  # a bug in pgq or in a task's policy must not strand the job
+            log.exception("job=%s: could not decide the outcome", running.job_id)
+            return _Outcome(running.job_id, running.attempt, "failed", error=error_entry(
+                running.attempt, self.id, exc, type_name="pgq.InternalError"))
 
     async def _call_async(self, task: Task, ctx: Context, call_args: tuple[Any, ...],
                           args: dict[str, Any]) -> Any:
@@ -402,10 +426,10 @@ class Worker:
             self._forget(running, "completed")
             return None
         try:
-            encoded = json.dumps(result, allow_nan=False) if result is not None else None
-        except (TypeError, ValueError) as exc:
-            log.warning("job=%s task=%s: result is not JSON (%s); stored as null",
-                        running.job_id, running.task.name, exc)
+            encoded = encode_result(result)
+        except InvalidArgsError as exc:
+            log.warning("job=%s task=%s: %s; stored as null", running.job_id,
+                        running.task.name, exc)
             encoded = None
         return _Outcome(running.job_id, running.attempt, "completed", result=encoded)
 
@@ -452,27 +476,7 @@ class Worker:
                 return
 
     async def _flush(self, batch: list[_Outcome]) -> None:
-        params = {
-            "ids": [o.job_id for o in batch], "attempts": [o.attempt for o in batch],
-            "owners": [self.id] * len(batch), "states": [o.state for o in batch],
-            "delays": [o.delay for o in batch], "refunds": [o.refund for o in batch],
-            "results": [o.result for o in batch], "errors": [o.error for o in batch],
-            "now": self.app.clock.now(),
-        }
-        delay = 0.05
-        while True:
-            try:
-                rows = await execute_async(self._flush_conn, "job_finish_many", params)
-                break
-            except PgqError as exc:
-                # Keep the jobs (and their leases, which the heartbeat renews) until the
-                # outcomes are stored; claiming pauses because the slots stay occupied.
-                log.error("worker %s: cannot record %d outcome(s), retrying: %s",
-                          self.id, len(batch), exc)
-                if self._flush_conn.closed or self._flush_conn.broken:
-                    self._flush_conn = await self._reconnect()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        rows = await self._store(batch)
         stored = {row[0] for row in rows}
         for outcome in batch:
             running = self._held.get(outcome.job_id)
@@ -485,6 +489,49 @@ class Worker:
                 self._log(running, "lease-lost", f"outcome {outcome.state} discarded: "
                           "the job was reclaimed by another worker")
                 self._forget(running, "lease-lost")
+
+    async def _store(self, batch: list[_Outcome]) -> list[Any]:
+        """Write ``batch``; returns the rows still owned (the others were fenced out).
+
+        A lost connection is retried until it comes back: the jobs keep their slots and
+        leases meanwhile, so claiming pauses instead of leases expiring. An outcome the
+        database refuses (a data error) must not poison its batch: the batch is split,
+        and a row that still fails is stored as ``failed`` with the reason instead."""
+        delay = 0.05
+        while True:
+            try:
+                return await execute_async(self._flush_conn, "job_finish_many",
+                                           self._finish_params(batch))
+            except DatabaseError as exc:
+                if self._flush_conn.closed or self._flush_conn.broken or isinstance(
+                        exc, DatabaseUnavailable):
+                    log.error("worker %s: cannot record %d outcome(s), retrying: %s",
+                              self.id, len(batch), exc)
+                    if self._flush_conn.closed or self._flush_conn.broken:
+                        self._flush_conn = await self._reconnect()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if len(batch) > 1:
+                    return [row for one in batch for row in await self._store([one])]
+                (bad,) = batch
+                log.error("job=%s: the database refused its outcome %s (%s); recording it as "
+                          "failed", bad.job_id, bad.state, exc)
+                if bad.state == "failed" and bad.result is None and bad.error is not None \
+                        and '"pgq.UnstorableOutcome"' in bad.error:
+                    return []  # even the fallback failed: the lease will expire and reclaim it
+                return await self._store([_Outcome(bad.job_id, bad.attempt, "failed", error=error_entry(
+                    bad.attempt, self.id, exc, type_name="pgq.UnstorableOutcome",
+                    message=f"outcome {bad.state} could not be stored: {exc}"))])
+
+    def _finish_params(self, batch: list[_Outcome]) -> dict[str, Any]:
+        return {
+            "ids": [o.job_id for o in batch], "attempts": [o.attempt for o in batch],
+            "owners": [self.id] * len(batch), "states": [o.state for o in batch],
+            "delays": [o.delay for o in batch], "refunds": [o.refund for o in batch],
+            "results": [o.result for o in batch], "errors": [o.error for o in batch],
+            "now": self.app.clock.now(),
+        }
 
     async def _reconnect(self) -> psycopg.AsyncConnection[Any]:
         while True:
@@ -515,7 +562,7 @@ class Worker:
     def lease_lost(self, job_id: int) -> None:
         """Called (on the loop) when a heartbeat finds the job no longer ours."""
         running = self._held.get(job_id)
-        if running is None or running.lost:
+        if running is None or running.lost or running.ctx.completed_in_transaction:
             return
         running.lost = True
         running.ctx.cancelled.set()
@@ -581,9 +628,12 @@ class Worker:
                     running.ctx.lease_expires_at = deadline
 
     def held_snapshot(self) -> list[tuple[int, int, str | None]]:
+        """The leases to renew: running jobs, not those lost or already completed by
+        their own ``ctx.transaction()`` (no longer ``running``, so not ours to renew)."""
         with self._held_lock:
             return [(r.job_id, r.attempt, r.ctx.take_progress())
-                    for r in self._held.values() if not r.lost]
+                    for r in self._held.values()
+                    if not r.lost and not r.ctx.completed_in_transaction]
 
 
 def _detail(outcome: _Outcome) -> str:

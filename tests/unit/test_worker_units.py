@@ -1,0 +1,491 @@
+"""The worker's pure parts, without I/O: queue specs and slot allocation, retry backoff,
+failure sanitising, and the outcomes a task raises."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pgq
+from pgq.backoff import DEFAULT_STEPS, Backoff
+from pgq.errors import ConfigError, PgqError
+from pgq.failure import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS, clean_text, error_entry
+from pgq.outcomes import Cancel, Fail, JobOutcome, Retry, Snooze
+from pgq.queues import QueueSpec, allocate, parse_queues
+
+# --- parse_queues ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("default", [QueueSpec("default", 1, None)]),
+    ("critical=6,default=3,bulk=1:4",
+     [QueueSpec("critical", 6), QueueSpec("default", 3), QueueSpec("bulk", 1, 4)]),
+    ("bulk:4", [QueueSpec("bulk", 1, 4)]),
+    (" a=2 , b ", [QueueSpec("a", 2), QueueSpec("b", 1)]),
+    ("emails.send-v2_x=10:20", [QueueSpec("emails.send-v2_x", 10, 20)]),
+    ("_private,0day", [QueueSpec("_private"), QueueSpec("0day")]),
+    ("q" * 63, [QueueSpec("q" * 63)]),
+])
+def test_parse_queues_valid(text: str, expected: list[QueueSpec]) -> None:
+    assert parse_queues(text) == expected
+
+
+def test_parse_queues_is_public_and_documented_example_holds() -> None:
+    assert pgq.parse_queues is parse_queues
+    assert [(q.name, q.weight, q.cap) for q in parse_queues("critical=6,default=3,bulk=1")] == [
+        ("critical", 6, None), ("default", 3, None), ("bulk", 1, None)]
+
+
+@pytest.mark.parametrize("text", [
+    # bad names
+    "a b", "-bulk", ".bulk", "bülk", "q" * 64, "crit/ical", "a;b",
+    # weight / cap below 1
+    "a=0", "a:0", "a=0:3", "a=-1",
+    # garbage
+    "", ",", "a,", ",a", "a,,b", "=3", ":4", "a=", "a:", "a=x", "a==2", "a=1.5",
+    "a=2:3:4", "a:2=3", "a=2;b=3", "a = 2",
+])
+def test_parse_queues_rejects_bad_specs(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_queues(text)
+    assert isinstance(info.value, PgqError)
+
+
+@pytest.mark.parametrize("text", ["a,b,a", "a=1,a=2", "bulk:2,critical,bulk=3:1"])
+def test_parse_queues_rejects_a_queue_listed_twice(text: str) -> None:
+    with pytest.raises(ConfigError, match="twice"):
+        parse_queues(text)
+
+
+# --- allocate -------------------------------------------------------------------------
+
+
+def test_allocate_documented_examples() -> None:
+    q = parse_queues("critical=6,default=3,bulk=1")
+    assert allocate(q, 10, {}) == {"critical": 6, "default": 3, "bulk": 1}
+    assert allocate(q, 10, {"bulk": 1}, {"critical": False, "default": False, "bulk": True}) == {
+        "critical": 1, "default": 1, "bulk": 7}
+    assert allocate(parse_queues("critical,bulk=1:8"), 10, {"bulk": 8}) == {
+        "critical": 2, "bulk": 0}
+
+
+@pytest.mark.parametrize(("spec", "concurrency", "running", "expected"), [
+    ("a=3,b=1", 8, {}, {"a": 6, "b": 2}),
+    ("a=3,b=1", 9, {}, {"a": 7, "b": 2}),  # the remainder is lent to the lowest load/weight
+    ("a=1,b=1,c=1", 10, {}, {"a": 4, "b": 3, "c": 3}),
+    ("a=3,b=1", 8, {"a": 1, "b": 1}, {"a": 5, "b": 1}),
+])
+def test_all_hungry_weighted_shares_fill_every_free_slot(
+        spec: str, concurrency: int, running: dict[str, int], expected: dict[str, int]) -> None:
+    out = allocate(parse_queues(spec), concurrency, running)
+    assert out == expected
+    assert sum(out.values()) == concurrency - sum(running.values())
+
+
+def test_running_jobs_reduce_a_queues_share() -> None:
+    q = parse_queues("a=3,b=1")
+    assert allocate(q, 8, {"a": 4}) == {"a": 2, "b": 2}
+    assert allocate(q, 8, {"a": 6}) == {"a": 0, "b": 2}
+    assert allocate(q, 8, {"a": 6, "b": 1}) == {"a": 0, "b": 1}
+    assert allocate(q, 8, {"a": 6, "b": 2}) == {"a": 0, "b": 0}
+    assert allocate(q, 8, {"a": 9}) == {"a": 0, "b": 0}  # over-full: nothing, never negative
+    # a queue running more than its share leaves the other queue's share intact
+    assert allocate(q, 8, {"b": 5}) == {"a": 3, "b": 0}
+
+
+def test_an_idle_queue_keeps_exactly_one_probe_slot() -> None:
+    q = parse_queues("critical=6,default=3,bulk=1")
+    idle_critical = {"critical": False, "default": True, "bulk": True}
+    out = allocate(q, 10, {}, idle_critical)
+    assert out["critical"] == 1
+    assert out["default"] + out["bulk"] == 9  # the rest of critical's share is lent
+    # however many slots are free, an idle queue is offered one, not its share
+    for concurrency in (10, 20, 100):
+        assert allocate(q, concurrency, {}, idle_critical)["critical"] == 1
+    # every queue idle: one probe each, nothing lent
+    assert allocate(q, 10, {}, dict.fromkeys(("critical", "default", "bulk"), False)) == {
+        "critical": 1, "default": 1, "bulk": 1}
+
+
+def test_caps_hold_when_slots_are_lent() -> None:
+    q = parse_queues("a,b=1:3")
+    # a is idle: b may borrow a's slots, but only up to its cap
+    assert allocate(q, 10, {}, {"a": False, "b": True}) == {"a": 1, "b": 3}
+    assert allocate(q, 10, {"b": 2}, {"a": False, "b": True}) == {"a": 1, "b": 1}
+    assert allocate(q, 10, {"b": 3}, {"a": False, "b": True}) == {"a": 1, "b": 0}
+    # a cap below a queue's weighted share wins over the share
+    assert allocate(parse_queues("a=1,b=9:2"), 10, {}) == {"a": 8, "b": 2}
+
+
+def test_strict_gives_everything_to_the_first_hungry_queue() -> None:
+    q = parse_queues("a,b,c")
+    assert allocate(q, 10, {}, strict=True) == {"a": 10, "b": 0, "c": 0}
+    assert allocate(q, 10, {"a": 4}, {"a": True, "b": True}, strict=True) == {
+        "a": 6, "b": 0, "c": 0}
+    # a capped first queue takes what its cap allows; later queues still wait while it has work
+    assert allocate(parse_queues("a:2,b,c"), 10, {}, {"a": True}, strict=True) == {
+        "a": 2, "b": 0, "c": 0}
+    # ... and once it has no work, it keeps one probe slot and the next queue gets the rest
+    assert allocate(parse_queues("a:2,b,c"), 10, {}, {"a": False, "b": True}, strict=True) == {
+        "a": 1, "b": 9, "c": 0}
+
+
+def test_strict_serves_the_next_queue_when_the_first_has_no_work() -> None:
+    out = allocate(parse_queues("a,b,c"), 10, {}, {"a": False, "b": True}, strict=True)
+    assert out["a"] <= 1
+    assert out["b"] >= 9
+
+
+_ZERO_SHARE_BUG = (
+    "BUG pgq/queues.py allocate: a queue whose weighted share rounds down to 0 gets no probe "
+    "slot when idle (with every queue idle, possibly nothing at all is allocated), and "
+    "Worker._claim only refreshes hunger for queues it asked, so that queue is never claimed "
+    "from again")
+
+
+@pytest.mark.parametrize(("spec", "concurrency", "idle"), [
+    ("critical=6,default=3,bulk=1", 4, ["bulk"]),
+    ("critical=6,default=3,bulk=1", 4, ["critical", "default", "bulk"]),
+])
+def test_an_idle_queue_with_a_zero_share_is_still_probed(
+        spec: str, concurrency: int, idle: list[str]) -> None:
+    q = parse_queues(spec)
+    out = allocate(q, concurrency, {}, {s.name: s.name not in idle for s in q})
+    assert all(out[name] == 1 for name in idle)
+
+
+def test_some_queue_is_asked_when_every_queue_is_idle() -> None:
+    # concurrency 1, two queues: both shares are 0, so nothing is ever claimed again
+    assert sum(allocate(parse_queues("a,b"), 1, {}, {"a": False, "b": False}).values()) >= 1
+
+
+# Property-style: any specs, running counts and hunger flags.
+
+_queue_specs = st.lists(
+    st.tuples(st.integers(1, 10), st.none() | st.integers(1, 20)), min_size=1, max_size=6,
+).map(lambda items: [QueueSpec(f"q{i}", w, c) for i, (w, c) in enumerate(items)])
+
+
+@st.composite
+def _allocation_inputs(draw: st.DrawFn) -> tuple[Any, ...]:
+    specs = draw(_queue_specs)
+    concurrency = draw(st.integers(1, 64))
+    running = {s.name: draw(st.integers(0, concurrency)) for s in specs
+               if draw(st.booleans())}
+    hungry = {s.name: draw(st.booleans()) for s in specs if draw(st.booleans())}
+    return specs, concurrency, running, hungry, draw(st.booleans())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_allocation_inputs())
+def test_allocate_invariants(inputs: tuple[Any, ...]) -> None:
+    specs, concurrency, running, hungry, strict = inputs
+    out = allocate(specs, concurrency, running, hungry, strict=strict)
+    free = max(0, concurrency - sum(running.values()))
+    assert set(out) == {s.name for s in specs}
+    assert all(n >= 0 for n in out.values())
+    assert sum(out.values()) <= free  # never more than concurrency - running
+    for s in specs:
+        if s.cap is not None:  # caps hold, lending included
+            assert out[s.name] <= max(0, s.cap - running.get(s.name, 0))
+        if not hungry.get(s.name, True):
+            assert out[s.name] <= 1  # an idle queue is offered at most its probe slot
+    if strict:
+        # everything goes to one queue: the first hungry one (earlier ones are idle)
+        first_hungry = next((i for i, s in enumerate(specs) if hungry.get(s.name, True)), None)
+        if first_hungry is not None:
+            assert all(out[s.name] == 0 for s in specs[first_hungry + 1:])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.integers(1, 10), min_size=1, max_size=6), st.integers(1, 64), st.data())
+def test_weighted_all_hungry_uncapped_fills_every_free_slot(
+        weights: list[int], concurrency: int, data: st.DataObject) -> None:
+    specs = [QueueSpec(f"q{i}", w) for i, w in enumerate(weights)]
+    running = {s.name: data.draw(st.integers(0, 3)) for s in specs}
+    out = allocate(specs, concurrency, running)
+    assert sum(out.values()) == max(0, concurrency - sum(running.values()))
+    if not any(running.values()):
+        # each queue gets at least the floor of its weighted share
+        total = sum(weights)
+        for s in specs:
+            assert out[s.name] >= concurrency * s.weight // total
+
+
+# --- Backoff --------------------------------------------------------------------------
+
+
+def test_default_backoff_steps_without_jitter() -> None:
+    b = Backoff(jitter=0)
+    assert DEFAULT_STEPS == (30, 300, 1800, 7200, 21600, 43200, 86400)
+    assert [b.delay(n) for n in range(1, 8)] == [30.0, 300.0, 1800.0, 7200.0, 21600.0,
+                                                 43200.0, 86400.0]
+    assert {b.delay(n) for n in range(8, 60)} == {86400.0}  # the last step repeats
+    assert b.delay(10_000) == 86400.0
+    assert b.delay(0) == b.delay(-3) == 30.0  # attempts below 1 count as the first
+    assert b.schedule(9) == [30.0, 300.0, 1800.0, 7200.0, 21600.0, 43200.0, 86400.0,
+                             86400.0, 86400.0]
+    assert all(isinstance(d, float) for d in b.schedule(9))
+
+
+def test_default_jitter_stays_within_15_percent() -> None:
+    b = Backoff()
+    assert b.jitter == 0.15
+    rng = random.Random(1234)
+    for attempt, raw in enumerate([*DEFAULT_STEPS, 86400], start=1):
+        samples = [b.delay(attempt, rng) for _ in range(2000)]
+        assert all(raw * 0.85 <= s <= raw * 1.15 for s in samples)
+        # it really jitters, across (nearly) the whole band, centred on the step
+        assert min(samples) < raw * 0.87 and max(samples) > raw * 1.13
+        assert abs(sum(samples) / len(samples) - raw) < raw * 0.02
+    # without an rng, the module-level random is used, within the same band
+    assert all(25.5 <= b.delay(1) <= 34.5 for _ in range(1000))
+
+
+def test_jitter_band_is_configurable() -> None:
+    rng = random.Random(7)
+    samples = [Backoff(jitter=0.5).delay(2, rng) for _ in range(2000)]
+    assert all(150 <= s <= 450 for s in samples)
+    assert min(samples) < 170 and max(samples) > 430
+
+
+def test_base_factor_cap_form() -> None:
+    b = Backoff(base=1, factor=2, cap=10, jitter=0)
+    assert b.steps is None  # base replaces the steps
+    assert b.schedule(6) == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert b.delay(10_000) == 10.0  # huge attempts do not overflow
+    assert Backoff(base=5, factor=1, jitter=0).schedule(4) == [5.0, 5.0, 5.0, 5.0]
+    assert Backoff(base=10, factor=3, jitter=0).schedule(3) == [10.0, 30.0, 90.0]
+    assert Backoff(base=0.5, factor=10, cap=86400, jitter=0).delay(99) == 86400.0
+    rng = random.Random(3)
+    assert all(8.5 <= Backoff(base=10, factor=2, jitter=0.15).delay(1, rng) <= 11.5
+               for _ in range(500))
+
+
+def test_custom_steps() -> None:
+    b = Backoff(steps=(1, 2.5), jitter=0)
+    assert b.schedule(4) == [1.0, 2.5, 2.5, 2.5]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"base": 0}, {"base": -1}, {"base": 1, "factor": 0.5}, {"base": 1, "factor": 0},
+    {"jitter": -0.01}, {"jitter": 1}, {"jitter": 1.5}, {"jitter": float("nan")},
+])
+def test_backoff_rejects_invalid_arguments(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Backoff(**kwargs)
+
+
+def test_backoff_rejects_empty_steps() -> None:
+    with pytest.raises(ValueError):
+        Backoff(steps=())
+
+
+# --- failure: clean_text and error_entry ----------------------------------------------
+
+_MARKER = re.compile(r"\n… \[(\d+) characters cut\] …\n")
+
+
+def test_clean_text_replaces_nul() -> None:
+    assert clean_text("a\x00b\x00", 100) == "a\\x00b\\x00"
+
+
+def test_clean_text_replaces_lone_surrogates() -> None:
+    out = clean_text("a\ud800b\udfffc", 100)
+    assert out == "a?b?c"
+    out.encode("utf-8")  # strictly valid now
+    assert clean_text("emoji \U0001F600 stays", 100) == "emoji \U0001F600 stays"
+
+
+def test_clean_text_keeps_short_text() -> None:
+    assert clean_text("x" * 2000, 2000) == "x" * 2000
+
+
+def test_clean_text_truncates_ten_megabytes_keeping_head_and_tail() -> None:
+    text = "HEAD-" + "m" * 10_000_000 + "-TAIL"
+    out = clean_text(text, MAX_MESSAGE_CHARS)
+    marker = _MARKER.search(out)
+    assert marker is not None
+    assert int(marker[1]) == len(text) - MAX_MESSAGE_CHARS
+    assert len(out) == MAX_MESSAGE_CHARS + len(marker[0])
+    assert out.startswith("HEAD-" + "m" * 995)
+    assert out.endswith("m" * 995 + "-TAIL")
+
+
+def test_clean_text_nul_escapes_do_not_break_the_cap() -> None:
+    """Escaping a NUL adds three characters; that must not push the text past the cap."""
+    out = clean_text("x\x00y" * 3_500_000, MAX_MESSAGE_CHARS)
+    assert "\x00" not in out
+    marker = _MARKER.search(out)
+    assert marker is not None
+    assert len(out) <= MAX_MESSAGE_CHARS + len(marker[0])
+    out = clean_text("\x00" * 3000, MAX_MESSAGE_CHARS)
+    assert "\x00" not in out
+    assert len(out) <= MAX_MESSAGE_CHARS + len(_MARKER.search(out)[0])  # type: ignore[index]
+
+
+class _Broken(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+
+class _CustomError(Exception):
+    pass
+
+
+def _raised(exc: BaseException) -> BaseException:
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+def _assert_storable(value: Any) -> None:
+    """What PostgreSQL's jsonb accepts: no NUL in any string, strictly valid UTF-8."""
+    if isinstance(value, str):
+        assert "\x00" not in value
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _assert_storable(k)
+            _assert_storable(v)
+    elif isinstance(value, list):
+        for v in value:
+            _assert_storable(v)
+
+
+# A JSON \u0000 escape: an odd number of backslashes before "u0000" (an even number is an
+# escaped backslash followed by the plain text "u0000", which jsonb accepts).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _entry(attempt: int, exc: BaseException | None = None, **kw: Any) -> dict[str, Any]:
+    text = error_entry(attempt, "host:1:abc", exc, **kw)
+    text.encode("utf-8")  # the JSON itself is valid UTF-8 ...
+    assert not _JSON_NUL.search(text)  # ... with no NUL escape for jsonb to reject
+    entry = json.loads(text)
+    _assert_storable(entry)
+    return entry
+
+
+def test_error_entry_fields() -> None:
+    entry = _entry(3, _raised(ValueError("bad value")))
+    assert entry["attempt"] == 3
+    assert entry["type"] == "ValueError"  # builtins. prefix dropped
+    assert entry["message"] == "bad value"
+    assert "Traceback" in entry["traceback"] and "ValueError: bad value" in entry["traceback"]
+    assert entry["worker"] == "host:1:abc"
+    assert "at" not in entry  # the database adds it
+    assert _entry(1, _CustomError("x"))["type"] == f"{__name__}._CustomError"
+    assert _entry(1, Cancel("stop"))["type"] == "pgq.outcomes.Cancel"
+
+
+def test_error_entry_overrides_and_no_exception() -> None:
+    entry = _entry(2, TimeoutError(), type_name="pgq.Timeout",
+                   message="attempt exceeded its timeout of 0.2s")
+    assert entry["type"] == "pgq.Timeout"
+    assert entry["message"] == "attempt exceeded its timeout of 0.2s"
+    entry = _entry(1, type_name="pgq.WorkerLost", message="lease expired")
+    assert (entry["type"], entry["message"], entry["traceback"]) == (
+        "pgq.WorkerLost", "lease expired", "")
+    assert _entry(1)["type"] == "Error"
+
+
+def test_error_entry_survives_nul_and_ten_megabytes() -> None:
+    message = "start\x00" + "\x00big" * 2_500_000 + "\x00end"
+    entry = _entry(1, _raised(RuntimeError(message)))
+    msg = entry["message"]
+    assert "\\x00" in msg
+    marker = _MARKER.search(msg)
+    assert marker is not None
+    assert len(msg) <= MAX_MESSAGE_CHARS + len(marker[0])
+    assert msg.startswith("start\\x00") and msg.endswith("\\x00end")
+    tb_marker = _MARKER.search(entry["traceback"])
+    assert tb_marker is not None
+    assert len(entry["traceback"]) <= MAX_TRACEBACK_CHARS + len(tb_marker[0])
+
+
+def test_error_entry_with_lone_surrogates() -> None:
+    entry = _entry(1, _raised(ValueError("bad \ud800 byte \udcff")))
+    assert entry["message"] == "bad ? byte ?"
+
+
+def test_error_entry_with_a_broken_str_does_not_raise() -> None:
+    entry = _entry(4, _raised(_Broken()))
+    assert entry["attempt"] == 4
+    assert entry["type"] == f"{__name__}._Broken"
+    assert entry["message"] == "<unprintable _Broken>"
+
+
+def test_error_entry_with_an_exception_that_was_never_raised() -> None:
+    entry = _entry(1, KeyError("k"))
+    assert entry["type"] == "KeyError"
+    assert entry["message"] == "'k'"
+
+
+_nasty_text = st.lists(
+    st.characters() | st.sampled_from(["\x00", "\ud800", "\udfff", "\\", "\\u0000", '"', "\n"]),
+    max_size=50,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_nasty_text, _nasty_text, st.integers(1, 1000))
+def test_error_entry_is_always_storable_json(message: str, type_name: str, attempt: int) -> None:
+    entry = _entry(attempt, _raised(RuntimeError(message)))
+    assert entry["attempt"] == attempt
+    entry = _entry(attempt, type_name=type_name, message=message)
+    assert len(entry["message"]) <= len(message) * 4
+
+
+@settings(max_examples=300, deadline=None)
+@given(_nasty_text, st.integers(10, 60))
+def test_clean_text_property(text: str, limit: int) -> None:
+    out = clean_text(text, limit)
+    _assert_storable(out)
+    marker = _MARKER.search(out)
+    assert len(out) <= limit + (len(marker[0]) if marker else 0)
+
+
+# --- outcomes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [Retry, Snooze])
+def test_delay_from_seconds_or_timedelta(cls: type[Retry] | type[Snooze]) -> None:
+    assert cls(5).delay == 5.0
+    assert cls(0).delay == 0.0
+    assert cls(2.5).delay == 2.5
+    assert cls(timedelta(minutes=2)).delay == 120.0
+    assert cls(timedelta(milliseconds=1500)).delay == 1.5
+    assert isinstance(cls(1), JobOutcome) and isinstance(cls(1), Exception)
+
+
+@pytest.mark.parametrize("cls", [Retry, Snooze])
+@pytest.mark.parametrize("delay", [-1, -0.001, timedelta(seconds=-1), float("nan")])
+def test_negative_delay_rejected(cls: type[Retry] | type[Snooze], delay: Any) -> None:
+    with pytest.raises(ValueError, match="between 0 and"):
+        cls(delay)
+
+
+def test_outcome_messages() -> None:
+    assert str(Retry(42)) == "retry requested in 42s"
+    assert str(Retry(1, "rate limited")) == "rate limited"
+    assert str(Snooze(timedelta(minutes=5))) == "snoozed for 300s"
+    assert str(Cancel("no longer wanted")) == "no longer wanted"
+    assert str(Fail("bad input")) == "bad input"
+    for cls in (Retry, Snooze, Cancel, Fail):
+        assert issubclass(cls, JobOutcome)
+        assert getattr(pgq, cls.__name__) is cls
+
+
+@pytest.mark.parametrize("delay", [float("inf"), 1e15, timedelta.max])
+def test_unstorable_delay_rejected(delay: Any) -> None:
+    with pytest.raises(ValueError):
+        Retry(delay)
