@@ -8,15 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
 import pgq
 from tests.support import ledger
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,19 +64,6 @@ def app(settings: pgq.Settings, conn: psycopg.Connection) -> Iterator[pgq.App]:
     ledger.create(conn)
     with pgq.App(settings, strict=False) as a:
         yield a
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll a database condition (the worker is another process; there is no event to
-    await) until it holds, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def states(conn: psycopg.Connection) -> dict[str, int]:

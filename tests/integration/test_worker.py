@@ -29,6 +29,7 @@ from pgq.failure import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
 from pgq.queues import parse_queues
 from pgq.settings import Settings
 from pgq.worker import WorkerConfig
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,19 +87,6 @@ def job(conn: psycopg.Connection, job_id: int) -> dict[str, Any]:
         row = cur.execute("SELECT * FROM pgq_jobs WHERE id = %s", [job_id]).fetchone()
     assert row is not None
     return row
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        pause.wait(0.02)
 
 
 def at(entry: dict[str, Any]) -> datetime:
