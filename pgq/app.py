@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
+from functools import partial
 from types import TracebackType
 from typing import Any, Unpack, overload
 
 from pgq.backoff import Backoff
 from pgq.clock import Clock, DatabaseClock
+from pgq.coordination import Coordinator
 from pgq.database import Pools, async_connection, run_plan, run_plan_async, sync_connection
 from pgq.enqueue import (
     Enqueued,
@@ -24,6 +26,7 @@ from pgq.enqueue import (
     JobSpec,
     plan_enqueue_many,
     plan_enqueue_one,
+    plan_notify,
     prepare,
 )
 from pgq.settings import Settings
@@ -71,6 +74,7 @@ class App:
         self.registry = TaskRegistry()
         self.middleware: list[Middleware] = []
         self._pools = Pools(settings)
+        self._coordinator: Coordinator | None = None
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> App:
@@ -95,6 +99,7 @@ class App:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
         backoff: Backoff | None = None,
+        lock: str | None = None,
     ) -> Callable[[Callable[..., Any]], Task]: ...
 
     def task(
@@ -108,6 +113,7 @@ class App:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
         backoff: Backoff | None = None,
+        lock: str | None = None,
     ) -> Task | Callable[[Callable[..., Any]], Task]:
         """Register a task: ``@app.task`` or ``@app.task(name="email:send", queue="critical")``.
         The options are the defaults of its jobs; each enqueue may override them."""
@@ -115,7 +121,7 @@ class App:
         def register(func: Callable[..., Any]) -> Task:
             return self.registry.register(
                 func, name=name, queue=queue, priority=priority,
-                max_attempts=max_attempts, timeout=timeout, backoff=backoff,
+                max_attempts=max_attempts, timeout=timeout, backoff=backoff, lock=lock,
             )
 
         return register(fn) if fn is not None else register
@@ -129,6 +135,13 @@ class App:
 
     # --- enqueue ---------------------------------------------------------------------
 
+    @property
+    def coordinator(self) -> Coordinator:
+        """This process's Redis-or-PostgreSQL coordination (wake-ups, locks, leadership)."""
+        if self._coordinator is None:
+            self._coordinator = Coordinator(self.settings)
+        return self._coordinator
+
     def enqueue(
         self,
         task: str | Task,
@@ -140,7 +153,7 @@ class App:
         """Enqueue one job; the options are ``JobSpec``'s. Invalid input raises an
         ``InvalidJobError`` before any SQL runs."""
         row = self._prepare(JobSpec(task, {} if args is None else args, **options))
-        result: Enqueued = self._run(conn, plan_enqueue_one(row, self.clock.now()))
+        result: Enqueued = self._run(conn, plan_enqueue_one(row, self.clock.now()), [row.queue])
         return result
 
     def enqueue_many(self, specs: Iterable[JobSpec], *, conn: object = None) -> list[Enqueued]:
@@ -150,7 +163,8 @@ class App:
         rows = [self._prepare(spec) for spec in specs]
         if not rows:
             return []
-        result: list[Enqueued] = self._run(conn, plan_enqueue_many(rows, self.clock.now()))
+        result: list[Enqueued] = self._run(conn, plan_enqueue_many(rows, self.clock.now()),
+                                           [r.queue for r in rows])
         return result
 
     async def enqueue_async(
@@ -163,7 +177,8 @@ class App:
     ) -> Enqueued:
         """``enqueue`` for asyncio code and async connections."""
         row = self._prepare(JobSpec(task, {} if args is None else args, **options))
-        result: Enqueued = await self._run_async(conn, plan_enqueue_one(row, self.clock.now()))
+        result: Enqueued = await self._run_async(conn, plan_enqueue_one(row, self.clock.now()),
+                                                 [row.queue])
         return result
 
     async def enqueue_many_async(
@@ -174,7 +189,7 @@ class App:
         if not rows:
             return []
         result: list[Enqueued] = await self._run_async(
-            conn, plan_enqueue_many(rows, self.clock.now())
+            conn, plan_enqueue_many(rows, self.clock.now()), [r.queue for r in rows]
         )
         return result
 
@@ -182,25 +197,69 @@ class App:
         return prepare(spec, self.registry, strict=self.strict,
                        max_payload_bytes=self.settings.max_payload_bytes)
 
-    def _run(self, conn: object, plan: Any) -> Any:
-        if conn is not None:
-            return run_plan(sync_connection(conn), plan)
-        with self._pools.connection() as own:
-            return run_plan(own, plan)
+    # Wake-ups. After a commit pgq sees (its own connection, an autocommit connection, a
+    # SQLAlchemy Session's after_commit), it publishes through Redis. Where it cannot see
+    # the commit (a psycopg or SQLAlchemy Connection inside the caller's transaction), or
+    # Redis is down, the enqueue sends a NOTIFY inside the transaction instead: delivered
+    # only if the transaction commits. Workers listen to both, and poll as a floor.
 
-    async def _run_async(self, conn: object, plan: Any) -> Any:
-        if conn is not None:
-            return await run_plan_async(await async_connection(conn), plan)
-        async with self._pools.async_connection() as own:
-            return await run_plan_async(own, plan)
+    def _run(self, conn: object, plan: Any, queues: list[str]) -> Any:
+        coordinator = self.coordinator
+        if conn is None:
+            notify = coordinator.wake_in_transaction()
+            with self._pools.connection() as own:
+                result = run_plan(own, plan_notify(plan, queues) if notify else plan)
+            if not notify:
+                coordinator.publish(queues)
+            return result
+        pg = sync_connection(conn)
+        after_commit = self._after_commit(conn, pg)
+        notify = after_commit is None or coordinator.wake_in_transaction()
+        result = run_plan(pg, plan_notify(plan, queues) if notify else plan)
+        if not notify and after_commit is not None:
+            after_commit(queues)
+        return result
+
+    async def _run_async(self, conn: object, plan: Any, queues: list[str]) -> Any:
+        coordinator = self.coordinator
+        if conn is None:
+            notify = coordinator.wake_in_transaction()
+            async with self._pools.async_connection() as own:
+                result = await run_plan_async(own, plan_notify(plan, queues) if notify else plan)
+            if not notify:
+                coordinator.publish(queues)
+            return result
+        pg = await async_connection(conn)
+        after_commit = self._after_commit(conn, pg)
+        notify = after_commit is None or coordinator.wake_in_transaction()
+        result = await run_plan_async(pg, plan_notify(plan, queues) if notify else plan)
+        if not notify and after_commit is not None:
+            after_commit(queues)
+        return result
+
+    def _after_commit(self, conn: object, pg: Any) -> Callable[[list[str]], None] | None:
+        """How to publish once the caller's commit happens, or None if pgq cannot see it."""
+        if pg.autocommit:
+            return self.coordinator.publish  # each statement committed already
+        from sqlalchemy.ext.asyncio import AsyncSession
+        from sqlalchemy.orm import Session
+
+        session = conn.sync_session if isinstance(conn, AsyncSession) else conn
+        if isinstance(session, Session):
+            return partial(_publish_after_commit, session, self.coordinator)
+        return None
 
     # --- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
         self._pools.close()
+        if self._coordinator is not None:
+            self._coordinator.close()
+            self._coordinator = None
 
     async def aclose(self) -> None:
         await self._pools.aclose()
+        self.close()
 
     def __enter__(self) -> App:
         return self
@@ -219,3 +278,28 @@ class App:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+_SESSION_KEY = "pgq_wakeup_queues"
+
+
+def _publish_after_commit(session: Any, coordinator: Coordinator, queues: list[str]) -> None:
+    """Remember ``queues`` on the session; publish them when it commits, forget them if
+    it rolls back. The listeners are registered once per session."""
+    from sqlalchemy import event
+
+    pending: set[str] | None = session.info.get(_SESSION_KEY)
+    if pending is None:
+        pending = session.info[_SESSION_KEY] = set()
+
+        def committed(s: Any) -> None:
+            if pending:
+                coordinator.publish(list(pending))
+                pending.clear()
+
+        def rolled_back(s: Any, *args: Any) -> None:
+            pending.clear()
+
+        event.listen(session, "after_commit", committed)
+        event.listen(session, "after_soft_rollback", rolled_back)
+    pending.update(queues)

@@ -212,6 +212,14 @@ Step = Exec | Copy
 Plan = Generator[Step, Any, Any]
 
 
+def plan_notify(plan: Generator[Step, Any, Any], queues: Sequence[str]
+                ) -> Generator[Step, Any, Any]:
+    """``plan``, then a PostgreSQL wake-up for ``queues`` in the same transaction."""
+    result = yield from plan
+    yield Exec("queue_notify", {"queues": sorted(set(queues))})
+    return result
+
+
 def plan_enqueue_one(row: JobRow, now: datetime | None) -> Generator[Step, Any, Enqueued]:
     params = {**row._asdict(), "now": now}
     for _ in range(_UNIQUE_RETRIES):

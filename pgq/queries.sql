@@ -228,3 +228,47 @@ WHERE queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[])
 -- name: schema_version
 -- The pgq migration this database is at; a worker refuses to start on an old schema.
 SELECT version_num FROM pgq_alembic_version;
+
+-- name: queue_notify
+-- PostgreSQL wake-up: one NOTIFY per queue, in the enqueuing transaction, so it is
+-- delivered only if that transaction commits. PostgreSQL folds identical notifications
+-- of one transaction into one, so a bulk enqueue sends one per queue, not one per job.
+SELECT pg_notify('pgq_wakeup', q) FROM unnest(%(queues)s::text[]) AS q;
+
+-- name: lock_acquire
+-- Take a run-time lock if it is free or its holder's lease on it expired (database clock).
+INSERT INTO pgq_locks AS l (key, token, holder, expires_at)
+VALUES (%(key)s, %(token)s, %(holder)s, now() + make_interval(secs => %(ttl)s))
+ON CONFLICT (key) DO UPDATE
+SET token = excluded.token, holder = excluded.holder, expires_at = excluded.expires_at
+WHERE l.expires_at < now() OR l.token = excluded.token
+RETURNING l.key;
+
+-- name: lock_renew
+UPDATE pgq_locks SET expires_at = now() + make_interval(secs => %(ttl)s)
+WHERE key = %(key)s AND token = %(token)s
+RETURNING key;
+
+-- name: lock_release
+DELETE FROM pgq_locks WHERE key = %(key)s AND token = %(token)s;
+
+-- name: lock_live
+-- Is a PostgreSQL-side lock on this key still live? Checked before taking it in Redis,
+-- so a lock taken in the fallback during a Redis outage is honoured after Redis returns.
+SELECT 1 FROM pgq_locks WHERE key = %(key)s AND token <> %(token)s AND expires_at >= now();
+
+-- name: leader_acquire
+-- Become (or stay) leader if the role is free, expired, or already ours.
+INSERT INTO pgq_leaders AS l (name, holder, expires_at)
+VALUES (%(name)s, %(holder)s, now() + make_interval(secs => %(ttl)s))
+ON CONFLICT (name) DO UPDATE
+SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE l.expires_at < now() OR l.holder = excluded.holder
+RETURNING l.name;
+
+-- name: leader_live
+-- Someone else's unexpired PostgreSQL-side leadership (honoured by Redis-side elections).
+SELECT 1 FROM pgq_leaders WHERE name = %(name)s AND holder <> %(holder)s AND expires_at >= now();
+
+-- name: leader_release
+DELETE FROM pgq_leaders WHERE name = %(name)s AND holder = %(holder)s;

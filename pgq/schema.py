@@ -125,3 +125,24 @@ Index(
     unique=True,
     postgresql_where=text("unique_held"),
 )
+
+locks = Table(
+    "pgq_locks",
+    metadata,
+    Column("key", Text, primary_key=True, comment="Run-time lock key (e.g. sync:tenant:7)."),
+    Column("token", Text, nullable=False, comment="Random token of the holder."),
+    Column("holder", Text, nullable=False, comment="Worker holding the lock."),
+    Column("expires_at", DateTime(timezone=True), nullable=False,
+           comment="Expiry by the database clock."),
+    comment="pgq run-time locks when Redis is unavailable (PostgreSQL fallback).",
+)
+
+leaders = Table(
+    "pgq_leaders",
+    metadata,
+    Column("name", Text, primary_key=True, comment="Leadership role (e.g. maintenance)."),
+    Column("holder", Text, nullable=False, comment="Process holding the role."),
+    Column("expires_at", DateTime(timezone=True), nullable=False,
+           comment="Expiry by the database clock."),
+    comment="pgq leader leases when Redis is unavailable (PostgreSQL fallback).",
+)

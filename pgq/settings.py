@@ -135,6 +135,10 @@ class Settings:
     """Redis URL (``PGQ_REDIS_URL``). ``None`` runs pgq on PostgreSQL alone: every Redis
     role has a PostgreSQL fallback, so this changes speed and load, never correctness."""
 
+    redis_prefix: str = "pgq:"
+    """Prefix of every Redis key and channel pgq uses (``PGQ_REDIS_PREFIX``), so several
+    applications can share one Redis."""
+
     max_payload_bytes: int = 1024 * 1024
     """Cap on a job's encoded args plus meta, in bytes (``PGQ_MAX_PAYLOAD_BYTES``, default
     1 MiB). Large blobs belong in object storage; the job should carry their key."""
@@ -151,6 +155,8 @@ class Settings:
         object.__setattr__(self, "database_url", normalize_database_url(self.database_url))
         if self.redis_url is not None:
             object.__setattr__(self, "redis_url", normalize_redis_url(self.redis_url))
+        if not re.fullmatch(r"[A-Za-z0-9_.:\-]{0,64}", self.redis_prefix):
+            raise ConfigError(f"redis_prefix must be up to 64 of [A-Za-z0-9_.:-], got {self.redis_prefix!r}")
         for name in ("max_payload_bytes", "pool_max_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -180,6 +186,8 @@ class Settings:
             values["database_url"] = url
         if url := env.get(ENV_REDIS_URL):
             values["redis_url"] = url
+        if (prefix := env.get("PGQ_REDIS_PREFIX")) is not None:
+            values["redis_prefix"] = prefix
         for key, var, conv in (
             ("max_payload_bytes", ENV_MAX_PAYLOAD_BYTES, int),
             ("pool_max_size", ENV_POOL_MAX_SIZE, int),

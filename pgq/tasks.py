@@ -45,6 +45,9 @@ class Task:
     """Seconds one attempt may take; ``None`` for no limit."""
     backoff: Backoff = field(default_factory=Backoff)
     """Delays between retries (see ``pgq.Backoff``)."""
+    lock: str | None = None
+    """Run-time lock key template, formatted with the job's args (``"sync:tenant:{tenant_id}"``):
+    at most one job holding a given key runs at a time, across all workers."""
     takes_context: bool = field(default=False)
     is_async: bool = field(default=False)
 
@@ -60,6 +63,19 @@ class Task:
             sig.bind(*leading, **args)
         except TypeError as exc:
             raise InvalidArgsError(f"args do not fit task {self.name!r}{sig}: {exc}") from None
+        if self.lock is not None:
+            self.lock_key(args)
+
+    def lock_key(self, args: Mapping[str, Any]) -> str | None:
+        """The job's run-time lock key, or None if the task declares no lock."""
+        if self.lock is None:
+            return None
+        try:
+            return self.lock.format(**args)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise InvalidArgsError(
+                f"task {self.name!r}: lock {self.lock!r} needs args it was not given ({exc})"
+            ) from None
 
 
 class TaskRegistry:
@@ -78,6 +94,7 @@ class TaskRegistry:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
         backoff: Backoff | None = None,
+        lock: str | None = None,
     ) -> Task:
         task_name = name if name is not None else default_task_name(fn)
         try:
@@ -89,6 +106,7 @@ class TaskRegistry:
                 max_attempts=check_max_attempts(max_attempts),
                 timeout=check_timeout(timeout),
                 backoff=backoff or Backoff(),
+                lock=lock,
                 takes_context=_takes_context(fn),
                 is_async=inspect.iscoroutinefunction(fn),
             )

@@ -28,6 +28,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -42,6 +43,7 @@ import psycopg
 
 from pgq.app import App
 from pgq.context import Context, LeaseLost
+from pgq.coordination import WakeupListener
 from pgq.database import connect, connect_async, execute, execute_async
 from pgq.errors import (
     ConfigError,
@@ -88,6 +90,9 @@ class WorkerConfig:
     """Seconds outcomes wait to be written together. A crash inside it re-runs those jobs."""
     max_abandoned_threads: int | None = None
     """Timed-out sync threads tolerated before the worker recycles itself (default: concurrency)."""
+    lock_wait_seconds: float = 0.5
+    """A job whose run-time lock is taken waits this long (±50 %) before trying again,
+    without spending an attempt."""
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -114,6 +119,8 @@ class _Running:
     handle: asyncio.Future[Any] | None = None
     lost: bool = False
     released: bool = False
+    lock_key: str | None = None
+    lock_token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +199,14 @@ class Worker:
         self._flush_conn = await connect_async(settings, autocommit=True)
         heartbeat = _Heartbeat(self, connect(settings, autocommit=True))
         heartbeat.start()
+        self.coordinator = self.app.coordinator
+        loop = self._loop
+
+        def on_wake(queue: str) -> None:  # called from the listener's threads
+            loop.call_soon_threadsafe(self._woken, queue)
+
+        listener = WakeupListener(self.coordinator, [q.name for q in self.config.queues], on_wake)
+        listener.start()
         completer = asyncio.create_task(self._completer(), name="pgq-completer")
         log.info("worker %s started: queues=%s concurrency=%d%s", self.id,
                  ",".join(f"{q.name}={q.weight}" + (f":{q.cap}" if q.cap else "")
@@ -205,6 +220,7 @@ class Worker:
             self._flush_now.set()
             await completer
             heartbeat.stop()
+            listener.stop()
             await self._conn.close()
             await self._flush_conn.close()
             log.info("worker %s stopped: claimed=%d finished=%s", self.id,
@@ -255,6 +271,12 @@ class Worker:
             self._wake.clear()
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_or_stop(), self.config.poll_seconds)
+
+    def _woken(self, queue: str) -> None:
+        """A wake-up for ``queue`` (Redis or NOTIFY): it has work; claim now."""
+        self._hungry[queue] = True
+        assert self._wake is not None
+        self._wake.set()
 
     async def _wake_or_stop(self) -> None:
         assert self._wake is not None and self._stop_requested is not None
@@ -326,6 +348,11 @@ class Worker:
                       max_attempts=max_attempts, lease_expires_at=lease, worker_id=self.id)
         ctx._transaction = self._transaction
         running = _Running(job_id, attempt, task, ctx, time.monotonic())
+        try:
+            running.lock_key = task.lock_key(args)
+        except InvalidArgsError as exc:
+            log.error("job=%s: %s", job_id, exc)
+        running.lock_token = f"{self.id}:{job_id}:{attempt}"
         with self._held_lock:
             self._held[job_id] = running
         log.debug("job=%s task=%s args=%s", job_id, task_name, json.dumps(args))
@@ -335,6 +362,14 @@ class Worker:
                        timeout: float | None) -> None:
         task, ctx = running.task, running.ctx
         call_args = (ctx,) if task.takes_context else ()
+        if running.lock_key is not None and not await asyncio.to_thread(
+                self.coordinator.lock_acquire, running.lock_key, running.lock_token, self.id,
+                self.config.lease_seconds):
+            running.lock_key = None  # not ours: nothing to renew or release
+            wait = self.config.lock_wait_seconds * random.uniform(0.5, 1.5)
+            self._record(running, _Outcome(running.job_id, running.attempt, "scheduled",
+                                           delay=wait, refund=1))
+            return
         timer = asyncio.timeout(timeout)
         try:
             async with timer:
@@ -544,9 +579,24 @@ class Worker:
     def _forget(self, running: _Running, outcome: str) -> None:
         with self._held_lock:
             self._held.pop(running.job_id, None)
+        if running.lock_key is not None:
+            key, running.lock_key = running.lock_key, None
+            threading.Thread(target=self._release_lock, args=(key, running.lock_token),
+                             daemon=True).start()
         self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
         if self._wake is not None:
             self._wake.set()  # a slot is free: claim now
+
+    def _release_lock(self, key: str, token: str) -> None:
+        try:
+            self.coordinator.lock_release(key, token)
+        except PgqError as exc:  # it expires with its TTL
+            log.warning("could not release lock %r: %s", key, exc)
+
+    def held_locks(self) -> list[tuple[int, str, str]]:
+        with self._held_lock:
+            return [(r.job_id, r.lock_key, r.lock_token) for r in self._held.values()
+                    if r.lock_key is not None and not r.lost]
 
     def _log(self, running: _Running, outcome: str, detail: str = "") -> None:
         ctx = running.ctx
@@ -678,6 +728,15 @@ class _Heartbeat(threading.Thread):
             alive = dict(rows)
             worker.leases_renewed(alive)
             loop = worker._loop
+            for job_id, key, token in worker.held_locks():
+                try:
+                    kept = worker.coordinator.lock_renew(key, token, worker.id,
+                                                         worker.config.lease_seconds)
+                except PgqError:
+                    kept = True  # cannot tell now; the next heartbeat tries again
+                if not kept:
+                    log.warning("job=%s: run-time lock %r lost; stopping it", job_id, key)
+                    alive.pop(job_id, None)
             for job_id, _attempt, _progress in held:
                 if job_id not in alive and loop is not None:
                     loop.call_soon_threadsafe(worker.lease_lost, job_id)

@@ -24,6 +24,7 @@ from pgq.enqueue import (
     Step,
     plan_enqueue_many,
     plan_enqueue_one,
+    plan_notify,
     prepare,
 )
 from pgq.errors import DatabaseError
@@ -180,6 +181,8 @@ class FakeDatabase:
             case "job_unique_holder_release":
                 holder = self.held.get((p["task"], p["unique_key"]))
                 return [] if holder is None else [(holder, False)]
+            case "queue_notify":
+                return [(None,) for _ in p["queues"]]
         raise AssertionError(f"unknown statement {step.name}")
 
 
@@ -190,6 +193,7 @@ def test_plans_send_every_parameter_their_statements_take() -> None:
                       vanish={("reports.build", "k3")})
     steps, _ = drive(plan_enqueue_many(rows, NOW), db)
     steps += drive(plan_enqueue_one(make_row("k2"), NOW), db)[0]
+    steps += drive(plan_notify(plan_enqueue_one(make_row(), NOW), ["default"]), db)[0]
     taken = {s.name for s in steps}
     assert taken == {name for _, name in statements_named_in_enqueue()}  # every statement was reached
     for step in steps:

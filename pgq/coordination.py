@@ -1,0 +1,382 @@
+"""Redis as an accelerator, PostgreSQL as the fallback: the one module that imports redis.
+
+Three roles, each with a Redis implementation and a PostgreSQL one behind the same calls:
+
+============  =======================================  ==========================================
+role          Redis                                    PostgreSQL fallback
+============  =======================================  ==========================================
+wake-ups      PUBLISH after the enqueue commits;       ``NOTIFY pgq_wakeup`` inside the enqueuing
+              workers SUBSCRIBE (one connection per    transaction (delivered only on commit);
+              process); bursts coalesced               workers LISTEN (one connection per process)
+run-time      ``SET key token NX PX``, renewed and     a ``pgq_locks`` row with an expiry by the
+locks         released by compare-and-set Lua          database clock
+leadership    ``SET NX PX`` lease, renewed by          a ``pgq_leaders`` row with an expiry by the
+              compare-and-set                          database clock
+============  =======================================  ==========================================
+
+Polling at ``--poll-interval`` is the floor under wake-ups: a lost wake-up costs at most
+one interval. Workers listen on *both* channels, so a publisher and a worker that disagree
+about Redis's health still meet.
+
+**Switching.** Any Redis error (timeout, refused connection, READONLY replica, killed
+connection) marks Redis down, logged once, and every role continues on PostgreSQL. A
+health check pings Redis at most once a second and switches back, logged once. No job
+depends on Redis: only latency and database load change.
+
+**Exclusivity across a switch.** A lock or leadership taken in Redis cannot be seen from
+PostgreSQL. So after Redis is lost, a process grants *new* PostgreSQL-side locks and
+leaderships only once the Redis TTL has passed (anything held in Redis has expired by
+then), while a holder migrates its own hold to PostgreSQL at its next renewal, well
+within the TTL. In the other direction, a Redis-side acquisition first checks that no
+live PostgreSQL-side hold exists for the key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+import redis
+
+from pgq.database import connect, execute
+from pgq.errors import PgqError
+from pgq.settings import Settings, redact_url
+
+log = logging.getLogger("pgq.coordination")
+
+WAKEUP_CHANNEL = "pgq_wakeup"
+REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+_ACQUIRE_OR_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"""
+
+
+class Mode(StrEnum):
+    REDIS = "redis"
+    POSTGRES = "postgres"
+
+
+class Coordinator:
+    """One per process. Thread-safe: the worker's loop, its heartbeat thread and its
+    wake-up listener all use it."""
+
+    def __init__(self, settings: Settings, *, check_interval: float = 1.0,
+                 coalesce_seconds: float = 0.002) -> None:
+        self.settings = settings
+        self.prefix = settings.redis_prefix
+        self.check_interval = check_interval
+        self._redis: redis.Redis | None = None
+        if settings.redis_url:
+            self._redis = redis.Redis.from_url(
+                settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                retry_on_timeout=False, decode_responses=True)
+        self._down_since: float | None = None if self._redis else time.monotonic()
+        self._last_check = 0.0
+        self._pg: psycopg.Connection[Any] | None = None
+        self._pg_lock = threading.Lock()
+        self._held_in_redis: set[str] = set()
+        self._publisher = _Publisher(self, coalesce_seconds) if self._redis else None
+
+    # --- health -------------------------------------------------------------------------
+
+    @property
+    def redis_configured(self) -> bool:
+        return self._redis is not None
+
+    def redis_ok(self) -> bool:
+        """Whether Redis is in use now; pings a down Redis at most every ``check_interval``."""
+        if self._redis is None:
+            return False
+        if self._down_since is None:
+            return True
+        now = time.monotonic()
+        if now - self._last_check >= self.check_interval:
+            self._last_check = now
+            try:
+                self._redis.ping()
+            except REDIS_ERRORS:
+                return False
+            log.warning("Redis at %s is back: wake-ups, locks and leader election use it again",
+                        redact_url(self.settings.redis_url or ""))
+            self._down_since = None
+            return True
+        return False
+
+    def redis_failed(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._last_check = self._down_since
+            log.warning("Redis unavailable (%s: %s): falling back to PostgreSQL for wake-ups, "
+                        "locks and leader election", type(exc).__name__, exc)
+
+    def status(self) -> dict[str, str]:
+        """The mode each role is in now (for logs, the stats CLI and metrics)."""
+        mode = Mode.REDIS if self.redis_ok() else Mode.POSTGRES
+        return {"wakeups": f"{mode}+postgres-listen+polling", "locks": str(mode),
+                "leadership": str(mode),
+                "redis": "not configured" if self._redis is None else (
+                    "up" if mode == Mode.REDIS else "down")}
+
+    def _in_grace(self, ttl: float) -> bool:
+        """Just after Redis was lost, a hold taken in Redis may still be live."""
+        return (self._redis is not None and self._down_since is not None
+                and time.monotonic() - self._down_since < ttl)
+
+    # --- PostgreSQL side ----------------------------------------------------------------
+
+    def _pg_execute(self, name: str, params: dict[str, Any]) -> list[Any]:
+        with self._pg_lock:
+            if self._pg is None or self._pg.closed or self._pg.broken:
+                self._pg = connect(self.settings, autocommit=True)
+            return execute(self._pg, name, params)
+
+    # --- wake-ups -----------------------------------------------------------------------
+
+    def wake_in_transaction(self) -> bool:
+        """Should an enqueue send its wake-up as a NOTIFY inside its transaction? Yes when
+        Redis is not in use (and always when pgq cannot see the commit)."""
+        return not self.redis_ok()
+
+    def publish(self, queues: Iterable[str]) -> None:
+        """After a commit pgq saw: wake the queues' workers through Redis (coalesced).
+        Without Redis this does nothing: the enqueue sent a NOTIFY in its transaction."""
+        if self._publisher is not None and self.redis_ok():
+            self._publisher.add(queues)
+
+    def channel(self, queue: str) -> str:
+        return f"{self.prefix}wakeup:{queue}"
+
+    # --- run-time locks -----------------------------------------------------------------
+
+    def lock_acquire(self, key: str, token: str, holder: str, ttl: float) -> bool:
+        params = {"key": key, "token": token, "holder": holder, "ttl": ttl}
+        if self.redis_ok():
+            assert self._redis is not None
+            try:
+                if self._pg_execute("lock_live", params):
+                    return False
+                if self._redis.set(self._lock_key(key), token, nx=True, px=int(ttl * 1000)):
+                    self._held_in_redis.add(self._lock_key(key))
+                    return True
+                return False
+            except REDIS_ERRORS as exc:
+                self.redis_failed(exc)
+        if self._in_grace(ttl):
+            return False
+        return bool(self._pg_execute("lock_acquire", params))
+
+    def lock_renew(self, key: str, token: str, holder: str, ttl: float) -> bool:
+        params = {"key": key, "token": token, "holder": holder, "ttl": ttl}
+        redis_key = self._lock_key(key)
+        if redis_key in self._held_in_redis:
+            if self.redis_ok():
+                assert self._redis is not None
+                try:
+                    return bool(self._redis.eval(_RENEW, 1, redis_key, token, int(ttl * 1000)))
+                except REDIS_ERRORS as exc:
+                    self.redis_failed(exc)
+            # Migrate the hold: others wait out the Redis TTL before taking it in PostgreSQL.
+            self._held_in_redis.discard(redis_key)
+            return bool(self._pg_execute("lock_acquire", params))
+        return bool(self._pg_execute("lock_renew", params))
+
+    def lock_release(self, key: str, token: str) -> None:
+        redis_key = self._lock_key(key)
+        if redis_key in self._held_in_redis:
+            self._held_in_redis.discard(redis_key)
+            if self.redis_ok():
+                assert self._redis is not None
+                try:
+                    self._redis.eval(_RELEASE, 1, redis_key, token)
+                except REDIS_ERRORS as exc:
+                    self.redis_failed(exc)
+        self._pg_execute("lock_release", {"key": key, "token": token})
+
+    def _lock_key(self, key: str) -> str:
+        return f"{self.prefix}lock:{key}"
+
+    # --- leadership ---------------------------------------------------------------------
+
+    def lead(self, name: str, holder: str, ttl: float) -> bool:
+        """Become or stay leader of ``name`` for ``ttl`` seconds; False if someone else is."""
+        params = {"name": name, "holder": holder, "ttl": ttl}
+        redis_key = f"{self.prefix}leader:{name}"
+        if self.redis_ok():
+            assert self._redis is not None
+            try:
+                if self._pg_execute("leader_live", params):
+                    return False
+                if self._redis.eval(_ACQUIRE_OR_RENEW, 1, redis_key, holder, int(ttl * 1000)):
+                    self._held_in_redis.add(redis_key)
+                    return True
+                self._held_in_redis.discard(redis_key)
+                return False
+            except REDIS_ERRORS as exc:
+                self.redis_failed(exc)
+        if redis_key not in self._held_in_redis and self._in_grace(ttl):
+            return False
+        self._held_in_redis.discard(redis_key)
+        return bool(self._pg_execute("leader_acquire", params))
+
+    def resign(self, name: str, holder: str) -> None:
+        redis_key = f"{self.prefix}leader:{name}"
+        if self._redis is not None and self.redis_ok():
+            try:
+                self._redis.eval(_RELEASE, 1, redis_key, holder)
+            except REDIS_ERRORS as exc:
+                self.redis_failed(exc)
+        self._held_in_redis.discard(redis_key)
+        self._pg_execute("leader_release", {"name": name, "holder": holder})
+
+    def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.stop()
+        with self._pg_lock:
+            if self._pg is not None:
+                self._pg.close()
+        if self._redis is not None:
+            self._redis.close()
+
+
+class _Publisher(threading.Thread):
+    """Publishes wake-ups off the caller's thread: the first of a burst at once, the rest
+    of the burst folded into one trailing publish per queue."""
+
+    def __init__(self, coordinator: Coordinator, coalesce_seconds: float) -> None:
+        super().__init__(name="pgq-publisher", daemon=True)
+        self.coordinator = coordinator
+        self.coalesce_seconds = coalesce_seconds
+        self._pending: set[str] = set()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self.start()
+
+    def add(self, queues: Iterable[str]) -> None:
+        with self._cond:
+            self._pending.update(queues)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """Publish what is pending, then stop (before the Redis client is closed)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self.join(timeout=2)
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopped:
+                    self._cond.wait()
+                queues, self._pending = self._pending, set()
+                stopping = self._stopped
+            if queues:
+                self._publish(queues)
+            if stopping:
+                return
+            time.sleep(self.coalesce_seconds)  # let a burst gather into the next publish
+
+    def _publish(self, queues: set[str]) -> None:
+        coordinator = self.coordinator
+        assert coordinator._redis is not None
+        try:
+            pipe = coordinator._redis.pipeline(transaction=False)
+            for queue in queues:
+                pipe.publish(coordinator.channel(queue), "1")
+            pipe.execute()
+        except REDIS_ERRORS as exc:
+            coordinator.redis_failed(exc)  # workers still have LISTEN and polling
+        except Exception:  # the publisher thread must outlive any surprise
+            log.exception("wake-up publish failed")
+
+
+class WakeupListener:
+    """Wakes a worker when its queues get jobs: a Redis subscription and a PostgreSQL
+    LISTEN, each in its own thread with its own connection, each reconnecting on its own.
+    ``on_wake`` is called from those threads."""
+
+    def __init__(self, coordinator: Coordinator, queues: list[str],
+                 on_wake: Callable[[str], None]) -> None:
+        self.coordinator = coordinator
+        self.queues = queues
+        self.on_wake = on_wake
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._listen_postgres, name="pgq-listen",
+                                          daemon=True)]
+        if coordinator.redis_configured:
+            self._threads.append(threading.Thread(target=self._subscribe_redis,
+                                                  name="pgq-subscribe", daemon=True))
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=3)
+
+    def _listen_postgres(self) -> None:
+        wanted = set(self.queues)
+        while not self._stop.is_set():
+            try:
+                with connect(self.coordinator.settings, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {WAKEUP_CHANNEL}")
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            if note.payload in wanted:
+                                self.on_wake(note.payload)
+            except (PgqError, psycopg.Error) as exc:
+                log.warning("wake-up LISTEN connection lost (%s); reconnecting", exc)
+                self._stop.wait(1.0)
+
+    def _subscribe_redis(self) -> None:
+        coordinator = self.coordinator
+        channels = {coordinator.channel(q): q for q in self.queues}
+        while not self._stop.is_set():
+            if not coordinator.redis_ok():
+                self._stop.wait(coordinator.check_interval)
+                continue
+            assert coordinator._redis is not None
+            pubsub = coordinator._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(*channels)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is not None and message.get("channel") in channels:
+                        self.on_wake(channels[message["channel"]])
+            except REDIS_ERRORS as exc:
+                # A killed subscription is not a dead Redis: resubscribe if it answers.
+                try:
+                    coordinator._redis.ping()
+                    log.warning("Redis subscription lost (%s); resubscribing", exc)
+                except REDIS_ERRORS:
+                    coordinator.redis_failed(exc)
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    pubsub.close()
