@@ -131,13 +131,16 @@ def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,
               metavar="SECONDS", help="Lease length; heartbeats renew it every third of it.")
 @click.option("--poll-interval", type=click.FloatRange(0.01), default=1.0, show_envvar=True,
               metavar="SECONDS", help="Longest wait between claims when idle.")
+@click.option("--no-wakeups", "no_wakeups", is_flag=True, show_envvar=True,
+              help="Poll only: ignore Redis and NOTIFY wake-ups (diagnosis, benchmarks).")
 @click.option("--crash-budget", type=click.IntRange(1), default=3, show_envvar=True,
               help="Times a job may lose its worker (crash, kill) before it ends failed.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
               default="INFO", show_envvar=True, help="DEBUG also logs job args.")
 @database_option
 def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, processes: int,
-           shutdown_timeout: float, lease: float, poll_interval: float, crash_budget: int,
+           shutdown_timeout: float, lease: float, poll_interval: float, no_wakeups: bool,
+           crash_budget: int,
            log_level: str, database_url: str | None) -> None:
     """Run jobs. Stops gracefully on SIGTERM/SIGINT."""
     from pgq.queues import parse_queues
@@ -150,7 +153,8 @@ def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, pr
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = WorkerConfig(queues=tuple(parse_queues(queues)), concurrency=concurrency,
                           strict=strict, lease_seconds=lease, poll_seconds=poll_interval,
-                          shutdown_seconds=shutdown_timeout, crash_budget=crash_budget)
+                          shutdown_seconds=shutdown_timeout, crash_budget=crash_budget,
+                          wakeups=not no_wakeups)
     app = load_app(app_path, database_url)
     if processes == 1:
         sys.exit(Worker(app, config).run())

@@ -339,7 +339,8 @@ class WakeupListener:
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join(timeout=3)
+            if thread.ident is not None:  # started
+                thread.join(timeout=3)
 
     def _listen_postgres(self) -> None:
         wanted = set(self.queues)

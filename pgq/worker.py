@@ -90,6 +90,9 @@ class WorkerConfig:
     """Seconds outcomes wait to be written together. A crash inside it re-runs those jobs."""
     max_abandoned_threads: int | None = None
     """Timed-out sync threads tolerated before the worker recycles itself (default: concurrency)."""
+    wakeups: bool = True
+    """Listen for wake-ups (Redis SUBSCRIBE and PostgreSQL LISTEN). Off: poll only, for
+    diagnosis and benchmarks; pickup then takes up to ``poll_seconds``."""
     lock_wait_seconds: float = 0.5
     """A job whose run-time lock is taken waits this long (±50 %) before trying again,
     without spending an attempt."""
@@ -206,7 +209,8 @@ class Worker:
             loop.call_soon_threadsafe(self._woken, queue)
 
         listener = WakeupListener(self.coordinator, [q.name for q in self.config.queues], on_wake)
-        listener.start()
+        if self.config.wakeups:
+            listener.start()
         completer = asyncio.create_task(self._completer(), name="pgq-completer")
         log.info("worker %s started: queues=%s concurrency=%d%s", self.id,
                  ",".join(f"{q.name}={q.weight}" + (f":{q.cap}" if q.cap else "")
