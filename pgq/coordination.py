@@ -65,17 +65,6 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-_ACQUIRE_OR_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
-end
-return 0
-"""
-
-
 class Mode(StrEnum):
     REDIS = "redis"
     POSTGRES = "postgres"
@@ -99,7 +88,8 @@ class Coordinator:
         self._last_check = 0.0
         self._pg: psycopg.Connection[Any] | None = None
         self._pg_lock = threading.Lock()
-        self._held_in_redis: set[str] = set()
+        self._held_in_redis: set[str] = set()  # run-time locks held in Redis
+        self._terms: dict[str, int] = {}  # leaderships held in Redis: key -> term
         self._publisher = _Publisher(self, coalesce_seconds) if self._redis else None
 
     # --- health -------------------------------------------------------------------------
@@ -118,7 +108,8 @@ class Coordinator:
         if now - self._last_check >= self.check_interval:
             self._last_check = now
             try:
-                self._redis.ping()
+                # A write, not a PING: a READONLY replica answers PING but refuses locks.
+                self._redis.set(f"{self.prefix}health", "1", px=10_000)
             except REDIS_ERRORS:
                 return False
             log.warning("Redis at %s is back: wake-ups, locks and leader election use it again",
@@ -197,6 +188,12 @@ class Coordinator:
             if self.redis_ok():
                 assert self._redis is not None
                 try:
+                    if self._pg_execute("lock_live", params):
+                        # Another process took it in PostgreSQL: it saw Redis fail and we
+                        # did not (a partial partition). Give it up.
+                        self._held_in_redis.discard(redis_key)
+                        self._redis.eval(_RELEASE, 1, redis_key, token)
+                        return False
                     return bool(self._redis.eval(_RENEW, 1, redis_key, token, int(ttl * 1000)))
                 except REDIS_ERRORS as exc:
                     self.redis_failed(exc)
@@ -222,35 +219,54 @@ class Coordinator:
 
     # --- leadership ---------------------------------------------------------------------
 
-    def lead(self, name: str, holder: str, ttl: float) -> bool:
-        """Become or stay leader of ``name`` for ``ttl`` seconds; False if someone else is."""
+    def lead(self, name: str, holder: str, ttl: float) -> int | None:
+        """Become or stay leader of ``name`` for ``ttl`` seconds. Returns the leadership's
+        term (a fencing token, larger for every new leadership in either backend), or None
+        if someone else leads. Call again well within ``ttl`` to stay leader."""
         params = {"name": name, "holder": holder, "ttl": ttl}
         redis_key = f"{self.prefix}leader:{name}"
         if self.redis_ok():
             assert self._redis is not None
             try:
-                if self._pg_execute("leader_live", params):
-                    return False
-                if self._redis.eval(_ACQUIRE_OR_RENEW, 1, redis_key, holder, int(ttl * 1000)):
-                    self._held_in_redis.add(redis_key)
-                    return True
-                self._held_in_redis.discard(redis_key)
-                return False
+                return self._lead_in_redis(redis_key, params)
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
-        if redis_key not in self._held_in_redis and self._in_grace(ttl):
-            return False
-        self._held_in_redis.discard(redis_key)
-        return bool(self._pg_execute("leader_acquire", params))
+        held_in_redis = self._terms.pop(redis_key, None) is not None
+        if not held_in_redis and self._in_grace(ttl):
+            # A leadership taken in Redis may still be live: only keep one we already
+            # hold here, take none.
+            rows = self._pg_execute("leader_renew", params)
+            return int(rows[0][0]) if rows else None
+        rows = self._pg_execute("leader_acquire", params)
+        return int(rows[0][0]) if rows else None
+
+    def _lead_in_redis(self, redis_key: str, params: dict[str, Any]) -> int | None:
+        assert self._redis is not None
+        ms = int(params["ttl"] * 1000)
+        if self._pg_execute("leader_live", params):
+            # Someone took the role in PostgreSQL while we could not see Redis fail.
+            self._terms.pop(redis_key, None)
+            return None
+        term = self._terms.get(redis_key)
+        if term is not None:
+            if self._redis.eval(_RENEW, 1, redis_key, params["holder"], ms):
+                return term
+            del self._terms[redis_key]  # lapsed: a new leadership needs a new term
+        candidate = int(self._pg_execute("leader_term_next", {})[0][0])
+        if not self._redis.set(redis_key, params["holder"], nx=True, px=ms):
+            return None
+        self._terms[redis_key] = candidate
+        self._pg_execute("leader_release", params)  # our fallback row, if Redis came back
+        return candidate
 
     def resign(self, name: str, holder: str) -> None:
         redis_key = f"{self.prefix}leader:{name}"
-        if self._redis is not None and self.redis_ok():
+        if self._terms.pop(redis_key, None) is not None and self.redis_ok():
+            assert self._redis is not None
             try:
                 self._redis.eval(_RELEASE, 1, redis_key, holder)
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
-        self._held_in_redis.discard(redis_key)
         self._pg_execute("leader_release", {"name": name, "holder": holder})
 
     def close(self) -> None:

@@ -258,13 +258,29 @@ DELETE FROM pgq_locks WHERE key = %(key)s AND token = %(token)s;
 SELECT 1 FROM pgq_locks WHERE key = %(key)s AND token <> %(token)s AND expires_at >= now();
 
 -- name: leader_acquire
--- Become (or stay) leader if the role is free, expired, or already ours.
-INSERT INTO pgq_leaders AS l (name, holder, expires_at)
-VALUES (%(name)s, %(holder)s, now() + make_interval(secs => %(ttl)s))
+-- Become (or stay) leader if the role is free, expired, or already ours. A new leadership
+-- (a takeover, or ours after it lapsed) gets a new, larger term: the fencing token that
+-- lets leader work refuse a paused ex-leader. Returns the term, or no row.
+INSERT INTO pgq_leaders AS l (name, holder, term, expires_at)
+VALUES (%(name)s, %(holder)s, nextval('pgq_leader_terms'), now() + make_interval(secs => %(ttl)s))
 ON CONFLICT (name) DO UPDATE
-SET holder = excluded.holder, expires_at = excluded.expires_at
+SET holder = excluded.holder, expires_at = excluded.expires_at,
+    term = CASE WHEN l.holder = excluded.holder AND l.expires_at >= now() THEN l.term
+                ELSE excluded.term END
 WHERE l.expires_at < now() OR l.holder = excluded.holder
-RETURNING l.name;
+RETURNING l.term;
+
+-- name: leader_renew
+-- Stay leader if we are (unexpired); never take the role.
+UPDATE pgq_leaders SET expires_at = now() + make_interval(secs => %(ttl)s)
+WHERE name = %(name)s AND holder = %(holder)s AND expires_at >= now()
+RETURNING term;
+
+-- name: leader_term_next
+-- A term for a leadership about to be tried in Redis. Drawn *before* the attempt, so a
+-- process that stalls between winning and learning its term cannot hold a term larger
+-- than its successor's.
+SELECT nextval('pgq_leader_terms');
 
 -- name: leader_live
 -- Someone else's unexpired PostgreSQL-side leadership (honoured by Redis-side elections).

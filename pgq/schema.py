@@ -42,6 +42,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Sequence,
     SmallInteger,
     Table,
     Text,
@@ -137,11 +138,16 @@ locks = Table(
     comment="pgq run-time locks when Redis is unavailable (PostgreSQL fallback).",
 )
 
+leader_terms = Sequence("pgq_leader_terms", metadata=metadata)
+"""Fencing tokens for leaderships (see ``pgq.leader``)."""
+
 leaders = Table(
     "pgq_leaders",
     metadata,
     Column("name", Text, primary_key=True, comment="Leadership role (e.g. maintenance)."),
     Column("holder", Text, nullable=False, comment="Process holding the role."),
+    Column("term", BigInteger, nullable=False,
+           comment="Fencing token: larger for every new leadership, Redis or PostgreSQL."),
     Column("expires_at", DateTime(timezone=True), nullable=False,
            comment="Expiry by the database clock."),
     comment="pgq leader leases when Redis is unavailable (PostgreSQL fallback).",

@@ -27,10 +27,13 @@ def upgrade() -> None:
         sa.Column("expires_at", TZ, nullable=False, comment="Expiry by the database clock."),
         comment="pgq run-time locks when Redis is unavailable (PostgreSQL fallback).",
     )
+    op.execute(sa.schema.CreateSequence(sa.Sequence("pgq_leader_terms")))
     op.create_table(
         "pgq_leaders",
         sa.Column("name", sa.Text, primary_key=True, comment="Leadership role (e.g. maintenance)."),
         sa.Column("holder", sa.Text, nullable=False, comment="Process holding the role."),
+        sa.Column("term", sa.BigInteger, nullable=False,
+                  comment="Fencing token: larger for every new leadership, Redis or PostgreSQL."),
         sa.Column("expires_at", TZ, nullable=False, comment="Expiry by the database clock."),
         comment="pgq leader leases when Redis is unavailable (PostgreSQL fallback).",
     )
@@ -38,4 +41,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("pgq_leaders")
+    op.execute(sa.schema.DropSequence(sa.Sequence("pgq_leader_terms")))
     op.drop_table("pgq_locks")
