@@ -86,6 +86,7 @@ class Coordinator:
                 retry_on_timeout=False, decode_responses=True)
         self._down_since: float | None = None if self._redis else time.monotonic()
         self._last_check = 0.0
+        self._verified = False
         self._pg: psycopg.Connection[Any] | None = None
         self._pg_lock = threading.Lock()
         self._held_in_redis: set[str] = set()  # run-time locks held in Redis
@@ -103,13 +104,19 @@ class Coordinator:
         if self._redis is None:
             return False
         if self._down_since is None:
+            if not self._verified:  # first use: find out now rather than on a job's path
+                self._verified = True
+                try:
+                    self._health_check()
+                except REDIS_ERRORS as exc:
+                    self.redis_failed(exc)
+                    return False
             return True
         now = time.monotonic()
         if now - self._last_check >= self.check_interval:
             self._last_check = now
             try:
-                # A write, not a PING: a READONLY replica answers PING but refuses locks.
-                self._redis.set(f"{self.prefix}health", "1", px=10_000)
+                self._health_check()
             except REDIS_ERRORS:
                 return False
             log.warning("Redis at %s is back: wake-ups, locks and leader election use it again",
@@ -117,6 +124,11 @@ class Coordinator:
             self._down_since = None
             return True
         return False
+
+    def _health_check(self) -> None:
+        assert self._redis is not None
+        # A write, not a PING: a READONLY replica answers PING but refuses locks.
+        self._redis.set(f"{self.prefix}health", "1", px=10_000)
 
     def redis_failed(self, exc: BaseException) -> None:
         if self._down_since is None:

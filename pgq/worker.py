@@ -216,6 +216,8 @@ class Worker:
                  ",".join(f"{q.name}={q.weight}" + (f":{q.cap}" if q.cap else "")
                           for q in self.config.queues),
                  self.config.concurrency, " strict" if self.config.strict else "")
+        log.info("coordination: %s", ", ".join(
+            f"{role}={mode}" for role, mode in self.coordinator.status().items()))
         try:
             await self._produce(stop_when)
             await self._drain()
