@@ -1,7 +1,8 @@
 """Run the benchmark suite: ``python -m bench [WORKLOAD ...] [--runs N]``.
 
 Prints a table, then one JSON line per figure. Uses PGQ_DATABASE_URL's server (default
-localhost) and a scratch database ``pgq_bench`` that it drops and recreates.
+localhost) and scratch databases ``pgq_bench`` (throughput) and ``pgq_bench_pickup``
+(pickup latency) that it drops and recreates.
 """
 
 from __future__ import annotations
@@ -14,34 +15,67 @@ import sys
 
 import psycopg
 
+from bench.pickup import DATABASE as PICKUP_DATABASE
+from bench.pickup import PICKUP, Latency
 from bench.workloads import WORKLOADS, Figure, fresh_database
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("workloads", nargs="*", choices=[*WORKLOADS, []], default=[])
-    parser.add_argument("--runs", type=int, default=None, help="repetitions (median reported)")
+    parser.add_argument("workloads", nargs="*", choices=[*WORKLOADS, *PICKUP, []], default=[])
+    parser.add_argument("--runs", type=int, default=None,
+                        help="repetitions (throughput: median reported; pickup: samples pooled)")
     opts = parser.parse_args()
+    chosen = opts.workloads or [*WORKLOADS, *PICKUP]
+    kwargs = {"runs": opts.runs} if opts.runs else {}
     admin = os.environ.get("PGQ_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    url = fresh_database(admin, "pgq_bench")
-    with psycopg.connect(url) as conn:
-        server = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"PostgreSQL {server}", file=sys.stderr)
     figures: list[Figure] = []
-    for name in opts.workloads or list(WORKLOADS):
-        kwargs = {"runs": opts.runs} if opts.runs else {}
-        figures.append(WORKLOADS[name](url, **kwargs))
-    print(f"{'workload':<16} {'pgq':>12} {'baseline':>12} {'ratio':>6}  unit / baseline")
+    latencies: list[Latency] = []
+    if any(name in WORKLOADS for name in chosen):
+        url = fresh_database(admin, "pgq_bench")
+        _describe(url)
+        figures = [WORKLOADS[name](url, **kwargs) for name in chosen if name in WORKLOADS]
+    if any(name in PICKUP for name in chosen):
+        url = fresh_database(admin, PICKUP_DATABASE)
+        if not figures:
+            _describe(url)
+        latencies = [PICKUP[name](url, **kwargs) for name in chosen if name in PICKUP]
+    if figures:
+        print(f"{'workload':<16} {'pgq':>12} {'baseline':>12} {'ratio':>6}  unit / baseline")
     for f in figures:
         ratio = f"{f.ratio:.2f}" if f.ratio is not None else "-"
         base = f"{f.baseline:,.0f}" if f.baseline is not None else "-"
         print(f"{f.workload:<16} {f.pgq:>12,.0f} {base:>12} {ratio:>6}  {f.unit} / {f.baseline_name}")
+    if latencies:
+        print(f"{'workload':<20} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}  ms; jobs at rate, CPU busy")
+    for lat in latencies:
+        s = lat.summary()
+        busy = ", ".join(f"{b:.0%}" for b in lat.cpu_busy)
+        print(f"{lat.workload:<20} {s['p50']:>8.2f} {s['p95']:>8.2f} {s['p99']:>8.2f} "
+              f"{s['max']:>8.2f}  {len(lat.samples)} at {lat.rate:g}/s, {busy}")
+        for phase, values in lat.phases.items():
+            p = lat.summary(values)
+            print(f"  {phase:<18} {p['p50']:>8.2f} {p['p95']:>8.2f} {p['p99']:>8.2f} "
+                  f"{p['max']:>8.2f}")
     for f in figures:
         print(json.dumps({"workload": f.workload, "unit": f.unit, "pgq": round(f.pgq, 1),
                           "baseline": round(f.baseline, 1) if f.baseline else None,
                           "baseline_name": f.baseline_name,
                           "ratio": round(f.ratio, 3) if f.ratio else None}))
+    for lat in latencies:
+        print(json.dumps({"workload": lat.workload, "unit": "ms", "jobs": len(lat.samples),
+                          "rate": lat.rate, "seconds": lat.seconds,
+                          "cpu_busy": [round(b, 3) for b in lat.cpu_busy],
+                          **{k: round(v, 3) for k, v in lat.summary().items()},
+                          "phases": {phase: {k: round(v, 3) for k, v in lat.summary(values).items()}
+                                     for phase, values in lat.phases.items()}}))
+
+
+def _describe(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        server = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"PostgreSQL {server}", file=sys.stderr)
 
 
 if __name__ == "__main__":

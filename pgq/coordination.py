@@ -27,8 +27,10 @@ depends on Redis: only latency and database load change.
 PostgreSQL. So after Redis is lost, a process grants *new* PostgreSQL-side locks and
 leaderships only once the Redis TTL has passed (anything held in Redis has expired by
 then), while a holder migrates its own hold to PostgreSQL at its next renewal, well
-within the TTL. In the other direction, a Redis-side acquisition first checks that no
-live PostgreSQL-side hold exists for the key.
+within the TTL. In the other direction, Redis-side acquisitions and renewals first check
+that no live PostgreSQL-side hold of someone else exists, which also resolves a partial
+partition (one process sees Redis, another does not) within one renew interval.
+Leaderships carry fencing terms (see ``pgq.leader``). docs/coordination.md has the rest.
 """
 
 from __future__ import annotations

@@ -49,3 +49,20 @@ def segfault(ctx: pgq.Context) -> None:
     ledger.record_start(ctx)
     time.sleep(0.2)  # let the process's other jobs get going first
     os.kill(os.getpid(), signal.SIGSEGV)
+
+
+@app.task(name="ledger.tagged", backoff=FAST)
+async def tagged(ctx: pgq.Context, batch: int, keep: bool) -> None:
+    """Records its start. ``batch`` and ``keep`` say which enqueuing transaction made it
+    and whether that transaction was meant to commit (rolled-back ids are never seen)."""
+    ledger.record_start(ctx)
+
+
+@app.task(name="ledger.locked", backoff=FAST, lock="shared:{key}")
+async def locked(ctx: pgq.Context, key: str, seconds: float = 0.03) -> None:
+    """Holds the run-time lock ``shared:{key}`` while it runs: records start, sleeps
+    ``seconds``, records end, so overlapping [started_at, ended_at] intervals of one key
+    would prove two holders at once."""
+    ledger.record_start(ctx)
+    await asyncio.sleep(seconds)
+    ledger.record_end(ctx)

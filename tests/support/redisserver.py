@@ -33,6 +33,7 @@ class RedisServer:
         return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
 
     def start(self) -> RedisServer:
+        """Start the server (again, after ``stop``, on the same port) and wait until it answers."""
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.dir)],
@@ -53,6 +54,17 @@ class RedisServer:
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
+
+    def restart(self) -> RedisServer:
+        """Start again on the same port (after ``stop``), empty, as a crashed and
+        restarted server would be."""
+        self.stop()
+        return self.start()
+
+    def kill_pubsub_clients(self) -> int:
+        """Kill every subscribed connection (``CLIENT KILL TYPE pubsub``); how many."""
+        with self.client() as client:
+            return int(client.client_kill_filter(_type="pubsub"))
 
     def destroy(self) -> None:
         with contextlib.suppress(Exception):
