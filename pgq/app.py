@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
+from datetime import timedelta
 from functools import partial
 from types import TracebackType
 from typing import Any, Unpack, overload
@@ -18,6 +19,7 @@ from typing import Any, Unpack, overload
 from pgq.backoff import Backoff
 from pgq.clock import Clock, DatabaseClock
 from pgq.coordination import Coordinator
+from pgq.cron import DEFAULT_BACKFILL_WINDOW, DEFAULT_CATCH_UP, CatchUp, CronEntry, ScheduleError
 from pgq.database import Pools, async_connection, run_plan, run_plan_async, sync_connection
 from pgq.enqueue import (
     Enqueued,
@@ -29,6 +31,7 @@ from pgq.enqueue import (
     plan_notify,
     prepare,
 )
+from pgq.errors import PgqError
 from pgq.settings import Settings
 from pgq.tasks import (
     DEFAULT_MAX_ATTEMPTS,
@@ -73,6 +76,7 @@ class App:
         self.clock: Clock = clock or DatabaseClock()
         self.registry = TaskRegistry()
         self.middleware: list[Middleware] = []
+        self.schedules: dict[str, CronEntry] = {}
         self._pools = Pools(settings)
         self._coordinator: Coordinator | None = None
 
@@ -125,6 +129,41 @@ class App:
             )
 
         return register(fn) if fn is not None else register
+
+    def cron(
+        self,
+        schedule: str,
+        task: str | Task,
+        args: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        timezone: str = "UTC",
+        catch_up: CatchUp | str = DEFAULT_CATCH_UP,
+        backfill_window: timedelta = DEFAULT_BACKFILL_WINDOW,
+        **options: Unpack[EnqueueOptions],
+    ) -> CronEntry:
+        """Declare a periodic job: ``app.cron("30 2 * * *", "reports.nightly",
+        timezone="Europe/Paris")``. The entry is
+        validated now (expression, zone, args, options), so a bad schedule fails at
+        import, naming the entry and the field. ``name`` defaults to the task name.
+        ``catch_up`` decides what happens to ticks missed while no scheduler ran."""
+        task_name = task.name if isinstance(task, Task) else task
+        entry_name = name or task_name
+        for banned in ("run_at", "delay", "unique_key", "unique_for"):
+            if banned in options:
+                raise ScheduleError(f"cron entry {entry_name!r}: {banned} is not a cron option "
+                                    "(the schedule decides when; each tick fires once)")
+        if entry_name in self.schedules:
+            raise ScheduleError(f"cron entry {entry_name!r} is declared twice; give one a name=")
+        try:
+            self._prepare(JobSpec(task_name, dict(args or {}), **options))
+        except PgqError as exc:
+            raise ScheduleError(f"cron entry {entry_name!r}: {exc}") from None
+        entry = CronEntry(entry_name, schedule, task_name, dict(args or {}), timezone,
+                          catch_up,  # type: ignore[arg-type]  # validated by CronEntry
+                          backfill_window, dict(options))
+        self.schedules[entry_name] = entry
+        return entry
 
     def add_middleware(self, middleware: Middleware) -> Middleware:
         """Wrap every task execution: ``middleware(ctx)`` returns a context manager

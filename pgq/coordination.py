@@ -39,6 +39,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Any
@@ -79,7 +80,7 @@ class Coordinator:
     def __init__(self, settings: Settings, *, check_interval: float = 1.0,
                  coalesce_seconds: float = 0.002) -> None:
         self.settings = settings
-        self.prefix = settings.redis_prefix
+        self._prefix: str | None = None
         self.check_interval = check_interval
         self._redis: redis.Redis | None = None
         if settings.redis_url:
@@ -94,6 +95,16 @@ class Coordinator:
         self._held_in_redis: set[str] = set()  # run-time locks held in Redis
         self._terms: dict[str, int] = {}  # leaderships held in Redis: key -> term
         self._publisher = _Publisher(self, coalesce_seconds) if self._redis else None
+
+    @property
+    def prefix(self) -> str:
+        """``<PGQ_REDIS_PREFIX><instance>:``. The instance id is a random id the database
+        keeps in ``pgq_instance``, so two databases sharing one Redis (and one prefix)
+        never share locks, leaderships or wake-up channels. Read once per process."""
+        if self._prefix is None:
+            rows = self._pg_execute("instance_id", {"candidate": uuid.uuid4().hex[:12]})
+            self._prefix = f"{self.settings.redis_prefix}{rows[0][0]}:"
+        return self._prefix
 
     # --- health -------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class Leadership:
         self._valid_until = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._stopping = False
         self._changed = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._run, name=f"pgq-leader-{name}", daemon=True)
 
@@ -66,10 +67,13 @@ class Leadership:
             return None
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until this process leads (True) or ``timeout`` passes (False)."""
+        """Block until this process leads (True), or ``timeout`` passes or ``stop()`` is
+        called (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             while not (self._term is not None and time.monotonic() < self._valid_until):
+                if self._stopping:
+                    return False
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -85,6 +89,9 @@ class Leadership:
     def stop(self) -> None:
         """Stop campaigning and hand the role over at once (no TTL wait for the next)."""
         self._stop.set()
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
         if self._thread.ident is not None:
             self._thread.join(timeout=self.ttl)
         was = self._set(None, 0.0)

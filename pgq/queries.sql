@@ -235,6 +235,19 @@ SELECT version_num FROM pgq_alembic_version;
 -- of one transaction into one, so a bulk enqueue sends one per queue, not one per job.
 SELECT pg_notify('pgq_wakeup', q) FROM unnest(%(queues)s::text[]) AS q;
 
+-- name: instance_id
+-- This database's pgq instance id (namespace of its Redis keys), made on first use. The
+-- insert's row is not visible to the SELECT of the same statement, hence the UNION.
+WITH made AS (
+    INSERT INTO pgq_instance (id) VALUES (%(candidate)s)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT id FROM made
+UNION ALL
+SELECT id FROM pgq_instance
+LIMIT 1;
+
 -- name: lock_acquire
 -- Take a run-time lock if it is free or its holder's lease on it expired (database clock).
 INSERT INTO pgq_locks AS l (key, token, holder, expires_at)
@@ -288,3 +301,54 @@ SELECT 1 FROM pgq_leaders WHERE name = %(name)s AND holder <> %(holder)s AND exp
 
 -- name: leader_release
 DELETE FROM pgq_leaders WHERE name = %(name)s AND holder = %(holder)s;
+
+-- name: clock_now
+-- The clock every scheduling decision uses: the database's, or the injected one in tests.
+SELECT coalesce(%(now)s::timestamptz, now());
+
+-- name: cron_last_fires
+-- The latest tick fired per entry: one backward step of the primary key each.
+SELECT e, (SELECT max(f.fire_at) FROM pgq_cron_fires AS f WHERE f.entry = e)
+FROM unnest(%(entries)s::text[]) AS e;
+
+-- name: cron_fire_claim
+-- Record the fires of a batch of ticks, each with a job id drawn now. The primary key
+-- (entry, fire_at) makes a tick fire once however many schedulers try: only the rows
+-- this statement inserted come back, and only their jobs are written, in the same
+-- transaction. Also returns the clock, so the jobs' timestamps are the database's.
+INSERT INTO pgq_cron_fires AS f (entry, fire_at, job_id, enqueued_at, scheduler, term)
+SELECT t.entry, t.fire_at, nextval(pg_get_serial_sequence('pgq_jobs', 'id')),
+       coalesce(%(now)s::timestamptz, now()), %(scheduler)s, %(term)s
+FROM unnest(%(entries)s::text[], %(fire_ats)s::timestamptz[]) AS t(entry, fire_at)
+ORDER BY t.fire_at, t.entry
+ON CONFLICT (entry, fire_at) DO NOTHING
+RETURNING f.entry, f.fire_at, f.job_id, f.enqueued_at;
+
+-- name: cron_fires_prune
+-- Forget fire records older than the cutoff, but always keep each entry's latest: it
+-- is where catch-up after downtime starts from.
+DELETE FROM pgq_cron_fires AS f
+WHERE f.fire_at < %(before)s
+  AND f.fire_at < (SELECT max(g.fire_at) FROM pgq_cron_fires AS g WHERE g.entry = f.entry)
+RETURNING 1;
+
+-- name: job_prune
+-- Retention: delete one bounded batch of finished jobs of one state, oldest first, via
+-- pgq_jobs_finished_idx. Never a row in another state, and never a completed row whose
+-- unique key still guards against duplicates (unique_until in the future). SKIP LOCKED:
+-- an operator's open transaction on a row just defers it to a later batch.
+WITH doomed AS (
+    SELECT id FROM pgq_jobs
+    WHERE state = %(state)s
+      AND finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(keep)s)
+      AND NOT (unique_held AND state = 'completed'
+               AND unique_until > coalesce(%(now)s::timestamptz, now()))
+    ORDER BY finished_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM pgq_jobs AS j USING doomed
+    WHERE j.id = doomed.id AND j.state = %(state)s
+    RETURNING 1
+)
+SELECT count(*)::int FROM deleted;

@@ -121,6 +121,11 @@ Index(
     postgresql_where=text("state = 'running'"),
 )
 Index(
+    "pgq_jobs_finished_idx",
+    jobs.c.state, jobs.c.finished_at,
+    postgresql_where=text("state IN ('cancelled', 'completed', 'failed')"),
+)
+Index(
     "pgq_jobs_unique_idx",
     jobs.c.task, jobs.c.unique_key,
     unique=True,
@@ -151,4 +156,33 @@ leaders = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False,
            comment="Expiry by the database clock."),
     comment="pgq leader leases when Redis is unavailable (PostgreSQL fallback).",
+)
+
+cron_fires = Table(
+    "pgq_cron_fires",
+    metadata,
+    Column("entry", Text, primary_key=True, comment="Cron entry name."),
+    Column("fire_at", DateTime(timezone=True), primary_key=True,
+           comment="The tick this fire is for (not when it was enqueued)."),
+    Column("job_id", BigInteger, nullable=False,
+           comment="The job enqueued for it (may since have been pruned)."),
+    Column("enqueued_at", DateTime(timezone=True), nullable=False, server_default=text("now()"),
+           comment="When the scheduler enqueued it (database clock)."),
+    Column("scheduler", Text, nullable=False, comment="The scheduler process that fired."),
+    Column("term", BigInteger, comment="That scheduler's leadership term."),
+    comment="One row per (cron entry, tick) ever fired: the primary key makes a tick "
+            "fire once cluster-wide, whatever the schedulers believe.",
+)
+
+instance = Table(
+    "pgq_instance",
+    metadata,
+    Column("one", Boolean, primary_key=True, server_default=text("true"),
+           comment="Always true: the table has at most one row."),
+    Column("id", Text, nullable=False,
+           comment="Random id of this database's pgq, made on first use; namespaces "
+                   "its Redis keys (a copy of the database made before first use "
+                   "gets its own)."),
+    CheckConstraint("one", name="pgq_instance_one_row"),
+    comment="pgq's identity in this database.",
 )

@@ -120,6 +120,23 @@ def _scrub(message: str, url: str) -> str:
     return " ".join(message.split())
 
 
+DAY = 86400.0
+RETENTION_FIELDS = ("retain_completed", "retain_failed", "retain_cancelled")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
+
+
+def parse_duration(raw: str, what: str) -> float | None:
+    """``3600``, ``90s``, ``30m``, ``12h``, ``7d`` -> seconds; ``forever`` -> None."""
+    text = raw.strip().lower()
+    if text in ("forever", "never", "none"):
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{what} must be a positive duration such as 3600, 30m, 12h, 7d "
+                          f"or 'forever', got {raw!r}")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
 def sqlalchemy_url(database_url: str) -> str:
     """The SQLAlchemy spelling of a normalized libpq URL (psycopg 3 dialect)."""
     return "postgresql+psycopg" + database_url[len("postgresql") :]
@@ -151,8 +168,24 @@ class Settings:
     """Seconds to wait for a PostgreSQL connection before failing with
     ``DatabaseUnavailable`` (``PGQ_CONNECT_TIMEOUT``, default 5)."""
 
+    retain_completed: float | None = 7 * DAY
+    """Seconds a completed job is kept before retention deletes it (``PGQ_RETAIN_COMPLETED``:
+    seconds or ``30m``/``12h``/``7d``, or ``forever``). Default 7 days."""
+
+    retain_failed: float | None = 30 * DAY
+    """Seconds a failed (dead-letter) job is kept (``PGQ_RETAIN_FAILED``). Default 30 days."""
+
+    retain_cancelled: float | None = 7 * DAY
+    """Seconds a cancelled job is kept (``PGQ_RETAIN_CANCELLED``). Default 7 days."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "database_url", normalize_database_url(self.database_url))
+        for name in RETENTION_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or value <= 0):
+                raise ConfigError(f"{name} must be a positive number of seconds or None, "
+                                  f"got {value!r}")
         if self.redis_url is not None:
             object.__setattr__(self, "redis_url", normalize_redis_url(self.redis_url))
         if not re.fullmatch(r"[A-Za-z0-9_.:\-]{0,64}", self.redis_prefix):
@@ -198,8 +231,17 @@ class Settings:
                     values[key] = conv(raw)
                 except ValueError:
                     raise ConfigError(f"{var} must be a number, got {raw!r}") from None
+        for key in RETENTION_FIELDS:
+            var = "PGQ_" + key.upper()
+            if raw := env.get(var):
+                values[key] = parse_duration(raw, var)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def retention(self) -> dict[str, float | None]:
+        """Seconds to keep finished jobs, per terminal state (None: forever)."""
+        return {name.removeprefix("retain_"): getattr(self, name) for name in RETENTION_FIELDS}
 
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)

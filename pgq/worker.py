@@ -54,9 +54,11 @@ from pgq.errors import (
     PgqError,
 )
 from pgq.failure import error_entry
+from pgq.maintenance import Maintenance
 from pgq.outcomes import Cancel, Fail, Retry, Snooze
 from pgq.queues import QueueSpec, allocate
 from pgq.reclaim import DEFAULT_CRASH_BUDGET, reclaim
+from pgq.scheduler import Scheduler
 from pgq.tasks import Task
 from pgq.validation import encode_result
 
@@ -90,6 +92,10 @@ class WorkerConfig:
     """Seconds outcomes wait to be written together. A crash inside it re-runs those jobs."""
     max_abandoned_threads: int | None = None
     """Timed-out sync threads tolerated before the worker recycles itself (default: concurrency)."""
+    scheduler: bool = False
+    """Also run the cron scheduler in this process (it fires only while leader)."""
+    maintenance: bool = True
+    """Campaign for the maintenance role (retention of finished jobs) in this process."""
     wakeups: bool = True
     """Listen for wake-ups (Redis SUBSCRIBE and PostgreSQL LISTEN). Off: poll only, for
     diagnosis and benchmarks; pickup then takes up to ``poll_seconds``."""
@@ -211,6 +217,7 @@ class Worker:
         listener = WakeupListener(self.coordinator, [q.name for q in self.config.queues], on_wake)
         if self.config.wakeups:
             listener.start()
+        services = self._services()
         completer = asyncio.create_task(self._completer(), name="pgq-completer")
         log.info("worker %s started: queues=%s concurrency=%d%s", self.id,
                  ",".join(f"{q.name}={q.weight}" + (f":{q.cap}" if q.cap else "")
@@ -227,11 +234,22 @@ class Worker:
             await completer
             heartbeat.stop()
             listener.stop()
+            for service in services:
+                service.stop()
             await self._conn.close()
             await self._flush_conn.close()
             log.info("worker %s stopped: claimed=%d finished=%s", self.id,
                      self.stats.claimed, self.stats.finished)
         return self._exit_code
+
+    def _services(self) -> list[Scheduler | Maintenance]:
+        """The leader-only services this process campaigns for, started."""
+        services: list[Scheduler | Maintenance] = []
+        if self.config.maintenance:
+            services.append(Maintenance(self.app, holder=self.id).start())
+        if self.config.scheduler:
+            services.append(Scheduler(self.app, holder=self.id).start())
+        return services
 
     async def _check_schema(self) -> None:
         from pgq.migrate import head

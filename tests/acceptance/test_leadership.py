@@ -120,7 +120,8 @@ def start_three(harnesses: Harnesses, conn: psycopg.Connection) -> str:
 def test_kill_9_leader_is_replaced_within_ttl_plus_renew(
         harnesses: Harnesses, conn: psycopg.Connection, redis_server: RedisServer) -> None:
     leader = start_three(harnesses, conn)
-    holder_in_redis = redis_server.client().get(f"lead{os.getpid()}:leader:harness")
+    (instance,) = conn.execute("SELECT id FROM pgq_instance").fetchone()  # type: ignore[misc]
+    holder_in_redis = redis_server.client().get(f"lead{os.getpid()}:{instance}:leader:harness")
     assert holder_in_redis == leader, "leadership should be held in Redis while it is up"
     assert not conn.execute("SELECT 1 FROM pgq_leaders").fetchall(), "nothing in the fallback"
 

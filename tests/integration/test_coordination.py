@@ -17,6 +17,7 @@ import redis
 
 import pgq
 from pgq.coordination import Coordinator
+from tests.conftest import Databases, url_for
 from tests.support.pgcluster import free_port
 from tests.support.redisserver import RedisServer
 from tests.support.waiting import wait_until
@@ -73,7 +74,7 @@ def test_switches_to_postgres_when_redis_dies_and_back_when_it_returns(
     c = make(server.url)
     assert c.status()["locks"] == "redis"
     assert c.lock_acquire("k1", token(), "w", TTL)
-    assert server.client().exists("pgqt:lock:k1")
+    assert server.client().exists(c.prefix + "lock:k1")
 
     server.stop()
     assert not c.lock_acquire("k2", token(), "w", TTL), "inside the grace period: no new lock"
@@ -133,7 +134,7 @@ def test_lock_semantics(make: Make, server: RedisServer, backend: str) -> None:
     assert not b.lock_acquire("tenant:7", tb, "wb", TTL)
     a.lock_release("tenant:7", ta)
     assert b.lock_acquire("tenant:7", tb, "wb", TTL)
-    held_in_redis = bool(server.client().exists("pgqt:lock:tenant:7"))
+    held_in_redis = bool(server.client().exists(a.prefix + "lock:tenant:7"))
     assert held_in_redis == (backend == "redis")
 
 
@@ -177,7 +178,7 @@ def test_partial_partition_the_redis_holder_gives_way(make: Make, server: RedisS
     tb = token()
     wait_until(lambda: blind.lock_acquire("k", tb, "wb", TTL), TTL + 2, "the fallback lock")
     assert not seer.lock_renew("k", ts, "wa", TTL)
-    assert not server.client().exists("pgqt:lock:k"), "the Redis hold was released"
+    assert not server.client().exists(seer.prefix + "lock:k"), "the Redis hold was released"
 
 
 # --- leadership ----------------------------------------------------------------------------
@@ -223,8 +224,24 @@ def test_leadership_moves_to_postgres_and_back(make: Make, server: RedisServer) 
     assert b.lead("cron", "b", TTL) is None, "b honours a's live PostgreSQL leadership"
     t3 = a.lead("cron", "a", TTL)
     assert t3 is not None and t3 > t2, "a moves back into Redis"
-    assert server.client().get("pgqt:leader:cron") == "a"
+    assert server.client().get(a.prefix + "leader:cron") == "a"
     assert b.lead("cron", "b", TTL) is None
+
+
+def test_two_databases_sharing_redis_and_prefix_do_not_share_locks(
+        make: Make, server: RedisServer, databases: Databases, migrated_template: str) -> None:
+    other_db = url_for(databases.create(template=migrated_template))
+    a = make(server.url)
+    b = Coordinator(pgq.Settings(database_url=other_db, redis_url=server.url,
+                                 redis_prefix="pgqt:"))
+    try:
+        assert a.prefix != b.prefix and a.prefix.startswith("pgqt:")
+        assert a.lock_acquire("same-key", token(), "wa", TTL)
+        assert b.lock_acquire("same-key", token(), "wb", TTL)
+        assert a.lead("cron", "a", TTL) is not None and b.lead("cron", "b", TTL) is not None
+        assert make(server.url).prefix == a.prefix, "stable for one database"
+    finally:
+        b.close()
 
 
 # --- wake-ups ------------------------------------------------------------------------------
@@ -233,7 +250,7 @@ def test_leadership_moves_to_postgres_and_back(make: Make, server: RedisServer) 
 def test_publishes_are_coalesced(make: Make, server: RedisServer) -> None:
     c = make(server.url, coalesce_seconds=0.05)
     pubsub = server.client().pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe("pgqt:wakeup:default")
+    pubsub.subscribe(c.prefix + "wakeup:default")
     wait_until(lambda: pubsub.get_message(timeout=0.01) is None and pubsub.subscribed, 5)
     for _ in range(1000):
         c.publish(["default"])
@@ -258,9 +275,10 @@ def test_acl_user_database_number_and_prefix(make: Make, server: RedisServer,
     c = make(url, prefix="appb:")
     assert c.lock_acquire("k", token(), "w", TTL)
     as_app = redis.Redis(port=server.port, username="pgqapp", password="s3cret-pw", db=3)
-    assert as_app.exists("appb:lock:k")
+    assert c.prefix.startswith("appb:")
+    assert as_app.exists(c.prefix + "lock:k")
     assert not redis.Redis(port=server.port, username="pgqapp", password="s3cret-pw",
-                           db=0).exists("appb:lock:k")
+                           db=0).exists(c.prefix + "lock:k")
 
     caplog.set_level(logging.WARNING, "pgq.coordination")
     wrong = make(f"redis://pgqapp:wrong-pw@127.0.0.1:{server.port}/3", prefix="appb:")
@@ -285,7 +303,7 @@ def test_tls_redis(make: Make, tmp_path: Path) -> None:
         wait_until(lambda: _pings(client), 10, "the TLS redis-server")
         c = make(url)
         assert c.lock_acquire("k", token(), "w", TTL)
-        assert client.exists("pgqt:lock:k")
+        assert client.exists(c.prefix + "lock:k")
         plain = make(f"redis://127.0.0.1:{port}/0")  # a TLS port does not speak plain text
         assert not plain.lock_acquire("k2", token(), "w", TTL)
         assert plain.status()["redis"] == "down"

@@ -241,7 +241,7 @@ def test_cancel_is_final_and_recorded(make_app: Callable[..., pgq.App],
     assert [(e["attempt"], e["type"], e["message"]) for e in row["errors"]] == [
         (1, "pgq.outcomes.Cancel", "no longer wanted")]
     clock.advance(timedelta(days=30))
-    run(app)
+    run(app, WorkerConfig(concurrency=4, poll_seconds=0.05, maintenance=False))  # no retention
     assert calls == [1]
     assert job(conn, job_id)["state"] == "cancelled"
 

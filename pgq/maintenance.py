@@ -1,0 +1,128 @@
+"""Maintenance, done by one process at a time (the leader of the ``maintenance`` role):
+retention of finished jobs and of old cron fire records.
+
+Every worker campaigns for the role (``pgq worker --no-maintenance`` opts out), so a
+deployment that runs workers prunes without a separate process. Expired leases are not
+reclaimed here: every worker already does that on its own claim path, with SKIP LOCKED.
+Delayed jobs and retry backoffs need no promotion either: the claim takes ``scheduled``
+and ``retryable`` rows as soon as ``run_at`` passes.
+
+Retention deletes in bounded batches (``batch`` rows per statement, oldest first, via a
+partial index on finished rows), pausing between batches, so a backlog of a million rows
+drains without long locks, bloat spikes or a slower claim path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pgq.database import connect, execute
+from pgq.errors import PgqError
+from pgq.leader import Leadership
+
+if TYPE_CHECKING:
+    from pgq.app import App
+
+log = logging.getLogger("pgq.maintenance")
+
+ROLE = "maintenance"
+FIRE_RECORDS_KEPT = timedelta(days=7)
+"""Cron fire records are kept this long beyond the longest backfill window (each entry's
+latest is always kept: catch-up starts from it)."""
+
+
+def prune(conn: psycopg.Connection[Any], retention: dict[str, float | None], *,
+          batch: int = 1000, now: datetime | None = None,
+          between: Callable[[], bool] | None = None) -> dict[str, int]:
+    """Delete finished jobs older than their state's retention, ``batch`` rows per
+    statement. ``between()`` runs between batches (pause there); False stops early.
+    Returns the rows deleted per state."""
+    deleted: dict[str, int] = {}
+    for state, keep in retention.items():
+        if keep is None:
+            continue
+        total = 0
+        while True:
+            ((count,),) = execute(conn, "job_prune", {"state": state, "keep": keep,
+                                                      "batch": batch, "now": now})
+            total += count
+            if count < batch or (between is not None and not between()):
+                break
+        deleted[state] = total
+        if between is not None and count == batch:
+            break  # stopped early
+    return deleted
+
+
+def prune_fires(conn: psycopg.Connection[Any], app: App, now: datetime) -> int:
+    longest = max((e.backfill_window for e in app.schedules.values()), default=timedelta(0))
+    return len(execute(conn, "cron_fires_prune", {"before": now - longest - FIRE_RECORDS_KEPT}))
+
+
+class Maintenance:
+    def __init__(self, app: App, *, holder: str, every: float = 60.0, ttl: float = 30.0,
+                 batch: int = 1000, pause: float = 0.05) -> None:
+        self.app = app
+        self.holder = holder
+        self.every = every
+        self.ttl = ttl
+        self.batch = batch
+        self.pause = pause
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._leadership: Leadership | None = None
+
+    def start(self) -> Maintenance:
+        self._thread = threading.Thread(target=self.run, name="pgq-maintenance", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._leadership is not None:
+            self._leadership.stop()  # interrupts a wait for leadership
+        if self._thread is not None:
+            self._thread.join(timeout=self.ttl)
+
+    def run(self) -> None:
+        leadership = self._leadership = Leadership(self.app.coordinator, ROLE, self.holder,
+                                                   ttl=self.ttl).start()
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            while not self._stop.is_set():
+                if not leadership.wait(1.0):
+                    continue
+                try:
+                    if conn is None or conn.closed or conn.broken:
+                        conn = connect(self.app.settings, autocommit=True)
+                    self.run_once(conn, leadership)
+                except PgqError as exc:
+                    log.error("maintenance: %s", exc)
+                self._stop.wait(self.every)
+        finally:
+            leadership.stop()
+            if conn is not None:
+                conn.close()
+
+    def run_once(self, conn: psycopg.Connection[Any],
+                 leadership: Leadership | None = None) -> dict[str, int]:
+        def between() -> bool:  # pause between batches; stop on losing the role
+            return (not self._stop.wait(self.pause)
+                    and (leadership is None or leadership.is_leader()))
+
+        deleted = prune(conn, self.app.settings.retention, batch=self.batch,
+                        now=self.app.clock.now(), between=between)
+        ((now,),) = execute(conn, "clock_now", {"now": self.app.clock.now()})
+        fires = prune_fires(conn, self.app, now)
+        self.runs += 1
+        if any(deleted.values()) or fires:
+            log.info("maintenance: pruned %s finished jobs, %d cron fire records",
+                     ", ".join(f"{n} {s}" for s, n in deleted.items() if n) or "no", fires)
+        return deleted

@@ -1,0 +1,168 @@
+"""The cron scheduler: enqueues each (entry, tick) exactly once, cluster-wide.
+
+Run as many schedulers as you like (``pgq scheduler``, or ``pgq worker --scheduler``).
+Two layers keep a tick from firing twice:
+
+1. **Leadership** (``pgq.leader``): only the leader of the ``scheduler`` role looks at the
+   schedule, so normally one process does the work.
+2. **The fire record**: a tick's job is written in the same transaction as its
+   ``pgq_cron_fires`` row, whose primary key is (entry, tick). Two leaders at once (a
+   partition, a paused ex-leader waking up, a skewed clock) race on that key, and the
+   loser's transaction writes nothing.
+
+Ticks are computed from the database clock (``SELECT now()``), never the scheduler's.
+After downtime, each entry's ``catch_up`` policy decides which missed ticks fire
+(``pgq.cron.CatchUp``); a fire is never repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pgq.cron import CronEntry
+from pgq.database import connect, execute, run_plan
+from pgq.enqueue import Copy, Exec, JobRow, JobSpec, Step
+from pgq.errors import PgqError
+from pgq.leader import Leadership
+
+if TYPE_CHECKING:
+    from pgq.app import App
+
+log = logging.getLogger("pgq.scheduler")
+
+ROLE = "scheduler"
+ON_TIME = timedelta(seconds=60)
+"""A tick fired within this long after it passed is on time, not "missed"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fire:
+    entry: str
+    fire_at: datetime
+    job_id: int
+
+
+class Scheduler:
+    def __init__(self, app: App, *, holder: str, ttl: float = 15.0, tick: float = 1.0,
+                 on_time: timedelta = ON_TIME) -> None:
+        self.app = app
+        self.holder = holder
+        self.ttl = ttl
+        self.tick = tick
+        self.on_time = on_time
+        self.entries: list[CronEntry] = list(app.schedules.values())
+        # Validated (and encoded) once: a fire only copies these rows.
+        self._rows: dict[str, JobRow] = {
+            e.name: app._prepare(JobSpec(e.task, dict(e.args), **e.options))
+            for e in self.entries}
+        self.fired = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._leadership: Leadership | None = None
+
+    # --- one pass (tests call it directly) ------------------------------------------------
+
+    def run_once(self, conn: psycopg.Connection[Any], term: int | None = None
+                 ) -> tuple[list[Fire], datetime | None]:
+        """Fire what is due now; return the fires and the next tick of any entry."""
+        if not self.entries:
+            return [], None
+        ((now,),) = execute(conn, "clock_now", {"now": self.app.clock.now()})
+        last = dict(execute(conn, "cron_last_fires",
+                            {"entries": [e.name for e in self.entries]}))
+        due = [(e.name, tick) for e in self.entries
+               for tick in e.due(last.get(e.name), now, self.on_time)]
+        fires = self._fire(conn, due, term) if due else []
+        upcoming = [t for e in self.entries if (t := e.next_after(now)) is not None]
+        return fires, min(upcoming, default=None)
+
+    def _fire(self, conn: psycopg.Connection[Any], due: Sequence[tuple[str, datetime]],
+              term: int | None) -> list[Fire]:
+        coordinator = self.app.coordinator
+        notify = coordinator.wake_in_transaction()
+        fires: list[Fire] = run_plan(conn, self._plan(due, term, notify))
+        if fires and not notify:
+            coordinator.publish({self._rows[f.entry].queue for f in fires})
+        for f in fires:
+            log.info("cron %s: fired tick %s as job %d", f.entry, f.fire_at.isoformat(), f.job_id)
+        self.fired += len(fires)
+        return fires
+
+    def _plan(self, due: Sequence[tuple[str, datetime]], term: int | None, notify: bool
+              ) -> Generator[Step, Any, list[Fire]]:
+        claimed = yield Exec("cron_fire_claim", {
+            "entries": [name for name, _ in due], "fire_ats": [tick for _, tick in due],
+            "scheduler": self.holder, "term": term, "now": self.app.clock.now()})
+        if not claimed:
+            return []  # another scheduler fired all of them
+        rows = []
+        for name, fire_at, job_id, db_now in claimed:
+            r = self._rows[name]
+            meta = {**json.loads(r.meta), "cron_entry": name, "cron_tick": fire_at.isoformat()}
+            rows.append((job_id, r.queue, r.task, "available", r.priority, r.max_attempts,
+                         r.args, db_now, db_now, r.timeout_seconds, r.tags, json.dumps(meta)))
+        yield Copy("job_copy", rows)
+        if notify:
+            yield Exec("queue_notify", {"queues": sorted({r[1] for r in rows})})
+        return [Fire(name, fire_at, job_id) for name, fire_at, job_id, _ in claimed]
+
+    # --- the service ----------------------------------------------------------------------
+
+    def start(self) -> Scheduler:
+        self._thread = threading.Thread(target=self.run, name="pgq-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._leadership is not None:
+            self._leadership.stop()  # interrupts a wait for leadership
+        if self._thread is not None:
+            self._thread.join(timeout=self.ttl)
+
+    def run(self) -> None:
+        """Campaign for the scheduler role and fire ticks while leader, until ``stop()``."""
+        log.info("scheduler %s: %d cron entries: %s", self.holder, len(self.entries),
+                 ", ".join(f"{e.name}={e.expression!r} {e.timezone}" for e in self.entries))
+        leadership = self._leadership = Leadership(self.app.coordinator, ROLE, self.holder,
+                                                   ttl=self.ttl).start()
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            while not self._stop.is_set():
+                if not leadership.wait(self.tick):
+                    continue
+                term = leadership.term
+                if term is None:
+                    continue
+                try:
+                    if conn is None or conn.closed or conn.broken:
+                        conn = connect(self.app.settings, autocommit=True)
+                    _, upcoming = self.run_once(conn, term)
+                except PgqError as exc:
+                    log.error("scheduler %s: %s", self.holder, exc)
+                    self._stop.wait(self.tick)
+                    continue
+                self._stop.wait(self._until(conn, upcoming))
+        finally:
+            leadership.stop()
+            if conn is not None:
+                conn.close()
+
+    def _until(self, conn: psycopg.Connection[Any], upcoming: datetime | None) -> float:
+        """Sleep until the next tick, but at most ``tick`` seconds (leadership can change,
+        and an injected test clock moves on its own)."""
+        if upcoming is None:
+            return self.tick
+        try:
+            ((now,),) = execute(conn, "clock_now", {"now": self.app.clock.now()})
+        except PgqError:
+            return self.tick
+        return max(0.0, min(self.tick, float((upcoming - now).total_seconds())))
