@@ -131,6 +131,11 @@ def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,
               metavar="SECONDS", help="Lease length; heartbeats renew it every third of it.")
 @click.option("--poll-interval", type=click.FloatRange(0.01), default=1.0, show_envvar=True,
               metavar="SECONDS", help="Longest wait between claims when idle.")
+@click.option("--scheduler", "with_scheduler", is_flag=True, show_envvar=True,
+              help="Also run the cron scheduler here (fires only while leader; run it in as "
+              "many workers as you like).")
+@click.option("--no-maintenance", "no_maintenance", is_flag=True, show_envvar=True,
+              help="Do not campaign for the maintenance role (retention of finished jobs).")
 @click.option("--no-wakeups", "no_wakeups", is_flag=True, show_envvar=True,
               help="Poll only: ignore Redis and NOTIFY wake-ups (diagnosis, benchmarks).")
 @click.option("--crash-budget", type=click.IntRange(1), default=3, show_envvar=True,
@@ -139,8 +144,8 @@ def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,
               default="INFO", show_envvar=True, help="DEBUG also logs job args.")
 @database_option
 def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, processes: int,
-           shutdown_timeout: float, lease: float, poll_interval: float, no_wakeups: bool,
-           crash_budget: int,
+           shutdown_timeout: float, lease: float, poll_interval: float, with_scheduler: bool,
+           no_maintenance: bool, no_wakeups: bool, crash_budget: int,
            log_level: str, database_url: str | None) -> None:
     """Run jobs. Stops gracefully on SIGTERM/SIGINT."""
     from pgq.queues import parse_queues
@@ -154,12 +159,102 @@ def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, pr
     config = WorkerConfig(queues=tuple(parse_queues(queues)), concurrency=concurrency,
                           strict=strict, lease_seconds=lease, poll_seconds=poll_interval,
                           shutdown_seconds=shutdown_timeout, crash_budget=crash_budget,
-                          wakeups=not no_wakeups)
+                          wakeups=not no_wakeups, scheduler=with_scheduler,
+                          maintenance=not no_maintenance)
     app = load_app(app_path, database_url)
     if processes == 1:
         sys.exit(Worker(app, config).run())
     sys.exit(Supervisor(app, load_app, (app_path, database_url), config, processes,
                         getattr(logging, log_level)).run())
+
+
+@cli.command()
+@app_option
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+              default="INFO", show_envvar=True)
+@database_option
+def scheduler(app_path: str | None, log_level: str, database_url: str | None) -> None:
+    """Run the cron scheduler (and maintenance). Run several for availability: the
+    leader fires, and each tick is enqueued exactly once whatever happens."""
+    import signal
+    import threading
+
+    from pgq.maintenance import Maintenance
+    from pgq.scheduler import Scheduler
+    from pgq.worker import new_worker_id
+
+    app = load_app(_need_app(app_path), database_url)
+    logging.basicConfig(level=getattr(logging, log_level),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _check_schema(app)
+    holder = new_worker_id()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    services: list[Scheduler | Maintenance] = [Scheduler(app, holder=holder).start(),
+                                               Maintenance(app, holder=holder).start()]
+    stop.wait()
+    for service in services:
+        service.stop()
+    app.close()
+
+
+@cli.group()
+def cron() -> None:
+    """Inspect cron entries."""
+
+
+@cron.command("list")
+@app_option
+@click.option("--next", "count", type=click.IntRange(1, 100), default=3, show_envvar=True,
+              help="Next fire times to show per entry.")
+def cron_list(app_path: str | None, count: int) -> None:
+    """Every cron entry of the app with its next fire times (UTC and its zone)."""
+    from datetime import UTC, datetime
+    from itertools import islice
+
+    app = load_app(_need_app(app_path))
+    if not app.schedules:
+        click.echo("no cron entries")
+        return
+    now = datetime.now(UTC)
+    for entry in app.schedules.values():
+        click.echo(f"{entry.name}  {entry.expression!r} {entry.timezone}  task={entry.task} "
+                   f"catch_up={entry.catch_up}")
+        for instant in islice(entry.fires_after(now), count):
+            local = instant.astimezone(entry.zone)
+            click.echo(f"    {instant:%Y-%m-%d %H:%M:%S}Z  ({local:%Y-%m-%d %H:%M %Z})")
+
+
+@cli.command()
+@app_option
+def check(app_path: str | None) -> None:
+    """Load and validate an app (tasks, cron entries) without running anything or
+    touching the database. Exits non-zero on the first problem."""
+    app = load_app(_need_app(app_path))
+    click.echo(f"ok: {len(app.registry)} tasks, {len(app.schedules)} cron entries")
+
+
+def _need_app(app_path: str | None) -> str:
+    if not app_path:
+        raise ConfigError("this command needs --app module:attribute (or PGQ_APP)")
+    return app_path
+
+
+def _check_schema(app: App) -> None:
+    from pgq.database import connect, execute
+    from pgq.errors import MigrationError
+    from pgq.migrate import head
+
+    with connect(app.settings, autocommit=True) as conn:
+        try:
+            rows = execute(conn, "schema_version", {})
+        except MigrationError:
+            rows = []
+    current = rows[0][0] if rows else None
+    if current != head():
+        raise MigrationError(f"the database's pgq schema is at {current or 'nothing'}, "
+                             f"this pgq needs {head()}: run `pgq migrate` first")
 
 
 def load_app(path: str, database_url: str | None = None) -> App:
@@ -185,6 +280,8 @@ def _rebind(app: App, database_url: str) -> App:
     rebound = App(app.settings.with_changes(database_url=database_url), strict=app.strict,
                   clock=app.clock)
     rebound.registry = app.registry
+    rebound.schedules = app.schedules
+    rebound.middleware = app.middleware
     return rebound
 
 
