@@ -4,6 +4,7 @@ and a backfill entry has no gaps at all (tests/support/cron_harness.py)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -125,7 +126,7 @@ def test_five_schedulers_with_leader_killed_and_paused_fire_each_tick_once(
     while (nxt := entry.next_after(ticks[-1])) is not None and nxt <= seven[-1]:
         ticks.append(nxt)
     skipped = sorted(set(ticks) - set(seven))
-    for tick, after in zip(ticks, ticks[1:], strict=False):
+    for tick, after in itertools.pairwise(ticks):
         if tick in skipped:
             passes = conn.execute(
                 "SELECT count(*) FROM pgq_cron_fires WHERE entry = 'every_minute' "

@@ -81,7 +81,8 @@ def test_many_schedulers_racing_fire_each_tick_once(
         barrier = threading.Barrier(len(schedulers))
         errors: list[BaseException] = []
 
-        def one(s: Scheduler) -> None:
+        def one(s: Scheduler, barrier: threading.Barrier = barrier,
+                errors: list[BaseException] = errors) -> None:
             try:
                 with psycopg.connect(db_url, autocommit=True) as c:
                     barrier.wait()
