@@ -93,7 +93,8 @@ class Coordinator:
         self._pg: psycopg.Connection[Any] | None = None
         self._pg_lock = threading.Lock()
         self._held_in_redis: set[str] = set()  # run-time locks held in Redis
-        self._terms: dict[str, int] = {}  # leaderships held in Redis: key -> term
+        # leaderships held in Redis: (key, holder) -> term
+        self._terms: dict[tuple[str, str], int] = {}
         self._publisher = _Publisher(self, coalesce_seconds) if self._redis else None
 
     @property
@@ -256,7 +257,7 @@ class Coordinator:
                 return self._lead_in_redis(redis_key, params)
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
-        held_in_redis = self._terms.pop(redis_key, None) is not None
+        held_in_redis = self._terms.pop((redis_key, holder), None) is not None
         if not held_in_redis and self._in_grace(ttl):
             # A leadership taken in Redis may still be live: only keep one we already
             # hold here, take none.
@@ -270,23 +271,23 @@ class Coordinator:
         ms = int(params["ttl"] * 1000)
         if self._pg_execute("leader_live", params):
             # Someone took the role in PostgreSQL while we could not see Redis fail.
-            self._terms.pop(redis_key, None)
+            self._terms.pop((redis_key, params["holder"]), None)
             return None
-        term = self._terms.get(redis_key)
+        term = self._terms.get((redis_key, params["holder"]))
         if term is not None:
             if self._redis.eval(_RENEW, 1, redis_key, params["holder"], ms):
                 return term
-            del self._terms[redis_key]  # lapsed: a new leadership needs a new term
+            del self._terms[redis_key, params["holder"]]  # lapsed: a new leadership needs a new term
         candidate = int(self._pg_execute("leader_term_next", {})[0][0])
         if not self._redis.set(redis_key, params["holder"], nx=True, px=ms):
             return None
-        self._terms[redis_key] = candidate
+        self._terms[redis_key, params["holder"]] = candidate
         self._pg_execute("leader_release", params)  # our fallback row, if Redis came back
         return candidate
 
     def resign(self, name: str, holder: str) -> None:
         redis_key = f"{self.prefix}leader:{name}"
-        if self._terms.pop(redis_key, None) is not None and self.redis_ok():
+        if self._terms.pop((redis_key, holder), None) is not None and self.redis_ok():
             assert self._redis is not None
             try:
                 self._redis.eval(_RELEASE, 1, redis_key, holder)

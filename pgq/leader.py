@@ -46,6 +46,8 @@ class Leadership:
             raise ValueError("renew_every must be positive and shorter than ttl")
         self.on_change = on_change
         self._term: int | None = None
+        self.attempts = 0
+        """Campaigns so far (won, lost or failed)."""
         self._valid_until = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -112,6 +114,7 @@ class Leadership:
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
+            self.attempts += 1
             try:
                 term = self.coordinator.lead(self.name, self.holder, self.ttl)
             except Exception as exc:
