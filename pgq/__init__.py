@@ -10,6 +10,7 @@ from pgq.app import App
 from pgq.backoff import Backoff
 from pgq.clock import Clock, DatabaseClock, ManualClock
 from pgq.context import Context
+from pgq.cron import CatchUp, CronEntry, ScheduleError
 from pgq.enqueue import Enqueued, EnqueueOptions, JobSpec
 from pgq.errors import (
     ConfigError,
@@ -43,9 +44,11 @@ __all__ = [
     "App",
     "Backoff",
     "Cancel",
+    "CatchUp",
     "Clock",
     "ConfigError",
     "Context",
+    "CronEntry",
     "DatabaseClock",
     "DatabaseError",
     "DatabaseUnavailable",
@@ -66,6 +69,7 @@ __all__ = [
     "PgqError",
     "QueueSpec",
     "Retry",
+    "ScheduleError",
     "Settings",
     "Snooze",
     "Task",

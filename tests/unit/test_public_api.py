@@ -9,9 +9,11 @@ PUBLIC = [
     "App",
     "Backoff",
     "Cancel",
+    "CatchUp",
     "Clock",
     "ConfigError",
     "Context",
+    "CronEntry",
     "DatabaseClock",
     "DatabaseError",
     "DatabaseUnavailable",
@@ -32,6 +34,7 @@ PUBLIC = [
     "PgqError",
     "QueueSpec",
     "Retry",
+    "ScheduleError",
     "Settings",
     "Snooze",
     "Task",
@@ -79,5 +82,5 @@ def test_errors_are_exported_with_their_base() -> None:
     pgq_errors = {n for n in exported_errors if issubclass(getattr(pgq, n), pgq.PgqError)}
     outcomes = {n for n in exported_errors if issubclass(getattr(pgq, n), pgq.JobOutcome)}
     assert pgq_errors | outcomes == exported_errors and not pgq_errors & outcomes
-    assert len(pgq_errors) == 14
+    assert len(pgq_errors) == 15
     assert outcomes == {"JobOutcome", "Retry", "Snooze", "Cancel", "Fail"}
