@@ -16,6 +16,8 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Unpack, overload
 
+from psycopg.pq import TransactionStatus
+
 from pgq.backoff import Backoff
 from pgq.clock import Clock, DatabaseClock
 from pgq.coordination import Coordinator
@@ -278,8 +280,10 @@ class App:
 
     def _after_commit(self, conn: object, pg: Any) -> Callable[[list[str]], None] | None:
         """How to publish once the caller's commit happens, or None if pgq cannot see it."""
-        if pg.autocommit:
-            return self.coordinator.publish  # each statement committed already
+        if pg.autocommit and pg.info.transaction_status == TransactionStatus.IDLE:
+            # Each statement commits at once (not inside ``with conn.transaction():``,
+            # where an autocommit connection has an open transaction pgq cannot see end).
+            return self.coordinator.publish
         from sqlalchemy.ext.asyncio import AsyncSession
         from sqlalchemy.orm import Session
 
@@ -332,12 +336,17 @@ def _publish_after_commit(session: Any, coordinator: Coordinator, queues: list[s
         pending = session.info[_SESSION_KEY] = set()
 
         def committed(s: Any) -> None:
-            if pending:
+            # Also fired when a SAVEPOINT is released: the outer transaction is still
+            # open then, and the wake-up waits for its commit.
+            if pending and not s.in_nested_transaction():
                 coordinator.publish(list(pending))
                 pending.clear()
 
-        def rolled_back(s: Any, *args: Any) -> None:
-            pending.clear()
+        def rolled_back(s: Any, previous: Any) -> None:
+            # A rolled-back SAVEPOINT leaves the outer transaction's enqueues standing (an
+            # enqueue made inside it then costs at most one empty claim).
+            if not previous.nested:
+                pending.clear()
 
         event.listen(session, "after_commit", committed)
         event.listen(session, "after_soft_rollback", rolled_back)

@@ -54,6 +54,8 @@ from pgq.settings import Settings, redact_url
 log = logging.getLogger("pgq.coordination")
 
 WAKEUP_CHANNEL = "pgq_wakeup"
+LANES = ("acquire", "renew", "lead")
+STATEMENT_TIMEOUT_MS = 5000
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 _RENEW = """
@@ -90,9 +92,11 @@ class Coordinator:
         self._down_since: float | None = None if self._redis else time.monotonic()
         self._last_check = 0.0
         self._verified = False
-        self._pg: psycopg.Connection[Any] | None = None
-        self._pg_lock = threading.Lock()
-        self._held_in_redis: set[str] = set()  # run-time locks held in Redis
+        # One connection per lane, so a slow acquisition (blocked behind another process's
+        # insert of the same key) never delays a renewal, which keeps jobs alive.
+        self._pg: dict[str, psycopg.Connection[Any]] = {}
+        self._pg_locks = {lane: threading.Lock() for lane in LANES}
+        self._held_in_redis: dict[str, str] = {}  # run-time locks held in Redis: key -> token
         # leaderships held in Redis: (key, holder) -> term
         self._terms: dict[tuple[str, str], int] = {}
         self._publisher = _Publisher(self, coalesce_seconds) if self._redis else None
@@ -166,11 +170,22 @@ class Coordinator:
 
     # --- PostgreSQL side ----------------------------------------------------------------
 
-    def _pg_execute(self, name: str, params: dict[str, Any]) -> list[Any]:
-        with self._pg_lock:
-            if self._pg is None or self._pg.closed or self._pg.broken:
-                self._pg = connect(self.settings, autocommit=True)
-            return execute(self._pg, name, params)
+    def _pg_execute(self, name: str, params: dict[str, Any], lane: str = "acquire") -> list[Any]:
+        with self._pg_locks[lane]:
+            conn = self._pg.get(lane)
+            if conn is None or conn.closed or conn.broken:
+                conn = self._pg[lane] = connect(self.settings, autocommit=True)
+                # Coordination must never hang a caller: a statement blocked this long
+                # fails (DatabaseError) and the caller retries or gives up.
+                conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            return execute(conn, name, params)
+
+    def _recheck_redis(self) -> None:
+        """Before granting a lock or leadership in PostgreSQL while Redis is down, look
+        again now (not after the check interval): a process that already sees Redis
+        back may hold the same key there."""
+        if self._redis is not None and self._down_since is not None:
+            self._last_check = 0.0
 
     # --- wake-ups -----------------------------------------------------------------------
 
@@ -192,13 +207,15 @@ class Coordinator:
 
     def lock_acquire(self, key: str, token: str, holder: str, ttl: float) -> bool:
         params = {"key": key, "token": token, "holder": holder, "ttl": ttl}
+        self._recheck_redis()
         if self.redis_ok():
             assert self._redis is not None
+            redis_key = self._lock_key(key)
             try:
                 if self._pg_execute("lock_live", params):
                     return False
-                if self._redis.set(self._lock_key(key), token, nx=True, px=int(ttl * 1000)):
-                    self._held_in_redis.add(self._lock_key(key))
+                if self._redis.set(redis_key, token, nx=True, px=int(ttl * 1000)):
+                    self._held_in_redis[redis_key] = token
                     return True
                 return False
             except REDIS_ERRORS as exc:
@@ -210,28 +227,29 @@ class Coordinator:
     def lock_renew(self, key: str, token: str, holder: str, ttl: float) -> bool:
         params = {"key": key, "token": token, "holder": holder, "ttl": ttl}
         redis_key = self._lock_key(key)
-        if redis_key in self._held_in_redis:
+        if self._held_in_redis.get(redis_key) == token:
             if self.redis_ok():
                 assert self._redis is not None
                 try:
-                    if self._pg_execute("lock_live", params):
-                        # Another process took it in PostgreSQL: it saw Redis fail and we
-                        # did not (a partial partition). Give it up.
-                        self._held_in_redis.discard(redis_key)
+                    if self._pg_execute("lock_live", params, "renew"):
+                        # Another process holds it in PostgreSQL: it could not see Redis
+                        # (a partial partition) or had not yet seen it return. A live
+                        # PostgreSQL hold wins; give ours up.
+                        self._held_in_redis.pop(redis_key, None)
                         self._redis.eval(_RELEASE, 1, redis_key, token)
                         return False
                     return bool(self._redis.eval(_RENEW, 1, redis_key, token, int(ttl * 1000)))
                 except REDIS_ERRORS as exc:
                     self.redis_failed(exc)
             # Migrate the hold: others wait out the Redis TTL before taking it in PostgreSQL.
-            self._held_in_redis.discard(redis_key)
-            return bool(self._pg_execute("lock_acquire", params))
-        return bool(self._pg_execute("lock_renew", params))
+            self._held_in_redis.pop(redis_key, None)
+            return bool(self._pg_execute("lock_acquire", params, "renew"))
+        return bool(self._pg_execute("lock_renew", params, "renew"))
 
     def lock_release(self, key: str, token: str) -> None:
         redis_key = self._lock_key(key)
-        if redis_key in self._held_in_redis:
-            self._held_in_redis.discard(redis_key)
+        if self._held_in_redis.get(redis_key) == token:
+            self._held_in_redis.pop(redis_key, None)
             if self.redis_ok():
                 assert self._redis is not None
                 try:
@@ -251,6 +269,7 @@ class Coordinator:
         if someone else leads. Call again well within ``ttl`` to stay leader."""
         params = {"name": name, "holder": holder, "ttl": ttl}
         redis_key = f"{self.prefix}leader:{name}"
+        self._recheck_redis()
         if self.redis_ok():
             assert self._redis is not None
             try:
@@ -261,15 +280,15 @@ class Coordinator:
         if not held_in_redis and self._in_grace(ttl):
             # A leadership taken in Redis may still be live: only keep one we already
             # hold here, take none.
-            rows = self._pg_execute("leader_renew", params)
+            rows = self._pg_execute("leader_renew", params, "lead")
             return int(rows[0][0]) if rows else None
-        rows = self._pg_execute("leader_acquire", params)
+        rows = self._pg_execute("leader_acquire", params, "lead")
         return int(rows[0][0]) if rows else None
 
     def _lead_in_redis(self, redis_key: str, params: dict[str, Any]) -> int | None:
         assert self._redis is not None
         ms = int(params["ttl"] * 1000)
-        if self._pg_execute("leader_live", params):
+        if self._pg_execute("leader_live", params, "lead"):
             # Someone took the role in PostgreSQL while we could not see Redis fail.
             self._terms.pop((redis_key, params["holder"]), None)
             return None
@@ -278,11 +297,11 @@ class Coordinator:
             if self._redis.eval(_RENEW, 1, redis_key, params["holder"], ms):
                 return term
             del self._terms[redis_key, params["holder"]]  # lapsed: a new leadership needs a new term
-        candidate = int(self._pg_execute("leader_term_next", {})[0][0])
+        candidate = int(self._pg_execute("leader_term_next", {}, "lead")[0][0])
         if not self._redis.set(redis_key, params["holder"], nx=True, px=ms):
             return None
         self._terms[redis_key, params["holder"]] = candidate
-        self._pg_execute("leader_release", params)  # our fallback row, if Redis came back
+        self._pg_execute("leader_release", params, "lead")  # our fallback row, if Redis came back
         return candidate
 
     def resign(self, name: str, holder: str) -> None:
@@ -298,9 +317,9 @@ class Coordinator:
     def close(self) -> None:
         if self._publisher is not None:
             self._publisher.stop()
-        with self._pg_lock:
-            if self._pg is not None:
-                self._pg.close()
+        for lane, conn in list(self._pg.items()):
+            with self._pg_locks[lane]:
+                conn.close()
         if self._redis is not None:
             self._redis.close()
 

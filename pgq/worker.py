@@ -130,6 +130,8 @@ class _Running:
     released: bool = False
     lock_key: str | None = None
     lock_token: str = ""
+    lock_held: bool = False
+    """Set once the lock is acquired: only then does the heartbeat renew it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,14 +388,13 @@ class Worker:
                        timeout: float | None) -> None:
         task, ctx = running.task, running.ctx
         call_args = (ctx,) if task.takes_context else ()
-        if running.lock_key is not None and not await asyncio.to_thread(
-                self.coordinator.lock_acquire, running.lock_key, running.lock_token, self.id,
-                self.config.lease_seconds):
+        if running.lock_key is not None and not await self._acquire_lock(running):
             running.lock_key = None  # not ours: nothing to renew or release
             wait = self.config.lock_wait_seconds * random.uniform(0.5, 1.5)
             self._record(running, _Outcome(running.job_id, running.attempt, "scheduled",
                                            delay=wait, refund=1))
             return
+        running.lock_held = running.lock_key is not None
         timer = asyncio.timeout(timeout)
         try:
             async with timer:
@@ -423,6 +424,17 @@ class Worker:
                     running, lambda: self._failure(running, failure))
         if outcome is not None:
             self._record(running, outcome)
+
+    async def _acquire_lock(self, running: _Running) -> bool:
+        assert running.lock_key is not None
+        try:
+            return await asyncio.to_thread(
+                self.coordinator.lock_acquire, running.lock_key, running.lock_token, self.id,
+                self.config.lease_seconds)
+        except PgqError as exc:  # cannot tell: wait as if taken, no attempt spent
+            log.warning("job=%s: could not take run-time lock %r: %s", running.job_id,
+                        running.lock_key, exc)
+            return False
 
     def _outcome_or_internal_failure(self, running: _Running, make: Callable[[], _Outcome | None],
                                      ) -> _Outcome | None:
@@ -620,7 +632,7 @@ class Worker:
     def held_locks(self) -> list[tuple[int, str, str]]:
         with self._held_lock:
             return [(r.job_id, r.lock_key, r.lock_token) for r in self._held.values()
-                    if r.lock_key is not None and not r.lost]
+                    if r.lock_key is not None and r.lock_held and not r.lost]
 
     def _log(self, running: _Running, outcome: str, detail: str = "") -> None:
         ctx = running.ctx
