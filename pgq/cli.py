@@ -206,8 +206,8 @@ def cron() -> None:
 
 @cron.command("list")
 @app_option
-@click.option("--next", "count", type=click.IntRange(1, 100), default=3, show_envvar=True,
-              help="Next fire times to show per entry.")
+@click.option("--next", "count", type=click.IntRange(1, 100), default=3, envvar="PGQ_CRON_LIST_NEXT",
+              show_envvar=True, help="Next fire times to show per entry.")
 def cron_list(app_path: str | None, count: int) -> None:
     """Every cron entry of the app with its next fire times (UTC and its zone)."""
     from datetime import UTC, datetime

@@ -27,10 +27,12 @@ def test_help_describes_exactly_what_exists() -> None:
     out = pgq_cmd("--help")
     assert out.returncode == 0
     lines = out.stdout.split("Commands:")[1].strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["enqueue", "migrate", "worker"]
-    for sub in ("migrate", "enqueue", "worker"):
-        help_text = pgq_cmd(sub, "--help").stdout
-        assert "PGQ_DATABASE_URL" in help_text, f"{sub} --help must name its env var"
+    assert [line.split()[0] for line in lines] == ["check", "cron", "enqueue", "migrate",
+                                                   "scheduler", "worker"]
+    for sub in (["migrate"], ["enqueue"], ["worker"], ["scheduler"], ["check"], ["cron", "list"]):
+        help_text = pgq_cmd(*sub, "--help").stdout
+        if sub[0] not in ("check", "cron"):  # these two never touch the database
+            assert "PGQ_DATABASE_URL" in help_text, f"{sub} --help must name its env var"
         options = " ".join(help_text.split("Options:")[1].split("-h, --help")[0].split())
         # every option's help names its PGQ_* variable
         assert options.count(" --") + options.startswith("--") == options.count("env var: PGQ_"), options
