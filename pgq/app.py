@@ -150,7 +150,7 @@ class App:
         import, naming the entry and the field. ``name`` defaults to the task name.
         ``catch_up`` decides what happens to ticks missed while no scheduler ran."""
         task_name = task.name if isinstance(task, Task) else task
-        entry_name = name or task_name
+        entry_name = task_name if name is None else name
         for banned in ("run_at", "delay", "unique_key", "unique_for"):
             if banned in options:
                 raise ScheduleError(f"cron entry {entry_name!r}: {banned} is not a cron option "
@@ -159,6 +159,8 @@ class App:
             raise ScheduleError(f"cron entry {entry_name!r} is declared twice; give one a name=")
         try:
             self._prepare(JobSpec(task_name, dict(args or {}), **options))
+        except TypeError as exc:  # an option JobSpec does not have
+            raise ScheduleError(f"cron entry {entry_name!r}: {exc}") from None
         except PgqError as exc:
             raise ScheduleError(f"cron entry {entry_name!r}: {exc}") from None
         entry = CronEntry(entry_name, schedule, task_name, dict(args or {}), timezone,

@@ -54,7 +54,7 @@ from pgq.settings import Settings, redact_url
 log = logging.getLogger("pgq.coordination")
 
 WAKEUP_CHANNEL = "pgq_wakeup"
-LANES = ("acquire", "renew", "lead")
+LANES = ("acquire", "renew", "lead", "publish")
 STATEMENT_TIMEOUT_MS = 5000
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
@@ -70,6 +70,10 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+def _is_slow(exc: BaseException) -> bool:
+    return isinstance(exc, redis.TimeoutError | TimeoutError)
+
+
 class Mode(StrEnum):
     REDIS = "redis"
     POSTGRES = "postgres"
@@ -92,6 +96,7 @@ class Coordinator:
         self._down_since: float | None = None if self._redis else time.monotonic()
         self._last_check = 0.0
         self._verified = False
+        self._slow_failure = False
         # One connection per lane, so a slow acquisition (blocked behind another process's
         # insert of the same key) never delays a renewal, which keeps jobs alive.
         self._pg: dict[str, psycopg.Connection[Any]] = {}
@@ -135,7 +140,8 @@ class Coordinator:
             self._last_check = now
             try:
                 self._health_check()
-            except REDIS_ERRORS:
+            except REDIS_ERRORS as exc:
+                self._slow_failure = _is_slow(exc)
                 return False
             log.warning("Redis at %s is back: wake-ups, locks and leader election use it again",
                         redact_url(self.settings.redis_url or ""))
@@ -149,6 +155,7 @@ class Coordinator:
         self._redis.set(f"{self.prefix}health", "1", px=10_000)
 
     def redis_failed(self, exc: BaseException) -> None:
+        self._slow_failure = _is_slow(exc)
         if self._down_since is None:
             self._down_since = time.monotonic()
             self._last_check = self._down_since
@@ -182,9 +189,10 @@ class Coordinator:
 
     def _recheck_redis(self) -> None:
         """Before granting a lock or leadership in PostgreSQL while Redis is down, look
-        again now (not after the check interval): a process that already sees Redis
-        back may hold the same key there."""
-        if self._redis is not None and self._down_since is not None:
+        again now, not after the check interval: a process that already sees Redis back
+        may hold the same key there. Unless Redis last failed by timing out (a
+        blackholed host): then each look costs the timeout, so keep the interval."""
+        if self._redis is not None and self._down_since is not None and not self._slow_failure:
             self._last_check = 0.0
 
     # --- wake-ups -----------------------------------------------------------------------
@@ -212,16 +220,21 @@ class Coordinator:
             assert self._redis is not None
             redis_key = self._lock_key(key)
             try:
-                if self._pg_execute("lock_live", params):
+                # Take, then check PostgreSQL: a fallback hold taken meanwhile by a
+                # process that does not see Redis yet is then seen, and wins.
+                if not self._redis.set(redis_key, token, nx=True, px=int(ttl * 1000)):
                     return False
-                if self._redis.set(redis_key, token, nx=True, px=int(ttl * 1000)):
-                    self._held_in_redis[redis_key] = token
-                    return True
-                return False
+                self._held_in_redis[redis_key] = token
+                if self._pg_execute("lock_live", params):
+                    self.lock_release(key, token)
+                    return False
+                return True
             except REDIS_ERRORS as exc:
                 self.redis_failed(exc)
         if self._in_grace(ttl):
             return False
+        # Redis was re-checked just above: a hold there taken in the moment since is
+        # resolved at the next renewal, where a live PostgreSQL hold wins.
         return bool(self._pg_execute("lock_acquire", params))
 
     def lock_renew(self, key: str, token: str, holder: str, ttl: float) -> bool:
@@ -365,15 +378,26 @@ class _Publisher(threading.Thread):
     def _publish(self, queues: set[str]) -> None:
         coordinator = self.coordinator
         assert coordinator._redis is not None
+        ordered = sorted(queues)
+        unheard = ordered
         try:
             pipe = coordinator._redis.pipeline(transaction=False)
-            for queue in queues:
+            for queue in ordered:
                 pipe.publish(coordinator.channel(queue), "1")
-            pipe.execute()
+            receivers = pipe.execute()
+            unheard = [q for q, n in zip(ordered, receivers, strict=True) if not n]
         except REDIS_ERRORS as exc:
-            coordinator.redis_failed(exc)  # workers still have LISTEN and polling
+            coordinator.redis_failed(exc)
         except Exception:  # the publisher thread must outlive any surprise
             log.exception("wake-up publish failed")
+        if unheard:
+            # Nobody subscribed (workers re-subscribing after a Redis restart, or all on
+            # PostgreSQL) or Redis failed: the commit has happened, so a NOTIFY from our
+            # own connection is safe and reaches every worker's LISTEN.
+            try:
+                coordinator._pg_execute("queue_notify", {"queues": unheard}, "publish")
+            except PgqError as exc:
+                log.warning("wake-up NOTIFY failed (%s); workers will poll", exc)
 
 
 class WakeupListener:
