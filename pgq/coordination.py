@@ -112,7 +112,15 @@ class Coordinator:
         keeps in ``pgq_instance``, so two databases sharing one Redis (and one prefix)
         never share locks, leaderships or wake-up channels. Read once per process."""
         if self._prefix is None:
-            rows = self._pg_execute("instance_id", {"candidate": uuid.uuid4().hex[:12]})
+            rows: list[Any] = []
+            for _ in range(3):
+                # Empty only if another process created the row concurrently (our
+                # statement's snapshot predates its commit): the next statement sees it.
+                rows = self._pg_execute("instance_id", {"candidate": uuid.uuid4().hex[:12]})
+                if rows:
+                    break
+            if not rows:
+                raise PgqError("could not read or create this database's pgq_instance id")
             self._prefix = f"{self.settings.redis_prefix}{rows[0][0]}:"
         return self._prefix
 
