@@ -286,10 +286,11 @@ class App:
             # Each statement commits at once (not inside ``with conn.transaction():``,
             # where an autocommit connection has an open transaction pgq cannot see end).
             return self.coordinator.publish
-        from sqlalchemy.ext.asyncio import AsyncSession
         from sqlalchemy.orm import Session
 
-        session = conn.sync_session if isinstance(conn, AsyncSession) else conn
+        # An AsyncSession's events live on its sync_session. Duck-typed: importing
+        # sqlalchemy.ext.asyncio needs greenlet, which a sync-only install lacks.
+        session = getattr(conn, "sync_session", conn)
         if isinstance(session, Session):
             return partial(_publish_after_commit, session, self.coordinator)
         return None

@@ -177,8 +177,11 @@ def _driver_connection(raw: object, expected: type[T]) -> T:
 
 
 def _reject_async_sqlalchemy(conn: object) -> None:
-    from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
-    from sqlalchemy.ext.asyncio import AsyncSession
+    try:
+        from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
+        from sqlalchemy.ext.asyncio import AsyncSession
+    except ImportError:  # no greenlet, so no async SQLAlchemy objects either
+        return
 
     if isinstance(conn, AsyncSession | SAAsyncConnection):
         raise UnsupportedConnectionError(

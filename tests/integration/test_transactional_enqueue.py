@@ -4,6 +4,8 @@ type pgq accepts, and is invisible to other connections until the commit."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import (
     AbstractAsyncContextManager,
@@ -226,3 +228,37 @@ async def _enqueue_async(app: pgq.App, c: Any, bulk: bool) -> list[int]:
         specs.append(pgq.JobSpec("a.task", {"i": 3}, unique_key="u"))
         return [r.id for r in await app.enqueue_many_async(specs, conn=c)]
     return [(await app.enqueue_async("a.task", {"i": 1}, conn=c)).id]
+
+
+def test_sync_enqueue_works_without_greenlet(db_url: str) -> None:
+    """A sync-only install has no greenlet (SQLAlchemy's asyncio needs it): enqueueing
+    through a Session, a Connection and psycopg must not import sqlalchemy.ext.asyncio.
+    Found by the demo on a fresh install."""
+    script = f"""
+import sys
+sys.modules["greenlet"] = None  # as if not installed
+import psycopg, sqlalchemy as sa
+from sqlalchemy.orm import Session
+import pgq
+app = pgq.App(pgq.Settings(database_url={db_url!r}), strict=False)
+engine = sa.create_engine(pgq.Settings(database_url={db_url!r}).sqlalchemy_url)
+with Session(engine) as s:
+    app.enqueue("t", conn=s)
+    s.commit()
+with engine.begin() as c:
+    app.enqueue("t", conn=c)
+with psycopg.connect({db_url!r}) as c:
+    app.enqueue("t", conn=c)
+try:
+    app.enqueue("t", conn=object())
+except pgq.UnsupportedConnectionError:
+    pass
+assert "sqlalchemy.ext.asyncio" not in sys.modules
+app.close()
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pgq_jobs").fetchone() == (3,)
