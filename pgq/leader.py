@@ -96,7 +96,7 @@ class Leadership:
             self._changed.notify_all()
         if self._thread.ident is not None:
             self._thread.join(timeout=self.ttl)
-        was = self._set(None, 0.0)
+        was = self._set(None, 0.0, resigning=True)
         if was is not None:
             try:
                 self.coordinator.resign(self.name, self.holder)
@@ -125,14 +125,16 @@ class Leadership:
                 self._set(term, started + self.ttl)
             self._stop.wait(max(0.0, started + self.renew_every - time.monotonic()))
 
-    def _set(self, term: int | None, valid_until: float) -> int | None:
+    def _set(self, term: int | None, valid_until: float, resigning: bool = False) -> int | None:
         with self._changed:
             was = self._term  # the last term we held, even if it lapsed since
             self._term, self._valid_until = term, valid_until
             self._changed.notify_all()
         if was != term:
             if term is None:
-                log.warning("%s: %s is no longer leader (term %s)", self.name, self.holder, was)
+                log.log(logging.INFO if resigning else logging.WARNING,
+                        "%s: %s %s (term %s)", self.name, self.holder,
+                        "resigns" if resigning else "is no longer leader", was)
             else:
                 log.info("%s: %s is leader, term %d (%s)", self.name, self.holder, term,
                          self.coordinator.status()["leadership"])
