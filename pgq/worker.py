@@ -285,6 +285,9 @@ class Worker:
             if now >= next_report:
                 await self._safely(self._report_unknown(queues, tasks))
                 next_report = now + 60
+            # Cleared before the claim, not after: a wake-up arriving while the claim is
+            # in flight must survive it, or an idle worker sleeps a whole poll interval.
+            self._wake.clear()
             claimed_full = await self._claim(tasks)
             if claimed_full:
                 continue  # a queue has more work: claim again at once
@@ -294,7 +297,6 @@ class Worker:
                     return
                 if stop_when == "done" and not await self._active_jobs(queues, tasks):
                     return
-            self._wake.clear()
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_or_stop(), self.config.poll_seconds)
 
@@ -341,9 +343,11 @@ class Worker:
             self._start(row)
         self.stats.claimed += len(rows)
         full = False
+        woken = self._wake is not None and self._wake.is_set()  # during the claim
         for queue, n in wanted.items():
-            self._hungry[queue] = got.get(queue, 0) >= n
-            full = full or self._hungry[queue]
+            hit = got.get(queue, 0) >= n
+            self._hungry[queue] = hit or woken
+            full = full or hit
         return full and len(self._held) < self.config.concurrency
 
     async def _safely(self, awaitable: Any) -> Any:
@@ -381,7 +385,8 @@ class Worker:
         running.lock_token = f"{self.id}:{job_id}:{attempt}"
         with self._held_lock:
             self._held[job_id] = running
-        log.debug("job=%s task=%s args=%s", job_id, task_name, json.dumps(args))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("job=%s task=%s args=%s", job_id, task_name, json.dumps(args))
         running.handle = asyncio.ensure_future(self._execute(running, args, timeout))
 
     async def _execute(self, running: _Running, args: dict[str, Any],

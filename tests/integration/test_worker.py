@@ -730,3 +730,50 @@ def test_middleware_wraps_every_job_and_sees_its_exception(
                               ("outer", "error", job_id, exc_type, message)]
         row = job(conn, job_id)
         assert (row["state"], row["errors"][0]["type"]) == ("failed", exc_type)
+
+
+def test_wakeup_during_an_empty_claim_is_not_lost(make_app: Callable[..., pgq.App],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job committed while the idle worker's claim is in flight (the claim finds
+    nothing): its wake-up arrives during the claim and must survive it, or the job waits
+    a whole poll interval (here 30 s). Found by the pickup-latency benchmark's review."""
+    import pgq.worker as worker_module
+
+    app = make_app()
+    started = threading.Event()
+
+    @app.task(name="w.probe")
+    def probe() -> None:
+        started.set()
+
+    producer = make_app(strict=False)
+    worker = pgq.Worker(app, WorkerConfig(poll_seconds=30, maintenance=False))
+    woken = threading.Event()
+    real_woken = worker._woken
+
+    def spy(queue: str) -> None:
+        real_woken(queue)
+        woken.set()
+
+    monkeypatch.setattr(worker, "_woken", spy)
+    real_execute = worker_module.execute_async
+    armed = threading.Event()
+
+    async def execute_async(conn: Any, name: str, params: Any) -> Any:
+        rows = await real_execute(conn, name, params)
+        if name == "job_claim" and not rows and armed.is_set():
+            armed.clear()
+            producer.enqueue("w.probe")  # commits now, while this claim is "in flight"
+            await asyncio.to_thread(woken.wait, 10)  # its wake-up has arrived
+        return rows
+
+    monkeypatch.setattr(worker_module, "execute_async", execute_async)
+    background = Background(worker, stop_when=None)  # type: ignore[arg-type]
+    try:
+        wait_until(lambda: worker._wake is not None, 10, "the worker to start")
+        armed.set()
+        worker._loop.call_soon_threadsafe(worker._wake.set)  # type: ignore[union-attr]
+        assert started.wait(10), "the job waited for the poll: its wake-up was lost"
+    finally:
+        worker.request_stop()
+        background.join()
