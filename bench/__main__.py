@@ -1,8 +1,9 @@
 """Run the benchmark suite: ``python -m bench [WORKLOAD ...] [--runs N]``.
 
 Prints a table, then one JSON line per figure. Uses PGQ_DATABASE_URL's server (default
-localhost) and scratch databases ``pgq_bench`` (throughput) and ``pgq_bench_pickup``
-(pickup latency) that it drops and recreates.
+localhost) and scratch databases ``pgq_bench`` (throughput), ``pgq_bench_pickup``
+(pickup latency) and ``pgq_bench_prune`` (claim latency while pruning) that it drops and
+recreates.
 """
 
 from __future__ import annotations
@@ -17,20 +18,23 @@ import psycopg
 
 from bench.pickup import DATABASE as PICKUP_DATABASE
 from bench.pickup import PICKUP, Latency
+from bench.prune import DATABASE as PRUNE_DATABASE
+from bench.prune import PRUNE, PruneResult
 from bench.workloads import WORKLOADS, Figure, fresh_database
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("workloads", nargs="*", choices=[*WORKLOADS, *PICKUP, []], default=[])
+    parser.add_argument("workloads", nargs="*", choices=[*WORKLOADS, *PICKUP, *PRUNE, []], default=[])
     parser.add_argument("--runs", type=int, default=None,
-                        help="repetitions (throughput: median reported; pickup: samples pooled)")
+                        help="repetitions (throughput: median reported; pickup, prune: samples pooled)")
     opts = parser.parse_args()
-    chosen = opts.workloads or [*WORKLOADS, *PICKUP]
+    chosen = opts.workloads or [*WORKLOADS, *PICKUP, *PRUNE]
     kwargs = {"runs": opts.runs} if opts.runs else {}
     admin = os.environ.get("PGQ_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     figures: list[Figure] = []
     latencies: list[Latency] = []
+    pruned: list[PruneResult] = []
     if any(name in WORKLOADS for name in chosen):
         url = fresh_database(admin, "pgq_bench")
         _describe(url)
@@ -40,6 +44,11 @@ def main() -> None:
         if not figures:
             _describe(url)
         latencies = [PICKUP[name](url, **kwargs) for name in chosen if name in PICKUP]
+    if any(name in PRUNE for name in chosen):
+        url = fresh_database(admin, PRUNE_DATABASE)
+        if not figures and not latencies:
+            _describe(url)
+        pruned = [PRUNE[name](url, **kwargs) for name in chosen if name in PRUNE]
     if figures:
         print(f"{'workload':<16} {'pgq':>12} {'baseline':>12} {'ratio':>6}  unit / baseline")
     for f in figures:
@@ -57,6 +66,8 @@ def main() -> None:
             p = lat.summary(values)
             print(f"  {phase:<18} {p['p50']:>8.2f} {p['p95']:>8.2f} {p['p99']:>8.2f} "
                   f"{p['max']:>8.2f}")
+    for result in pruned:
+        print("\n".join(result.lines()))
     for f in figures:
         print(json.dumps({"workload": f.workload, "unit": f.unit, "pgq": round(f.pgq, 1),
                           "baseline": round(f.baseline, 1) if f.baseline else None,
@@ -69,6 +80,8 @@ def main() -> None:
                           **{k: round(v, 3) for k, v in lat.summary().items()},
                           "phases": {phase: {k: round(v, 3) for k, v in lat.summary(values).items()}
                                      for phase, values in lat.phases.items()}}))
+    for result in pruned:
+        print(json.dumps(result.json()))
 
 
 def _describe(url: str) -> None:
