@@ -9,7 +9,8 @@ generate_series``, then ``VACUUM ANALYZE`` and ``CHECKPOINT``):
 
 * 1,000,000 ``completed`` jobs that finished 30 to 37 days ago (default retention keeps
   completed jobs 7 days, so all of them are due for deletion);
-* 300,000 ``available`` jobs spread over three queues: the claimers' supply;
+* 600,000 ``available`` jobs spread over three queues: the claimers' supply (a claim
+  that comes back short means it ran out, and fails the run);
 * rows retention must keep: 10,000 ``scheduled`` 30 days ahead (half of them carrying a
   stale ``finished_at`` from 40 days ago, which pgq never writes but prune must not trust),
   10,000 ``running`` with a live lease, 10,000 ``retryable`` waiting out a backoff,
@@ -68,7 +69,8 @@ from pgq.queues import allocate, parse_queues
 
 DATABASE = "pgq_bench_prune"
 FINISHED = 1_000_000
-AVAILABLE = 300_000
+AVAILABLE = 600_000
+"""The claimers' supply: enough for 10 minutes (a claim that comes back short fails the run)."""
 QUEUES = "q1,q2,q3"
 CLAIMERS = 2
 CONCURRENCY = 10
@@ -295,31 +297,40 @@ def _alternate(settings: pgq.Settings, phases: dict[str, Phase], claimed: set[in
     ctx = multiprocessing.get_context("spawn")
     gate = ctx.Event()
     reports, child = ctx.Pipe(duplex=False)
-    pruner = ctx.Process(target=_pruner, args=(url, gate, child), name="bench-pruner")
+    pruner = ctx.Process(target=_pruner, args=(url, gate, child), name="bench-pruner",
+                         daemon=True)
     pruner.start()
     child.close()
-    with _Claimers(settings, "AB", claimed) as claimers, \
-            psycopg.connect(url, autocommit=True) as conn:
-        if reports.recv() != "ready":
-            raise RuntimeError("the pruner did not start")
-        time.sleep(WARMUP_SECONDS)
-        windows: list[tuple[str, float, float]] = []
-        name = "A"
-        while True:
-            if name == "B":
-                gate.set()
-            else:
-                gate.clear()
-            start, cpu0, wal0 = time.monotonic(), _cpu(), _wal_lsn(conn)
-            finished = reports.poll(WINDOW_SECONDS)
-            end, cpu1, wal1 = time.monotonic(), _cpu(), _wal_lsn(conn)
-            _account(phases[name], start, end, cpu0, cpu1, wal1 - wal0)
-            windows.append((name, start, end))
-            if finished:
-                break
-            name = "B" if name == "A" else "A"
-    report = reports.recv()
-    pruner.join()
+    windows: list[tuple[str, float, float]] = []
+    try:
+        with _Claimers(settings, "AB", claimed) as claimers, \
+                psycopg.connect(url, autocommit=True) as conn:
+            if reports.recv() != "ready":
+                raise RuntimeError("the pruner did not start")
+            time.sleep(WARMUP_SECONDS)
+            name = "A"
+            while True:
+                if name == "B":
+                    gate.set()
+                else:
+                    gate.clear()
+                start, cpu0, wal0 = time.monotonic(), _cpu(), _wal_lsn(conn)
+                finished = reports.poll(WINDOW_SECONDS)
+                end, cpu1, wal1 = time.monotonic(), _cpu(), _wal_lsn(conn)
+                _account(phases[name], start, end, cpu0, cpu1, wal1 - wal0)
+                windows.append((name, start, end))
+                if finished or claimers.failed:
+                    break  # a failed claimer raises when the block exits
+                name = "B" if name == "A" else "A"
+        report = reports.recv()
+    except EOFError:
+        report = None
+    finally:
+        gate.set()
+        pruner.join(timeout=5)
+        if pruner.is_alive():
+            pruner.terminate()
+            pruner.join()
     if not isinstance(report, dict) or pruner.exitcode != 0:
         raise RuntimeError(f"the pruner failed (exit code {pruner.exitcode}): {report!r}")
     for t0, latency in claimers.samples:
@@ -386,6 +397,10 @@ class _Claimers:
         self._threads = [threading.Thread(target=self._run, args=(f"bench-claimer-{tag}-{i}",),
                                           daemon=True) for i in range(CLAIMERS)]
 
+    @property
+    def failed(self) -> bool:
+        return bool(self._errors)
+
     def __enter__(self) -> _Claimers:
         for t in self._threads:
             t.start()
@@ -424,6 +439,9 @@ class _Claimers:
                     "tasks": self.tasks, "worker": worker, "lease_seconds": 30.0,
                     "now": None})
                 samples.append((t0, time.monotonic() - t0))
+                if len(rows) < sum(wanted.values()):
+                    raise RuntimeError(f"{worker}: a claim came back short, the supply of "
+                                       f"available jobs ran out (raise AVAILABLE)")
                 got: dict[str, int] = {}
                 for row in rows:
                     got[row[1]] = got.get(row[1], 0) + 1

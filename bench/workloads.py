@@ -109,42 +109,96 @@ def enqueue_single(url: str, n: int = 5_000, runs: int = 3) -> Figure:
     return Figure("enqueue_single", "jobs/s", ours, baseline, "bare INSERT + COMMIT")
 
 
+def _drain_once(url: str, n: int, processes: int, task: str,
+                run: Callable[[], Callable[[], None]]) -> float:
+    """Enqueue n jobs, start the drainers (``run`` starts them and returns their stopper),
+    wait until every job is completed; jobs/s from the first claim to the last completion,
+    both by the database clock."""
+    app = pgq.App(pgq.Settings(database_url=url), strict=False)
+    try:
+        _reset(url)
+        app.enqueue_many([pgq.JobSpec(task) for _ in range(n)])
+    finally:
+        app.close()
+    stop = run()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while conn.execute("SELECT count(*) FROM pgq_jobs WHERE state <> 'completed'"
+                               ).fetchone()[0]:  # type: ignore[index]
+                time.sleep(0.2)
+            first, last = conn.execute(
+                "SELECT min(started_at), max(finished_at) FROM pgq_jobs").fetchone()  # type: ignore[misc]
+    finally:
+        stop()
+    return n / (last - first).total_seconds()
+
+
 def drain(url: str, n: int = 50_000, runs: int = 3, processes: int = 2,
-          task: str = "bench.noop") -> Figure:
+          task: str = "bench.noop", concurrency: int = 64) -> Figure:
     """``pgq worker --processes N`` draining n pre-enqueued no-op jobs, from the first
-    claim to the last completion (both read from the jobs table, by the database clock).
-    The database-ceiling baseline arrives with the performance issue."""
+    claim to the last completion (both read from the jobs table, by the database clock),
+    against the database's ceiling: ``processes`` plain processes running pgq's own
+    ``job_claim`` and ``job_finish_many`` statements back to back on the same batch size,
+    with no task handling at all (``ceiling_loop``). Runs alternate, median of each."""
     import os
     import signal
     import subprocess
     import sys
 
-    app = pgq.App(pgq.Settings(database_url=url), strict=False)
-    rates = []
-    try:
-        for _ in range(runs):
-            _reset(url)
-            app.enqueue_many([pgq.JobSpec(task) for _ in range(n)])
-            env = {**os.environ, "PGQ_DATABASE_URL": url}
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pgq", "worker", "--app", "bench.app:app",
-                 "--processes", str(processes), "--concurrency", "64", "--poll-interval",
-                 "0.05", "--log-level", "WARNING"], env=env)
-            try:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    while conn.execute("SELECT count(*) FROM pgq_jobs WHERE state <> 'completed'"
-                                       ).fetchone()[0]:  # type: ignore[index]
-                        time.sleep(0.2)
-                    first, last = conn.execute(
-                        "SELECT min(started_at), max(finished_at) FROM pgq_jobs").fetchone()  # type: ignore[misc]
-            finally:
-                proc.send_signal(signal.SIGTERM)
+    def worker() -> Callable[[], None]:
+        env = {**os.environ, "PGQ_DATABASE_URL": url}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pgq", "worker", "--app", "bench.app:app",
+             "--processes", str(processes), "--concurrency", str(concurrency),
+             "--poll-interval", "0.05", "--log-level", "WARNING"], env=env)
+
+        def stop() -> None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        return stop
+
+    def ceiling() -> Callable[[], None]:
+        procs = [subprocess.Popen([sys.executable, "-m", "bench.workloads", "ceiling-loop",
+                                   url, task, str(concurrency)]) for _ in range(processes)]
+
+        def stop() -> None:
+            for proc in procs:
                 proc.wait(timeout=60)
-            rates.append(n / (last - first).total_seconds())
-    finally:
-        app.close()
-    rates.sort()
-    return Figure(f"drain_{processes}p", "jobs/s", rates[len(rates) // 2], None, "-")
+        return stop
+
+    ours, base = [], []
+    for _ in range(runs):
+        base.append(_drain_once(url, n, processes, task, ceiling))
+        ours.append(_drain_once(url, n, processes, task, worker))
+    ours.sort()
+    base.sort()
+    return Figure(f"drain_{processes}p", "jobs/s", ours[len(ours) // 2], base[len(base) // 2],
+                  "claim+complete SQL loop")
+
+
+def ceiling_loop(url: str, task: str, batch: int) -> None:
+    """The database's ceiling for draining: claim ``batch`` jobs with pgq's ``job_claim``,
+    record them completed with ``job_finish_many``, repeat until a claim finds nothing.
+    Same statements, parameters and connection setup (autocommit, prepared) as a worker,
+    on two connections like the worker's claim and flush connections; no Python task
+    handling, no asyncio, no threads."""
+    from pgq.database import connect, execute
+
+    settings = pgq.Settings(database_url=url)
+    worker = f"ceiling:{__import__('os').getpid()}"
+    with connect(settings, autocommit=True) as claim, connect(settings, autocommit=True) as flush:
+        while True:
+            rows = execute(claim, "job_claim", {
+                "queues": ["default"], "limits": [batch], "tasks": [task], "worker": worker,
+                "lease_seconds": 30.0, "now": None})
+            if not rows:
+                return
+            n = len(rows)
+            execute(flush, "job_finish_many", {
+                "ids": [r[0] for r in rows], "attempts": [r[4] for r in rows],
+                "owners": [worker] * n, "states": ["completed"] * n, "delays": [0.0] * n,
+                "refunds": [0] * n, "results": ["null"] * n, "errors": [None] * n,
+                "now": None})
 
 
 WORKLOADS: dict[str, Callable[..., Figure]] = {
@@ -153,3 +207,10 @@ WORKLOADS: dict[str, Callable[..., Figure]] = {
     "drain_1p": lambda url, **kw: drain(url, processes=1, **kw),
     "drain_2p": lambda url, **kw: drain(url, processes=2, **kw),
 }
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1] == "ceiling-loop":
+        ceiling_loop(sys.argv[2], sys.argv[3], int(sys.argv[4]))

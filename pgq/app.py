@@ -28,9 +28,9 @@ from pgq.enqueue import (
     EnqueueOptions,
     JobRow,
     JobSpec,
+    Plan,
     plan_enqueue_many,
     plan_enqueue_one,
-    plan_notify,
     prepare,
 )
 from pgq.errors import PgqError
@@ -196,7 +196,8 @@ class App:
         """Enqueue one job; the options are ``JobSpec``'s. Invalid input raises an
         ``InvalidJobError`` before any SQL runs."""
         row = self._prepare(JobSpec(task, {} if args is None else args, **options))
-        result: Enqueued = self._run(conn, plan_enqueue_one(row, self.clock.now()), [row.queue])
+        result: Enqueued = self._run(conn, partial(plan_enqueue_one, row, self.clock.now()),
+                                     [row.queue])
         return result
 
     def enqueue_many(self, specs: Iterable[JobSpec], *, conn: object = None) -> list[Enqueued]:
@@ -206,7 +207,7 @@ class App:
         rows = [self._prepare(spec) for spec in specs]
         if not rows:
             return []
-        result: list[Enqueued] = self._run(conn, plan_enqueue_many(rows, self.clock.now()),
+        result: list[Enqueued] = self._run(conn, partial(plan_enqueue_many, rows, self.clock.now()),
                                            [r.queue for r in rows])
         return result
 
@@ -220,7 +221,7 @@ class App:
     ) -> Enqueued:
         """``enqueue`` for asyncio code and async connections."""
         row = self._prepare(JobSpec(task, {} if args is None else args, **options))
-        result: Enqueued = await self._run_async(conn, plan_enqueue_one(row, self.clock.now()),
+        result: Enqueued = await self._run_async(conn, partial(plan_enqueue_one, row, self.clock.now()),
                                                  [row.queue])
         return result
 
@@ -232,7 +233,7 @@ class App:
         if not rows:
             return []
         result: list[Enqueued] = await self._run_async(
-            conn, plan_enqueue_many(rows, self.clock.now()), [r.queue for r in rows]
+            conn, partial(plan_enqueue_many, rows, self.clock.now()), [r.queue for r in rows]
         )
         return result
 
@@ -246,36 +247,38 @@ class App:
     # Redis is down, the enqueue sends a NOTIFY inside the transaction instead: delivered
     # only if the transaction commits. Workers listen to both, and poll as a floor.
 
-    def _run(self, conn: object, plan: Any, queues: list[str]) -> Any:
+    def _run(self, conn: object, plan: Callable[..., Plan], queues: list[str]) -> Any:
+        """Drive ``plan(notify=...)``: with ``notify`` it sends the PostgreSQL wake-up
+        inside the transaction itself."""
         coordinator = self.coordinator
         if conn is None:
             notify = coordinator.wake_in_transaction()
             with self._pools.connection() as own:
-                result = run_plan(own, plan_notify(plan, queues) if notify else plan)
+                result = run_plan(own, plan(notify=notify))
             if not notify:
                 coordinator.publish(queues)
             return result
         pg = sync_connection(conn)
         after_commit = self._after_commit(conn, pg)
         notify = after_commit is None or coordinator.wake_in_transaction()
-        result = run_plan(pg, plan_notify(plan, queues) if notify else plan)
+        result = run_plan(pg, plan(notify=notify))
         if not notify and after_commit is not None:
             after_commit(queues)
         return result
 
-    async def _run_async(self, conn: object, plan: Any, queues: list[str]) -> Any:
+    async def _run_async(self, conn: object, plan: Callable[..., Plan], queues: list[str]) -> Any:
         coordinator = self.coordinator
         if conn is None:
             notify = coordinator.wake_in_transaction()
             async with self._pools.async_connection() as own:
-                result = await run_plan_async(own, plan_notify(plan, queues) if notify else plan)
+                result = await run_plan_async(own, plan(notify=notify))
             if not notify:
                 coordinator.publish(queues)
             return result
         pg = await async_connection(conn)
         after_commit = self._after_commit(conn, pg)
         notify = after_commit is None or coordinator.wake_in_transaction()
-        result = await run_plan_async(pg, plan_notify(plan, queues) if notify else plan)
+        result = await run_plan_async(pg, plan(notify=notify))
         if not notify and after_commit is not None:
             after_commit(queues)
         return result

@@ -18,7 +18,9 @@ SELECT coalesce(%(now)s::timestamptz, now()) AS now,
 -- return no row, and the caller looks for the holder (job_unique_holder_release). A
 -- concurrent, uncommitted holder makes this statement wait for that transaction: if it
 -- commits we conflict, if it rolls back we insert. That wait is what makes the key safe
--- under concurrent transactions without any lock of our own.
+-- under concurrent transactions without any lock of our own. With %(notify)s the
+-- PostgreSQL wake-up (see queue_notify) is sent by the same statement, saving the round
+-- trip a separate NOTIFY would cost; a duplicate inserts no row and wakes no one.
 INSERT INTO pgq_jobs AS j (
     queue, task, state, priority, max_attempts, args, run_at, created_at,
     timeout_seconds, unique_key, unique_until, unique_held, tags, meta)
@@ -31,7 +33,7 @@ FROM (SELECT n.now,
              coalesce(%(run_at)s::timestamptz, n.now + %(delay)s::interval) AS run_at
       FROM (SELECT coalesce(%(now)s::timestamptz, now()) AS now) AS n) AS t
 ON CONFLICT (task, unique_key) WHERE unique_held DO NOTHING
-RETURNING j.id;
+RETURNING j.id, CASE WHEN %(notify)s THEN pg_notify('pgq_wakeup', j.queue) END;
 
 -- name: job_unique_holder_release
 -- After job_insert conflicted: find the row holding (task, unique_key) and, if its hold

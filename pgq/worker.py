@@ -5,8 +5,9 @@ One worker process runs an asyncio loop that owns:
 * the **producer**: claims batches sized to free capacity, per queue by weight or strict
   order (``pgq.queues``), with one ``job_claim`` statement; claims again at once when a
   queue came back full, else waits for a freed slot or the poll interval;
-* the **executor**: async tasks run as asyncio tasks on the loop, sync tasks in daemon
-  threads; timeouts cancel async tasks and abandon (and signal) sync threads;
+* the **executor**: async tasks run as asyncio tasks on the loop, sync tasks on a pool of
+  reused daemon threads (``pgq.executor``) with no asyncio task of their own; timeouts
+  cancel async tasks and abandon (and signal) sync threads;
 * the **completer**: outcomes are written in batches, one ``job_finish_many`` statement
   per flush (a flush window of ``completion_window`` seconds, 10 ms by default), every
   row fenced on (id, attempt, lease owner); a job keeps its slot and its lease until its
@@ -25,6 +26,7 @@ and the stale worker's writes are fenced out and logged as "lease lost" — neve
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -53,6 +55,7 @@ from pgq.errors import (
     MigrationError,
     PgqError,
 )
+from pgq.executor import ThreadPool
 from pgq.failure import error_entry
 from pgq.maintenance import Maintenance
 from pgq.outcomes import Cancel, Fail, Retry, Snooze
@@ -132,6 +135,9 @@ class _Running:
     lock_token: str = ""
     lock_held: bool = False
     """Set once the lock is acquired: only then does the heartbeat renew it."""
+    timed_out: bool = False
+    decided: bool = False
+    """Its outcome is known (waiting to be stored): the job no longer takes a slot."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +179,9 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._flush_now: asyncio.Event | None = None
+        self._all_decided: asyncio.Event | None = None
+        self._storing = 0
+        """Outcomes in the statement being written now (their jobs are still held)."""
         self._stop_requested: asyncio.Event | None = None
         self._signals = 0
         if not app.registry:
@@ -199,12 +208,13 @@ class Worker:
         once nothing is running and nothing is due; ``"done"`` once no job of this
         worker's queues and tasks is active at all (waiting out retry backoffs)."""
         self._loop = asyncio.get_running_loop()
-        self._wake, self._flush_now, self._stop_requested = (
-            asyncio.Event(), asyncio.Event(), asyncio.Event())
+        self._wake, self._flush_now, self._stop_requested, self._all_decided = (
+            asyncio.Event(), asyncio.Event(), asyncio.Event(), asyncio.Event())
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self.request_stop)
         settings = self.app.settings
+        self._pool = ThreadPool(self._loop)
         self._conn = await connect_async(settings, autocommit=True)
         await self._check_schema()
         self._flush_conn = await connect_async(settings, autocommit=True)
@@ -240,6 +250,7 @@ class Worker:
                 service.stop()
             await self._conn.close()
             await self._flush_conn.close()
+            self._pool.shutdown()
             log.info("worker %s stopped: claimed=%d finished=%s", self.id,
                      self.stats.claimed, self.stats.finished)
         return self._exit_code
@@ -321,10 +332,18 @@ class Worker:
         return int(rows[0][0])
 
     async def _claim(self, tasks: list[str]) -> bool:
+        """Claim for the free slots. A slot is free once its task has finished, before
+        its outcome is stored, so claiming overlaps with writing outcomes; but no more
+        than ``concurrency`` outcomes may wait to be stored: a lagging database then
+        stops claiming instead of letting the jobs' leases expire."""
         with self._held_lock:
             running: dict[str, int] = {}
             for r in self._held.values():
-                running[r.ctx.queue] = running.get(r.ctx.queue, 0) + 1
+                if not r.decided:
+                    running[r.ctx.queue] = running.get(r.ctx.queue, 0) + 1
+            waiting = len(self._held) - sum(running.values())
+        if waiting >= self.config.concurrency:
+            return False  # _forget wakes the producer when the outcomes are stored
         self._round += 1
         limits = allocate(self.config.queues, self.config.concurrency, running, self._hungry,
                           strict=self.config.strict, rotation=self._round)
@@ -348,7 +367,7 @@ class Worker:
             hit = got.get(queue, 0) >= n
             self._hungry[queue] = hit or woken
             full = full or hit
-        return full and len(self._held) < self.config.concurrency
+        return full
 
     async def _safely(self, awaitable: Any) -> Any:
         """Database trouble in a loop step is logged and retried next round, never fatal."""
@@ -387,12 +406,15 @@ class Worker:
             self._held[job_id] = running
         if log.isEnabledFor(logging.DEBUG):
             log.debug("job=%s task=%s args=%s", job_id, task_name, json.dumps(args))
-        running.handle = asyncio.ensure_future(self._execute(running, args, timeout))
+        if task.is_async or running.lock_key is not None:
+            running.handle = asyncio.ensure_future(self._execute(running, args, timeout))
+        else:
+            self._run_sync(running, args, timeout)
 
     async def _execute(self, running: _Running, args: dict[str, Any],
                        timeout: float | None) -> None:
+        """An async task, or any task with a run-time lock to take first."""
         task, ctx = running.task, running.ctx
-        call_args = (ctx,) if task.takes_context else ()
         if running.lock_key is not None and not await self._acquire_lock(running):
             running.lock_key = None  # not ours: nothing to renew or release
             wait = self.config.lock_wait_seconds * random.uniform(0.5, 1.5)
@@ -400,14 +422,15 @@ class Worker:
                                            delay=wait, refund=1))
             return
         running.lock_held = running.lock_key is not None
+        if not task.is_async:
+            if not running.released and not running.lost:
+                self._run_sync(running, args, timeout)
+            return
+        call_args = (ctx,) if task.takes_context else ()
         timer = asyncio.timeout(timeout)
         try:
             async with timer:
-                if task.is_async:
-                    result = await self._call_async(task, ctx, call_args, args)
-                else:
-                    # shield: at the timeout the thread cannot be stopped, only abandoned
-                    result = await asyncio.shield(self._call_in_thread(task, ctx, call_args, args))
+                result = await self._call_async(task, ctx, call_args, args)
             outcome = self._outcome_or_internal_failure(
                 running, lambda: self._success(running, result))
         except asyncio.CancelledError:
@@ -415,20 +438,65 @@ class Worker:
                 raise
             return
         except BaseException as exc:
-            failure: BaseException = exc
             if isinstance(exc, TimeoutError) and timer.expired():
                 ctx.cancelled.set()
-                if not task.is_async:
-                    self._abandon_thread(running)
+                expired: BaseException = exc
                 outcome = self._outcome_or_internal_failure(
-                    running, lambda: self._failure(running, failure, timed_out=timeout))
+                    running, lambda: self._failure(running, expired, timed_out=timeout))
             else:
-                if isinstance(exc, KeyboardInterrupt | SystemExit):
-                    failure = RuntimeError(f"task raised {type(exc).__name__}")
-                outcome = self._outcome_or_internal_failure(
-                    running, lambda: self._failure(running, failure))
+                outcome = self._raised(running, exc)
         if outcome is not None:
             self._record(running, outcome)
+
+    def _run_sync(self, running: _Running, args: dict[str, Any], timeout: float | None) -> None:
+        """A sync task on the thread pool. No asyncio task per job: the pool calls
+        ``_sync_done`` on the loop, and a timer on the loop handles the timeout."""
+        task, ctx = running.task, running.ctx
+        fn = task.fn
+        call_args = (ctx,) if task.takes_context else ()
+        if self.app.middleware:
+            def call() -> Any:
+                with self._middleware(ctx):
+                    return fn(*call_args, **args)
+        else:
+            call = functools.partial(fn, *call_args, **args)
+        assert self._loop is not None
+        timer = (self._loop.call_later(timeout, self._sync_timed_out, running, timeout)
+                 if timeout is not None else None)
+        self._pool.submit(call, functools.partial(self._sync_done, running, timer))
+
+    def _sync_done(self, running: _Running, timer: asyncio.TimerHandle | None, ok: bool,
+                   value: Any) -> None:
+        if timer is not None:
+            timer.cancel()
+        if running.timed_out or running.released or running.lost:
+            return  # already decided: failed at its timeout, handed back, or not ours
+        if ok:
+            outcome = self._outcome_or_internal_failure(
+                running, lambda: self._success(running, value))
+        else:
+            outcome = self._raised(running, value)
+        if outcome is not None:
+            self._record(running, outcome)
+
+    def _sync_timed_out(self, running: _Running, timeout: float) -> None:
+        """A sync task overran its timeout: fail the attempt now and abandon its thread
+        (a thread cannot be stopped; ``ctx.cancelled`` asks it to)."""
+        if running.released or running.lost:
+            return
+        running.timed_out = True
+        running.ctx.cancelled.set()
+        self._abandon_thread(running)
+        outcome = self._outcome_or_internal_failure(
+            running, lambda: self._failure(running, TimeoutError(), timed_out=timeout))
+        if outcome is not None:
+            self._record(running, outcome)
+
+    def _raised(self, running: _Running, exc: BaseException) -> _Outcome | None:
+        failure = exc
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            failure = RuntimeError(f"task raised {type(exc).__name__}")
+        return self._outcome_or_internal_failure(running, lambda: self._failure(running, failure))
 
     async def _acquire_lock(self, running: _Running) -> bool:
         assert running.lock_key is not None
@@ -454,28 +522,6 @@ class Worker:
                           args: dict[str, Any]) -> Any:
         with self._middleware(ctx):
             return await task.fn(*call_args, **args)
-
-    def _call_in_thread(self, task: Task, ctx: Context, call_args: tuple[Any, ...],
-                        args: dict[str, Any]) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-
-        def settle(setter: Callable[[Any], None], value: Any) -> None:
-            if not future.done():
-                setter(value)
-
-        def target() -> None:
-            try:
-                with self._middleware(ctx):
-                    value = task.fn(*call_args, **args)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(settle, future.set_exception, exc)
-            else:
-                loop.call_soon_threadsafe(settle, future.set_result, value)
-
-        # Daemon threads: a thread abandoned at its timeout must not keep the process alive.
-        threading.Thread(target=target, name=f"pgq-job-{ctx.job_id}", daemon=True).start()
-        return future
 
     @contextmanager
     def _middleware(self, ctx: Context) -> Iterator[None]:
@@ -534,20 +580,36 @@ class Worker:
     # --- completer ---------------------------------------------------------------------
 
     def _record(self, running: _Running, outcome: _Outcome) -> None:
+        running.decided = True
         self._outcomes.append(outcome)
-        assert self._flush_now is not None
+        assert self._flush_now is not None and self._all_decided is not None
+        assert self._wake is not None
         self._flush_now.set()
+        self._wake.set()  # a slot is free: claim now
+        if len(self._outcomes) + self._storing >= len(self._held):
+            self._all_decided.set()
 
     async def _completer(self) -> None:
-        assert self._flush_now is not None
+        """Writes outcomes in batches. A batch waits for more outcomes at most
+        ``completion_window`` seconds, and not at all once every held job has its outcome
+        (nothing more is coming, and the slots they hold are what the producer waits for)."""
+        assert self._flush_now is not None and self._all_decided is not None
         while True:
             await self._flush_now.wait()
-            if self._outcomes and not self._stopping:
-                await asyncio.sleep(self.config.completion_window)  # gather a batch
+            if self._outcomes and not self._stopping and \
+                    len(self._outcomes) + self._storing < len(self._held):
+                self._all_decided.clear()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._all_decided.wait(),
+                                           self.config.completion_window)
             self._flush_now.clear()
             batch, self._outcomes = self._outcomes, []
             if batch:
-                await self._flush(batch)
+                self._storing = len(batch)
+                try:
+                    await self._flush(batch)
+                finally:
+                    self._storing = 0
             if self._stopping and not self._outcomes:
                 return
 
@@ -642,6 +704,8 @@ class Worker:
     def _log(self, running: _Running, outcome: str, detail: str = "") -> None:
         ctx = running.ctx
         level = logging.WARNING if outcome in ("failed", "lease-lost") else logging.INFO
+        if not log.isEnabledFor(level):
+            return  # the arguments cost more than the check, thousands of times a second
         log.log(level, "job=%s task=%s queue=%s attempt=%d/%d outcome=%s duration=%.3fs%s",
                 ctx.job_id, ctx.task, ctx.queue, ctx.attempt, ctx.max_attempts, outcome,
                 time.monotonic() - running.started, f" {detail}" if detail else "",

@@ -215,7 +215,13 @@ def test_one_inserted() -> None:
     assert result == Enqueued(42, duplicate=False)
     assert names(steps) == ["job_insert"]
     assert isinstance(steps[0], Exec)
-    assert steps[0].params == {**row._asdict(), "now": NOW}
+    assert steps[0].params == {**row._asdict(), "now": NOW, "notify": False}
+
+
+def test_one_with_its_wakeup_is_one_statement() -> None:
+    steps, result = drive(plan_enqueue_one(make_row(), NOW, notify=True), script([(42, None)]))
+    assert result == Enqueued(42)
+    assert names(steps) == ["job_insert"] and steps[0].params["notify"] is True  # type: ignore[union-attr]
 
 
 def test_one_keyless_inserted() -> None:
@@ -384,7 +390,7 @@ def test_many_key_whose_holder_vanished_falls_back_to_one_by_one() -> None:
                             "job_insert_unique_many", "job_unique_holders_many", "job_insert"]
     fallback = steps[-1]
     assert isinstance(fallback, Exec)
-    assert fallback.params == {**rows[1]._asdict(), "now": NOW}
+    assert fallback.params == {**rows[1]._asdict(), "now": NOW, "notify": False}
     gone_id = db.held["reports.build", "gone"]
     assert gone_id != 300
     assert result == [Enqueued(db.held["reports.build", "k1"]), Enqueued(gone_id), Enqueued(db.copied[0][0])]
