@@ -9,8 +9,9 @@ here, into ``pgq.errors`` with the original as ``__cause__``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from itertools import islice
 from typing import Any, TypeVar
 
 import psycopg
@@ -46,8 +47,8 @@ def run_plan(conn: psycopg.Connection[Any], plan: Plan) -> Any:
                     reply = cur.fetchall() if cur.description is not None else []
                 else:
                     with cur.copy(QUERIES[step.name]) as copy:
-                        for row in step.rows:
-                            copy.write_row(row)
+                        for chunk in _copy_chunks(step.rows):
+                            copy.write(chunk)
                     reply = None
         except StopIteration as done:
             return done.value
@@ -63,14 +64,26 @@ async def run_plan_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> Any:
                     step = plan.send(reply)
                     if isinstance(step, Copy):
                         async with cur.copy(QUERIES[step.name]) as copy:
-                            for row in step.rows:
-                                await copy.write_row(row)
+                            for chunk in _copy_chunks(step.rows):
+                                await copy.write(chunk)
                         reply = None
                     else:
                         await cur.execute(QUERIES[step.name], step.params)
                         reply = await cur.fetchall() if cur.description is not None else []
             except StopIteration as done:
                 return done.value
+
+
+_COPY_CHUNK_ROWS = 2000
+
+
+def _copy_chunks(rows: Iterable[Sequence[str]]) -> Iterator[bytes]:
+    """Rows of COPY text fields as COPY data, a few hundred kB at a time, so the server
+    parses one chunk while the next is formatted."""
+    it = iter(rows)
+    while lines := ["\t".join(row) for row in islice(it, _COPY_CHUNK_ROWS)]:
+        lines.append("")
+        yield "\n".join(lines).encode("utf-8")
 
 
 def execute(conn: psycopg.Connection[Any], name: str, params: Mapping[str, Any]) -> list[Any]:

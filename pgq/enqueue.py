@@ -9,7 +9,7 @@ drives a plan on a sync or an async connection, so the two paths cannot drift ap
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypedDict
@@ -126,6 +126,15 @@ def prepare(spec: JobSpec, registry: TaskRegistry, *, strict: bool, max_payload_
     args_json = encode_json_object(spec.args, "args")
     if task is not None:
         task.check_args(spec.args)
+    if _takes_defaults(spec):
+        # The common case (task and args only), worth a short path in bulk enqueues: the
+        # task's defaults were validated when it was registered, pgq's are constants.
+        check_payload_size(args_json, "{}", max_payload_bytes)
+        if task is None:
+            return JobRow(DEFAULT_QUEUE, name, DEFAULT_PRIORITY, DEFAULT_MAX_ATTEMPTS,
+                          args_json, None, _NO_DELAY, None, None, None, [], "{}")
+        return JobRow(task.queue, task.name, task.priority, task.max_attempts, args_json,
+                      None, _NO_DELAY, task.timeout, None, None, [], "{}")
     meta_json = encode_json_object(spec.meta, "meta") if spec.meta is not None else "{}"
     check_payload_size(args_json, meta_json, max_payload_bytes)
 
@@ -179,6 +188,16 @@ def prepare(spec: JobSpec, registry: TaskRegistry, *, strict: bool, max_payload_
     )
 
 
+_NO_DELAY = timedelta(0)
+
+
+def _takes_defaults(spec: JobSpec) -> bool:
+    return (spec.queue is None and spec.priority is None and spec.delay is None
+            and spec.run_at is None and spec.max_attempts is None and spec.timeout is None
+            and spec.unique_key is None and spec.unique_for is None and spec.meta is None
+            and isinstance(spec.tags, tuple | list) and not spec.tags)
+
+
 def _as_timedelta(value: timedelta | float | None, what: str) -> timedelta | None:
     if value is None or isinstance(value, timedelta):
         return value
@@ -202,10 +221,12 @@ class Exec:
 
 @dataclass(frozen=True, slots=True)
 class Copy:
-    """COPY ``rows`` in with the named statement; the driver sends back ``None``."""
+    """COPY ``rows`` in with the named statement; the driver sends back ``None``. Each
+    row is its fields already in COPY text format (``_copy_text``, ``_NULL``); the rows
+    may be produced lazily, as the driver streams them."""
 
     name: str
-    rows: Sequence[Sequence[Any]]
+    rows: Iterable[Sequence[str]]
 
 
 Step = Exec | Copy
@@ -260,15 +281,11 @@ def _plan_many(rows: Sequence[JobRow], now: datetime | None) -> Generator[Step, 
 
     if keyless:
         ((db_now, ids),) = yield Exec("clock_now_and_ids", {"now": now, "n": len(keyless)})
-        copy_rows = []
         for job_id, i in zip(ids, keyless, strict=True):
-            r = rows[i]
-            run_at = r.run_at if r.run_at is not None else db_now + r.delay
-            state = "scheduled" if run_at > db_now else "available"
-            copy_rows.append((job_id, r.queue, r.task, state, r.priority, r.max_attempts,
-                              r.args, run_at, db_now, r.timeout_seconds, r.tags, r.meta))
             results[i] = Enqueued(job_id)
-        yield Copy("job_copy", copy_rows)
+        # Formatted lazily, while the driver streams: the server parses one chunk while
+        # the next is formatted. (Validation is over by now; formatting cannot fail.)
+        yield Copy("job_copy", _copy_rows([rows[i] for i in keyless], ids, db_now))
 
     if keyed:
         keys = {"tasks": [rows[i].task for i in keyed],
@@ -298,6 +315,51 @@ def _plan_many(rows: Sequence[JobRow], now: datetime | None) -> Generator[Step, 
                 else:
                     results[i] = yield from plan_enqueue_one(rows[i], now)
     return [r for r in results if r is not None]
+
+
+# COPY's text format, written here rather than by the driver's per-value dumpers (most
+# of a bulk enqueue's time otherwise). Queue and task names are validated identifiers and
+# the numbers and timestamps are ours, so only JSON and tags need escaping. JSON from
+# pgq's encoder never holds a raw control character, only backslashes to double.
+_NULL = "\\N"
+
+
+def _copy_rows(rows: Sequence[JobRow], ids: Sequence[int], db_now: datetime
+               ) -> Iterator[tuple[str, ...]]:
+    now_text = db_now.isoformat()
+    for job_id, r in zip(ids, rows, strict=True):
+        if r.run_at is None and not r.delay:
+            state, run_at = "available", now_text
+        else:
+            at = r.run_at if r.run_at is not None else db_now + r.delay
+            state, run_at = ("scheduled" if at > db_now else "available"), at.isoformat()
+        yield job_copy_row(job_id, r, state, run_at, now_text)
+
+
+def job_copy_row(job_id: int, r: JobRow, state: str, run_at: str, created_at: str,
+                 meta: str | None = None) -> tuple[str, ...]:
+    """The fields of ``job_copy`` for one job (timestamps already as ISO text)."""
+    return (str(job_id), r.queue, r.task, state, str(r.priority), str(r.max_attempts),
+            _copy_text(r.args), run_at, created_at,
+            _NULL if r.timeout_seconds is None else repr(r.timeout_seconds),
+            _copy_array(r.tags), _copy_text(r.meta if meta is None else meta))
+
+
+def _copy_text(text: str) -> str:
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    if "\t" in text or "\n" in text or "\r" in text:
+        text = text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text
+
+
+def _copy_array(items: Sequence[str]) -> str:
+    """A text[] literal in COPY text format: every element quoted, so no content (commas,
+    braces, NULL, spaces) can be misread."""
+    if not items:
+        return "{}"
+    quoted = ('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"' for t in items)
+    return _copy_text("{" + ",".join(quoted) + "}")
 
 
 def _columns(rows: Sequence[JobRow], indexes: Sequence[int], now: datetime | None) -> dict[str, Any]:

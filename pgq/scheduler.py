@@ -29,7 +29,7 @@ import psycopg
 
 from pgq.cron import CronEntry
 from pgq.database import connect, execute, run_plan
-from pgq.enqueue import Copy, Exec, JobRow, JobSpec, Step
+from pgq.enqueue import Copy, Exec, JobRow, JobSpec, Step, job_copy_row
 from pgq.errors import PgqError
 from pgq.leader import Leadership
 
@@ -107,8 +107,8 @@ class Scheduler:
         for name, fire_at, job_id, db_now in claimed:
             r = self._rows[name]
             meta = {**json.loads(r.meta), "cron_entry": name, "cron_tick": fire_at.isoformat()}
-            rows.append((job_id, r.queue, r.task, "available", r.priority, r.max_attempts,
-                         r.args, db_now, db_now, r.timeout_seconds, r.tags, json.dumps(meta)))
+            at = db_now.isoformat()
+            rows.append(job_copy_row(job_id, r, "available", at, at, json.dumps(meta)))
         yield Copy("job_copy", rows)
         if notify:
             yield Exec("queue_notify", {"queues": sorted({r[1] for r in rows})})

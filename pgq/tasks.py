@@ -50,6 +50,12 @@ class Task:
     at most one job holding a given key runs at a time, across all workers."""
     takes_context: bool = field(default=False)
     is_async: bool = field(default=False)
+    _signature: inspect.Signature | None = field(default=None, init=False, repr=False,
+                                                 compare=False)
+
+    def __post_init__(self) -> None:
+        # Once, not per enqueue: inspect.signature costs more than the rest of a check.
+        object.__setattr__(self, "_signature", inspect.signature(self.fn))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -57,7 +63,8 @@ class Task:
     def check_args(self, args: Mapping[str, Any]) -> None:
         """Reject args the function could not be called with, at enqueue time rather than
         as a failed attempt later."""
-        sig = inspect.signature(self.fn)
+        sig = self._signature
+        assert sig is not None
         leading = (None,) if self.takes_context else ()
         try:
             sig.bind(*leading, **args)

@@ -63,6 +63,35 @@ def test_bulk_100k_in_one_call(app: pgq.App, conn: psycopg.Connection) -> None:
         assert args == {"to": f"u{i}@example.com"}
 
 
+AWKWARD = [
+    {"to": "back\\slash \\N \\t", "subject": "tab\there\nnewline\r\ncrlf"},
+    {"to": "ünïcödé \u2028 \U0001f600", "subject": "\"quoted\" {braces} [a,b] NULL"},
+    {"to": "\\\\double", "subject": "\x01\x1f control"},
+]
+AWKWARD_TAGS = ["plain", "with space", "com,ma", "{brace}", 'q"uote', "back\\slash", "NULL",
+                "tab\tin", "line\nbreak", "\\N"]
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["enqueue_many", "enqueue"])
+def test_awkward_values_are_stored_exactly(app: pgq.App, conn: psycopg.Connection,
+                                           bulk: bool) -> None:
+    """enqueue_many writes COPY's text format itself: every character that format or a
+    text[] literal treats specially must arrive unchanged, as it does through enqueue."""
+    specs = [pgq.JobSpec("email.send", args, tags=AWKWARD_TAGS, meta={"note": args["subject"]},
+                         timeout=0.1 + i, delay=i * 1.5)
+             for i, args in enumerate(AWKWARD)]
+    if bulk:
+        ids = [r.id for r in app.enqueue_many(specs)]
+    else:
+        ids = [app.enqueue(s.task, s.args, tags=s.tags, meta=s.meta, timeout=s.timeout,
+                           delay=s.delay).id for s in specs]
+    stored = conn.execute(
+        "SELECT args, tags, meta, timeout_seconds, run_at - created_at FROM pgq_jobs "
+        "WHERE id = ANY(%s) ORDER BY id", [ids]).fetchall()
+    assert stored == [(s.args, AWKWARD_TAGS, s.meta, s.timeout, timedelta(seconds=i * 1.5))
+                      for i, s in enumerate(specs)]
+
+
 # Each bad input, the error it must raise, and nothing else may happen.
 BAD: list[tuple[str, Callable[[pgq.App, Any], Any], type[pgq.PgqError]]] = [
     ("unknown task", lambda a, c: a.enqueue("email.sned", {"to": "x"}, conn=c), pgq.UnknownTaskError),

@@ -108,6 +108,13 @@ def test_schema_module_mirrors_the_migrations_exactly(empty_db_url: str, db_url:
         assert from_metadata[key] == from_migrations[key], key
 
 
+def test_the_id_sequence_has_the_name_queries_sql_uses(db_url: str) -> None:
+    """clock_now_and_ids names the sequence as a constant, for speed."""
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT pg_get_serial_sequence('pgq_jobs', 'id')::regclass = "
+                            "'pgq_jobs_id_seq'::regclass").fetchone() == (True,)
+
+
 def test_alembic_check_finds_no_drift(db_url: str) -> None:
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(db_url))

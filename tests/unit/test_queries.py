@@ -204,7 +204,7 @@ def test_plans_send_every_parameter_their_statements_take() -> None:
             columns = re.search(r"COPY \w+ \(([^)]*)\)", QUERIES[step.name])
             assert columns is not None
             width = len(columns.group(1).split(","))
-            assert step.rows and all(len(r) == width for r in step.rows)
+            assert db.copied and all(len(r) == width for r in db.copied)
 
 
 # --- plan_enqueue_one -----------------------------------------------------------------
@@ -312,16 +312,20 @@ def test_many_keyless_go_in_by_copy_in_input_order() -> None:
     assert result == [Enqueued(11), Enqueued(12), Enqueued(13), Enqueued(14)]
     copy = steps[1]
     assert isinstance(copy, Copy)
-    assert [(r[0], r[3], r[7], r[8]) for r in copy.rows] == [
-        (11, "available", NOW, NOW),
-        (12, "scheduled", NOW + timedelta(seconds=60), NOW),
-        (13, "scheduled", at, NOW),
-        (14, "available", past, NOW),
+    copied = list(copy.rows)
+    iso = datetime.isoformat
+    assert [(r[0], r[3], r[7], r[8]) for r in copied] == [
+        ("11", "available", iso(NOW), iso(NOW)),
+        ("12", "scheduled", iso(NOW + timedelta(seconds=60)), iso(NOW)),
+        ("13", "scheduled", iso(at), iso(NOW)),
+        ("14", "available", iso(past), iso(NOW)),
     ]
-    first = copy.rows[1]
+    first = copied[1]
     r = rows[1]
-    assert tuple(first) == (12, r.queue, r.task, "scheduled", r.priority, r.max_attempts, r.args,
-                            NOW + timedelta(seconds=60), NOW, r.timeout_seconds, ["a", "b"], r.meta)
+    assert tuple(first) == ("12", r.queue, r.task, "scheduled", str(r.priority),
+                            str(r.max_attempts), r.args, iso(NOW + timedelta(seconds=60)),
+                            iso(NOW), "\\N" if r.timeout_seconds is None else repr(r.timeout_seconds),
+                            '{"a","b"}', r.meta)
 
 
 def test_many_mixed_batch_results_in_input_order() -> None:
@@ -339,7 +343,7 @@ def test_many_mixed_batch_results_in_input_order() -> None:
     steps, result = drive(plan_enqueue_many(rows, NOW), db)
     assert names(steps) == ["clock_now_and_ids", "job_copy", "job_unique_release_lapsed_many",
                             "job_insert_unique_many", "job_unique_holders_many"]
-    keyless_ids = [r[0] for r in db.copied]
+    keyless_ids = [int(r[0]) for r in db.copied]
     k1 = db.held["reports.build", "k1"]
     assert result == [
         Enqueued(keyless_ids[0]),
@@ -393,7 +397,7 @@ def test_many_key_whose_holder_vanished_falls_back_to_one_by_one() -> None:
     assert fallback.params == {**rows[1]._asdict(), "now": NOW, "notify": False}
     gone_id = db.held["reports.build", "gone"]
     assert gone_id != 300
-    assert result == [Enqueued(db.held["reports.build", "k1"]), Enqueued(gone_id), Enqueued(db.copied[0][0])]
+    assert result == [Enqueued(db.held["reports.build", "k1"]), Enqueued(gone_id), Enqueued(int(db.copied[0][0]))]
 
 
 def test_many_two_rows_whose_holder_vanished_become_one_job() -> None:

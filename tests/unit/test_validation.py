@@ -207,6 +207,13 @@ def test_deeply_nested_args_are_rejected_clearly(registry: TaskRegistry) -> None
         run(registry, "any.task", {"tree": nested_lists(10_000)}, strict=False)
 
 
+def test_self_referencing_args_are_rejected_clearly(registry: TaskRegistry) -> None:
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    with pytest.raises(InvalidArgsError, match=r"^args nests too deeply to encode as JSON$"):
+        run(registry, "any.task", {"loop": loop}, strict=False)
+
+
 def test_moderately_nested_args_are_accepted(registry: TaskRegistry) -> None:
     row = run(registry, "any.task", {"tree": nested_lists(200)}, strict=False)
     assert row.args.startswith('{"tree":[[[')
