@@ -121,7 +121,10 @@ FROM STDIN;
 -- is a LATERAL sub-select that walks pgq_jobs_claim_idx in (priority, run_at, id) order
 -- and locks with SKIP LOCKED, so concurrent workers take disjoint rows without waiting.
 -- LIMIT sits inside the locking sub-select and the CTE is MATERIALIZED: the planner can
--- neither lock more rows than it returns nor re-run the pick for the UPDATE. Scheduled
+-- neither lock more rows than it returns nor re-run the pick for the UPDATE. The UPDATE
+-- finds the picked rows by primary key through id = ANY(ARRAY(...)): joined to the CTE,
+-- the planner guessed it returns a tenth of the table and, once the table had statistics,
+-- hashed a sequential scan of all of it for every claim (27 ms at 50,000 rows). Scheduled
 -- and retryable jobs are claimed directly once due: no promotion step is needed for a
 -- job to run on time. Tasks this worker does not know are left for a worker that does.
 WITH wanted AS (
@@ -149,8 +152,7 @@ SET state = 'running',
     lease_owner = %(worker)s,
     lease_expires_at = coalesce(%(now)s::timestamptz, now())
                        + make_interval(secs => %(lease_seconds)s)
-FROM picked
-WHERE j.id = picked.id
+WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
 RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.timeout_seconds,
           j.lease_expires_at,
           (SELECT count(*) FROM jsonb_array_elements(j.errors) AS e
