@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Context", "LeaseLost"]
 
+_CANCELLED_LOCK = threading.Lock()
+
 
 @dataclass(eq=False)
 class Context:
@@ -36,14 +38,28 @@ class Context:
     lease_expires_at: datetime
     """When the lease runs out unless renewed (the heartbeat renews it automatically)."""
     worker_id: str
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    """Set when the job should stop: its timeout passed, the lease was lost, or the
-    worker is shutting down. Long-running sync tasks should check ``ctx.cancelled.is_set()``."""
     result: Any = None
     """For ``transaction()``: the result stored when the transaction marks the job done."""
     _progress: str | None = field(default=None, repr=False)
     _completed_in_transaction: bool = field(default=False, repr=False)
     _transaction: Any = field(default=None, repr=False)  # set by the worker
+    _cancelled: threading.Event | None = field(default=None, repr=False)
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the job should stop: its timeout passed, the lease was lost, or the
+        worker is shutting down. Long-running sync tasks should check
+        ``ctx.cancelled.is_set()`` (or ``ctx.cancelled.wait(seconds)`` to sleep)."""
+        # Made on first use: most jobs never look, and an Event costs more to build than
+        # the rest of a job's bookkeeping. The lock makes the loop (which sets it) and the
+        # task's thread (which reads it) agree on one Event.
+        event = self._cancelled
+        if event is None:
+            with _CANCELLED_LOCK:
+                if self._cancelled is None:
+                    self._cancelled = threading.Event()
+                event = self._cancelled
+        return event
 
     def progress(self, **data: Any) -> None:
         """Record progress (a JSON object); stored in ``progress`` with the next heartbeat."""

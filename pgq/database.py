@@ -86,19 +86,22 @@ def _copy_chunks(rows: Iterable[Sequence[str]]) -> Iterator[bytes]:
         yield "\n".join(lines).encode("utf-8")
 
 
-def execute(conn: psycopg.Connection[Any], name: str, params: Mapping[str, Any]) -> list[Any]:
-    """Run one named statement; its rows, or ``[]``."""
+def execute(conn: psycopg.Connection[Any], name: str, params: Mapping[str, Any], *,
+            binary: bool = False) -> list[Any]:
+    """Run one named statement; its rows, or ``[]``. ``binary``: parameters and rows in
+    PostgreSQL's binary format, for the hot path's arrays (a third of the text format's
+    cost to encode: no quoting rules to apply element by element)."""
     with _wrap_errors(), conn.cursor() as cur:
-        cur.execute(QUERIES[name], params)
+        cur.execute(QUERIES[name], params, binary=binary)
         return cur.fetchall() if cur.description is not None else []
 
 
 async def execute_async(conn: psycopg.AsyncConnection[Any], name: str,
-                        params: Mapping[str, Any]) -> list[Any]:
+                        params: Mapping[str, Any], *, binary: bool = False) -> list[Any]:
     """``execute`` on an ``AsyncConnection``."""
     with _wrap_errors():
         async with conn.cursor() as cur:
-            await cur.execute(QUERIES[name], params)
+            await cur.execute(QUERIES[name], params, binary=binary)
             return await cur.fetchall() if cur.description is not None else []
 
 

@@ -353,7 +353,7 @@ class Worker:
         rows = await self._safely(execute_async(self._conn, "job_claim", {
             "queues": list(wanted), "limits": list(wanted.values()), "tasks": tasks,
             "worker": self.id, "lease_seconds": self.config.lease_seconds,
-            "now": self.app.clock.now()}))
+            "now": self.app.clock.now()}, binary=True))
         if rows is None:
             return False
         got: dict[str, int] = {}
@@ -393,15 +393,15 @@ class Worker:
         job_id, queue, task_name, args, attempt, max_attempts, timeout, lease, _lost = row
         task = self.app.registry.get(task_name)
         assert task is not None, "the claim only takes known tasks"
-        ctx = Context(job_id=job_id, task=task_name, queue=queue, attempt=attempt,
-                      max_attempts=max_attempts, lease_expires_at=lease, worker_id=self.id)
-        ctx._transaction = self._transaction
+        ctx = Context(job_id, task_name, queue, attempt, max_attempts, lease, self.id,
+                      _transaction=self._transaction)
         running = _Running(job_id, attempt, task, ctx, time.monotonic())
-        try:
-            running.lock_key = task.lock_key(args)
-        except InvalidArgsError as exc:
-            log.error("job=%s: %s", job_id, exc)
-        running.lock_token = f"{self.id}:{job_id}:{attempt}"
+        if task.lock is not None:
+            try:
+                running.lock_key = task.lock_key(args)
+            except InvalidArgsError as exc:
+                log.error("job=%s: %s", job_id, exc)
+            running.lock_token = f"{self.id}:{job_id}:{attempt}"
         with self._held_lock:
             self._held[job_id] = running
         if log.isEnabledFor(logging.DEBUG):
@@ -639,7 +639,7 @@ class Worker:
         while True:
             try:
                 return await execute_async(self._flush_conn, "job_finish_many",
-                                           self._finish_params(batch))
+                                           self._finish_params(batch), binary=True)
             except DatabaseError as exc:
                 if self._flush_conn.closed or self._flush_conn.broken or isinstance(
                         exc, DatabaseUnavailable):

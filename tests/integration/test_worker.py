@@ -759,8 +759,8 @@ def test_wakeup_during_an_empty_claim_is_not_lost(make_app: Callable[..., pgq.Ap
     real_execute = worker_module.execute_async
     armed = threading.Event()
 
-    async def execute_async(conn: Any, name: str, params: Any) -> Any:
-        rows = await real_execute(conn, name, params)
+    async def execute_async(conn: Any, name: str, params: Any, **options: Any) -> Any:
+        rows = await real_execute(conn, name, params, **options)
         if name == "job_claim" and not rows and armed.is_set():
             armed.clear()
             producer.enqueue("w.probe")  # commits now, while this claim is "in flight"
