@@ -397,7 +397,8 @@ def test_many_key_whose_holder_vanished_falls_back_to_one_by_one() -> None:
     assert fallback.params == {**rows[1]._asdict(), "now": NOW, "notify": False}
     gone_id = db.held["reports.build", "gone"]
     assert gone_id != 300
-    assert result == [Enqueued(db.held["reports.build", "k1"]), Enqueued(gone_id), Enqueued(int(db.copied[0][0]))]
+    assert result == [Enqueued(db.held["reports.build", "k1"]), Enqueued(gone_id),
+                      Enqueued(int(db.copied[0][0]))]
 
 
 def test_many_two_rows_whose_holder_vanished_become_one_job() -> None:
