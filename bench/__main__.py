@@ -2,8 +2,9 @@
 
 Prints a table, then one JSON line per figure. Uses PGQ_DATABASE_URL's server (default
 localhost) and scratch databases ``pgq_bench`` (throughput), ``pgq_bench_pickup``
-(pickup latency) and ``pgq_bench_prune`` (claim latency while pruning) that it drops and
-recreates.
+(pickup latency), ``pgq_bench_prune`` (claim latency while pruning), ``pgq_bench_aged``
+with ``pgq_bench_aged_empty`` (aged table) and ``pgq_bench_memory`` (worker memory) that
+it drops and recreates.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import sys
 
 import psycopg
 
+from bench.aged import AGED, AgedResult
+from bench.aged import DATABASE as AGED_DATABASE
+from bench.memory import DATABASE as MEMORY_DATABASE
+from bench.memory import MEMORY, MemoryResult
 from bench.pickup import DATABASE as PICKUP_DATABASE
 from bench.pickup import PICKUP, Latency
 from bench.prune import DATABASE as PRUNE_DATABASE
@@ -25,11 +30,13 @@ from bench.workloads import WORKLOADS, Figure, fresh_database
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("workloads", nargs="*", choices=[*WORKLOADS, *PICKUP, *PRUNE, []], default=[])
+    parser.add_argument("workloads", nargs="*", default=[],
+                        choices=[*WORKLOADS, *PICKUP, *PRUNE, *AGED, *MEMORY, []])
     parser.add_argument("--runs", type=int, default=None,
-                        help="repetitions (throughput: median reported; pickup, prune: samples pooled)")
+                        help="repetitions (throughput, aged drain: median reported; pickup, prune, "
+                        "aged claims: samples pooled; memory: each run reported)")
     opts = parser.parse_args()
-    chosen = opts.workloads or [*WORKLOADS, *PICKUP, *PRUNE]
+    chosen = opts.workloads or [*WORKLOADS, *PICKUP, *PRUNE, *AGED, *MEMORY]
     kwargs = {"runs": opts.runs} if opts.runs else {}
     admin = os.environ.get("PGQ_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     figures: list[Figure] = []
@@ -49,6 +56,13 @@ def main() -> None:
         if not figures and not latencies:
             _describe(url)
         pruned = [PRUNE[name](url, **kwargs) for name in chosen if name in PRUNE]
+    reports: list[AgedResult | MemoryResult] = []
+    for group, database in ((AGED, AGED_DATABASE), (MEMORY, MEMORY_DATABASE)):
+        if any(name in group for name in chosen):
+            url = fresh_database(admin, database)
+            if not figures and not latencies and not pruned and not reports:
+                _describe(url)
+            reports += [group[name](url, **kwargs) for name in chosen if name in group]
     if figures:
         print(f"{'workload':<16} {'pgq':>12} {'baseline':>12} {'ratio':>6}  unit / baseline")
     for f in figures:
@@ -66,7 +80,7 @@ def main() -> None:
             p = lat.summary(values)
             print(f"  {phase:<18} {p['p50']:>8.2f} {p['p95']:>8.2f} {p['p99']:>8.2f} "
                   f"{p['max']:>8.2f}")
-    for result in pruned:
+    for result in [*pruned, *reports]:
         print("\n".join(result.lines()))
     for f in figures:
         print(json.dumps({"workload": f.workload, "unit": f.unit, "pgq": round(f.pgq, 1),
@@ -82,6 +96,9 @@ def main() -> None:
                                      for phase, values in lat.phases.items()}}))
     for result in pruned:
         print(json.dumps(result.json()))
+    for report in reports:
+        for line in report.json():
+            print(json.dumps(line))
 
 
 def _describe(url: str) -> None:

@@ -43,15 +43,24 @@ def _reset(url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def _median_rate(runs: int, n: int, url: str, fn: Callable[[], None]) -> float:
-    rates = []
+def _rate(n: int, url: str, fn: Callable[[], None]) -> float:
+    _reset(url)
+    start = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - start)
+
+
+def _median_rates(runs: int, n: int, url: str, ours: Callable[[], None],
+                  base: Callable[[], None]) -> tuple[float, float]:
+    """Median rates of ``ours`` and ``base``, their runs alternating (base first), so
+    both meet the same neighbours on a shared machine."""
+    a, b = [], []
     for _ in range(runs):
-        _reset(url)
-        start = time.perf_counter()
-        fn()
-        rates.append(n / (time.perf_counter() - start))
-    rates.sort()
-    return rates[len(rates) // 2]
+        b.append(_rate(n, url, base))
+        a.append(_rate(n, url, ours))
+    a.sort()
+    b.sort()
+    return a[len(a) // 2], b[len(b) // 2]
 
 
 def enqueue_bulk(url: str, n: int = 100_000, runs: int = 5) -> Figure:
@@ -74,14 +83,13 @@ def enqueue_bulk(url: str, n: int = 100_000, runs: int = 5) -> Figure:
                 copy.write_row(row)
 
     try:
-        baseline = _median_rate(runs, n, url, raw_copy)
-        ours = _median_rate(runs, n, url, with_pgq)
+        ours, baseline = _median_rates(runs, n, url, with_pgq, raw_copy)
     finally:
         app.close()
     return Figure("enqueue_bulk", "jobs/s", ours, baseline, "raw COPY")
 
 
-def enqueue_single(url: str, n: int = 5_000, runs: int = 3) -> Figure:
+def enqueue_single(url: str, n: int = 5_000, runs: int = 5) -> Figure:
     """``App.enqueue`` of n jobs, each in its own transaction on one connection, against
     a bare INSERT + COMMIT of the same row."""
     app = pgq.App(pgq.Settings(database_url=url), strict=False)
@@ -102,8 +110,7 @@ def enqueue_single(url: str, n: int = 5_000, runs: int = 3) -> Figure:
                 conn.commit()
 
     try:
-        baseline = _median_rate(runs, n, url, bare)
-        ours = _median_rate(runs, n, url, with_pgq)
+        ours, baseline = _median_rates(runs, n, url, with_pgq, bare)
     finally:
         app.close()
     return Figure("enqueue_single", "jobs/s", ours, baseline, "bare INSERT + COMMIT")
@@ -130,7 +137,7 @@ def _drain_once(url: str, n: int, processes: int, task: str,
                 "SELECT min(started_at), max(finished_at) FROM pgq_jobs").fetchone()  # type: ignore[misc]
     finally:
         stop()
-    return n / (last - first).total_seconds()
+    return float(n / (last - first).total_seconds())
 
 
 def drain(url: str, n: int = 50_000, runs: int = 3, processes: int = 2,
