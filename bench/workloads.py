@@ -141,7 +141,8 @@ def _drain_once(url: str, n: int, processes: int, task: str,
 
 
 def drain(url: str, n: int = 50_000, runs: int = 3, processes: int = 2,
-          task: str = "bench.noop", concurrency: int = 64) -> Figure:
+          task: str = "bench.noop", concurrency: int = 64, async_commit: bool = False
+          ) -> Figure:
     """``pgq worker --processes N`` draining n pre-enqueued no-op jobs, from the first
     claim to the last completion (both read from the jobs table, by the database clock),
     against the database's ceiling: ``processes`` plain processes running pgq's own
@@ -157,7 +158,8 @@ def drain(url: str, n: int = 50_000, runs: int = 3, processes: int = 2,
         proc = subprocess.Popen(
             [sys.executable, "-m", "pgq", "worker", "--app", "bench.app:app",
              "--processes", str(processes), "--concurrency", str(concurrency),
-             "--poll-interval", "0.05", "--log-level", "WARNING"], env=env)
+             "--poll-interval", "0.05", "--log-level", "WARNING",
+             *(["--async-commit"] if async_commit else [])], env=env)
 
         def stop() -> None:
             proc.send_signal(signal.SIGTERM)
@@ -166,7 +168,8 @@ def drain(url: str, n: int = 50_000, runs: int = 3, processes: int = 2,
 
     def ceiling() -> Callable[[], None]:
         procs = [subprocess.Popen([sys.executable, "-m", "bench.workloads", "ceiling-loop",
-                                   url, task, str(concurrency)]) for _ in range(processes)]
+                                   url, task, str(concurrency), str(int(async_commit))])
+                 for _ in range(processes)]
 
         def stop() -> None:
             for proc in procs:
@@ -179,11 +182,11 @@ def drain(url: str, n: int = 50_000, runs: int = 3, processes: int = 2,
         ours.append(_drain_once(url, n, processes, task, worker))
     ours.sort()
     base.sort()
-    return Figure(f"drain_{processes}p", "jobs/s", ours[len(ours) // 2], base[len(base) // 2],
-                  "claim+complete SQL loop")
+    return Figure(f"drain_{processes}p" + ("_async" if async_commit else ""), "jobs/s",
+                  ours[len(ours) // 2], base[len(base) // 2], "claim+complete SQL loop")
 
 
-def ceiling_loop(url: str, task: str, batch: int) -> None:
+def ceiling_loop(url: str, task: str, batch: int, async_commit: bool = False) -> None:
     """The database's ceiling for draining: claim ``batch`` jobs with pgq's ``job_claim``,
     record them completed with ``job_finish_many``, repeat until a claim finds nothing.
     Same statements, parameters and connection setup (autocommit, prepared) as a worker,
@@ -194,6 +197,9 @@ def ceiling_loop(url: str, task: str, batch: int) -> None:
     settings = pgq.Settings(database_url=url)
     worker = f"ceiling:{__import__('os').getpid()}"
     with connect(settings, autocommit=True) as claim, connect(settings, autocommit=True) as flush:
+        if async_commit:
+            for conn in (claim, flush):
+                conn.execute("SET synchronous_commit = off")
         while True:
             rows = execute(claim, "job_claim", {
                 "queues": ["default"], "limits": [batch], "tasks": [task], "worker": worker,
@@ -213,6 +219,7 @@ WORKLOADS: dict[str, Callable[..., Figure]] = {
     "enqueue_single": enqueue_single,
     "drain_1p": lambda url, **kw: drain(url, processes=1, **kw),
     "drain_2p": lambda url, **kw: drain(url, processes=2, **kw),
+    "drain_2p_async": lambda url, **kw: drain(url, processes=2, async_commit=True, **kw),
 }
 
 
@@ -220,4 +227,4 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1] == "ceiling-loop":
-        ceiling_loop(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        ceiling_loop(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1")

@@ -138,6 +138,10 @@ def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,
               help="Do not campaign for the maintenance role (retention of finished jobs).")
 @click.option("--no-wakeups", "no_wakeups", is_flag=True, show_envvar=True,
               help="Poll only: ignore Redis and NOTIFY wake-ups (diagnosis, benchmarks).")
+@click.option("--async-commit", "async_commit", is_flag=True, show_envvar=True,
+              help="Commit claims and outcomes without waiting for the WAL flush (faster; "
+              "if PostgreSQL itself crashes, the last fraction of a second of them is lost "
+              "and those jobs run again). Off by default: see docs/performance.md.")
 @click.option("--crash-budget", type=click.IntRange(1), default=3, show_envvar=True,
               help="Times a job may lose its worker (crash, kill) before it ends failed.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
@@ -145,7 +149,7 @@ def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,
 @database_option
 def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, processes: int,
            shutdown_timeout: float, lease: float, poll_interval: float, with_scheduler: bool,
-           no_maintenance: bool, no_wakeups: bool, crash_budget: int,
+           no_maintenance: bool, no_wakeups: bool, async_commit: bool, crash_budget: int,
            log_level: str, database_url: str | None) -> None:
     """Run jobs. Stops gracefully on SIGTERM/SIGINT."""
     from pgq.queues import parse_queues
@@ -160,7 +164,7 @@ def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, pr
                           strict=strict, lease_seconds=lease, poll_seconds=poll_interval,
                           shutdown_seconds=shutdown_timeout, crash_budget=crash_budget,
                           wakeups=not no_wakeups, scheduler=with_scheduler,
-                          maintenance=not no_maintenance)
+                          maintenance=not no_maintenance, async_commit=async_commit)
     app = load_app(app_path, database_url)
     if processes == 1:
         sys.exit(Worker(app, config).run())

@@ -102,6 +102,12 @@ class WorkerConfig:
     wakeups: bool = True
     """Listen for wake-ups (Redis SUBSCRIBE and PostgreSQL LISTEN). Off: poll only, for
     diagnosis and benchmarks; pickup then takes up to ``poll_seconds``."""
+    async_commit: bool = False
+    """Commit claims and outcomes with ``synchronous_commit = off``: no wait for the WAL
+    flush. A crash of PostgreSQL (not of a worker) can then lose the last moments of
+    them (up to 3 x ``wal_writer_delay``, 0.6 s by default): a lost completion runs its
+    job again once the lease expires, a lost claim makes the job claimable again. No
+    other guarantee changes; a task's own ``ctx.transaction()`` commits synchronously."""
     lock_wait_seconds: float = 0.5
     """A job whose run-time lock is taken waits this long (±50 %) before trying again,
     without spending an attempt."""
@@ -215,9 +221,9 @@ class Worker:
                 self._loop.add_signal_handler(sig, self.request_stop)
         settings = self.app.settings
         self._pool = ThreadPool(self._loop)
-        self._conn = await connect_async(settings, autocommit=True)
+        self._conn = await self._connect()
         await self._check_schema()
-        self._flush_conn = await connect_async(settings, autocommit=True)
+        self._flush_conn = await self._connect()
         heartbeat = _Heartbeat(self, connect(settings, autocommit=True))
         heartbeat.start()
         self.coordinator = self.app.coordinator
@@ -671,10 +677,21 @@ class Worker:
             "now": self.app.clock.now(),
         }
 
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """A claim or flush connection (autocommit: each statement commits at once)."""
+        conn = await connect_async(self.app.settings, autocommit=True)
+        if self.config.async_commit:
+            try:
+                await conn.execute("SET synchronous_commit = off")
+            except psycopg.Error as exc:
+                await conn.close()
+                raise DatabaseUnavailable(f"could not set synchronous_commit: {exc}") from exc
+        return conn
+
     async def _reconnect(self) -> psycopg.AsyncConnection[Any]:
         while True:
             try:
-                return await connect_async(self.app.settings, autocommit=True)
+                return await self._connect()
             except PgqError as exc:
                 log.error("worker %s: %s", self.id, exc)
                 await asyncio.sleep(1.0)

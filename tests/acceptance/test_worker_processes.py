@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psycopg
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 class Workers:
     """Starts `pgq worker` subprocesses against the test database and cleans them up."""
 
-    def __init__(self, db_url: str, tmp: Path) -> None:
-        self.db_url, self.tmp = db_url, tmp
+    def __init__(self, db_url: str, tmp: Path, extra: Sequence[str] = ()) -> None:
+        self.db_url, self.tmp, self.extra = db_url, tmp, list(extra)
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, *args: str, name: str = "worker") -> subprocess.Popen[str]:
@@ -34,7 +34,7 @@ class Workers:
         log = open(self.tmp / f"{name}-{len(self.procs)}.log", "w")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "pgq", "worker", "--app", "tests.support.jobs:app",
-             "--poll-interval", "0.05", *args],
+             "--poll-interval", "0.05", *self.extra, *args],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         proc.log_path = log.name  # type: ignore[attr-defined]
         self.procs.append(proc)
@@ -53,10 +53,17 @@ def log_of(proc: subprocess.Popen[str]) -> str:
 
 
 @pytest.fixture
-def workers(db_url: str, tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(db_url, tmp_path)
+def workers(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workers]:
+    w = Workers(db_url, tmp_path, getattr(request, "param", ()))
     yield w
     w.stop_all()
+
+
+FASTEST = pytest.mark.parametrize(
+    "workers", [(), ("--async-commit",)], indirect=True, ids=["default", "async-commit"])
+"""The guarantees hold with pgq's fastest settings too (synchronous_commit off for
+claims and outcomes: only a PostgreSQL crash can lose any of them, and these tests
+crash workers, not PostgreSQL)."""
 
 
 @pytest.fixture
@@ -70,6 +77,7 @@ def states(conn: psycopg.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT state, count(*) FROM pgq_jobs GROUP BY state").fetchall())
 
 
+@FASTEST
 def test_10k_jobs_two_processes_exactly_once(app: pgq.App, workers: Workers,
                                              conn: psycopg.Connection) -> None:
     app.enqueue_many([pgq.JobSpec("ledger.noop" if i % 2 else "ledger.anoop")
@@ -86,6 +94,7 @@ def test_10k_jobs_two_processes_exactly_once(app: pgq.App, workers: Workers,
     assert pids == 2, "both worker processes took part"
 
 
+@FASTEST
 def test_kill_9_loses_nothing_and_reruns_only_started_jobs(
     app: pgq.App, workers: Workers, conn: psycopg.Connection
 ) -> None:
@@ -113,6 +122,7 @@ def test_kill_9_loses_nothing_and_reruns_only_started_jobs(
     assert lost == 8, "each re-run job records its lost attempt"
 
 
+@FASTEST
 def test_paused_worker_cannot_overwrite_the_new_owner(
     app: pgq.App, workers: Workers, conn: psycopg.Connection
 ) -> None:

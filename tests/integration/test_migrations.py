@@ -94,7 +94,7 @@ def catalog(url: str) -> dict[str, Any]:
             "constraints": q("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
                              "WHERE conrelid::regclass::text LIKE 'pgq%' "
                              "AND conrelid::regclass::text <> 'pgq_alembic_version'"),
-            "tables": q("SELECT relname, obj_description(oid, 'pg_class') FROM pg_class "
+            "tables": q("SELECT relname, obj_description(oid, 'pg_class'), reloptions FROM pg_class "
                         "WHERE relkind = 'r' AND relname LIKE 'pgq%' AND relname <> 'pgq_alembic_version'"),
         }
 

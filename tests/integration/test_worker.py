@@ -777,3 +777,22 @@ def test_wakeup_during_an_empty_claim_is_not_lost(make_app: Callable[..., pgq.Ap
     finally:
         worker.request_stop()
         background.join()
+
+
+@pytest.mark.parametrize("async_commit", [False, True])
+def test_async_commit_is_opt_in_and_applies_to_claims_and_outcomes(
+        make_app: Callable[..., pgq.App], async_commit: bool) -> None:
+    app = make_app()
+    app.task(name="w.any")(lambda: None)
+    worker = pgq.Worker(app, WorkerConfig(async_commit=async_commit))
+
+    async def setting() -> str:
+        conn = await worker._connect()  # what the claim and flush connections are made with
+        try:
+            row = await (await conn.execute("SHOW synchronous_commit")).fetchone()
+        finally:
+            await conn.close()
+        assert row is not None
+        return str(row[0])
+
+    assert asyncio.run(setting()) == ("off" if async_commit else "on")
