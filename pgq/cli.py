@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import click
 
 import pgq
-from pgq import migrate as migrations
 from pgq.app import App
 from pgq.errors import ConfigError, PgqError
 from pgq.settings import Settings
@@ -60,6 +59,8 @@ def migrate(database_url: str | None, as_sql: bool, revision: str,
     """Create or upgrade the pgq tables. Safe to run again: at the latest revision it
     changes nothing. Uses its own version table, so a host app's Alembic history is
     untouched."""
+    from pgq import migrate as migrations  # Alembic and SQLAlchemy: not in every command
+
     if as_sql:
         click.echo(migrations.upgrade_sql(revision), nl=False)
         return
@@ -248,7 +249,7 @@ def _need_app(app_path: str | None) -> str:
 def _check_schema(app: App) -> None:
     from pgq.database import connect, execute
     from pgq.errors import MigrationError
-    from pgq.migrate import head
+    from pgq.revision import SCHEMA_REVISION
 
     with connect(app.settings, autocommit=True) as conn:
         try:
@@ -256,9 +257,9 @@ def _check_schema(app: App) -> None:
         except MigrationError:
             rows = []
     current = rows[0][0] if rows else None
-    if current != head():
+    if current != SCHEMA_REVISION:
         raise MigrationError(f"the database's pgq schema is at {current or 'nothing'}, "
-                             f"this pgq needs {head()}: run `pgq migrate` first")
+                             f"this pgq needs {SCHEMA_REVISION}: run `pgq migrate` first")
 
 
 def load_app(path: str, database_url: str | None = None) -> App:

@@ -71,8 +71,10 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._stopping += 1
         sig = signal.SIGTERM if self._stopping == 1 else signal.SIGKILL
-        log.warning("supervisor: %s: %s %d worker(s)", signal.Signals(signum).name,
-                    "stopping" if sig == signal.SIGTERM else "killing", len(self._children))
+        # A first signal is a normal shutdown (INFO); a second one kills (WARNING).
+        log.log(logging.INFO if sig == signal.SIGTERM else logging.WARNING,
+                "supervisor: %s: %s %d worker(s)", signal.Signals(signum).name,
+                "stopping" if sig == signal.SIGTERM else "killing", len(self._children))
         for child in self._children.values():
             if child.process.is_alive() and child.process.pid:
                 os.kill(child.process.pid, sig)

@@ -61,6 +61,7 @@ from pgq.maintenance import Maintenance
 from pgq.outcomes import Cancel, Fail, Retry, Snooze
 from pgq.queues import QueueSpec, allocate
 from pgq.reclaim import DEFAULT_CRASH_BUDGET, reclaim
+from pgq.revision import SCHEMA_REVISION
 from pgq.scheduler import Scheduler
 from pgq.tasks import Task
 from pgq.validation import encode_result
@@ -271,13 +272,11 @@ class Worker:
         return services
 
     async def _check_schema(self) -> None:
-        from pgq.migrate import head
-
         try:
             rows = await execute_async(self._conn, "schema_version", {})
         except MigrationError:
             rows = []
-        current, wanted = (rows[0][0] if rows else None), head()
+        current, wanted = (rows[0][0] if rows else None), SCHEMA_REVISION
         if current != wanted:
             await self._conn.close()
             raise MigrationError(f"the database's pgq schema is at {current or 'nothing'}, "

@@ -108,6 +108,12 @@ def test_schema_module_mirrors_the_migrations_exactly(empty_db_url: str, db_url:
         assert from_metadata[key] == from_migrations[key], key
 
 
+def test_the_revision_workers_check_is_alembics_head() -> None:
+    from pgq.revision import SCHEMA_REVISION
+
+    assert migrate.head() == SCHEMA_REVISION
+
+
 def test_the_id_sequence_has_the_name_queries_sql_uses(db_url: str) -> None:
     """clock_now_and_ids names the sequence as a constant, for speed."""
     with psycopg.connect(db_url) as conn:
