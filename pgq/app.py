@@ -196,8 +196,10 @@ class App:
         """Enqueue one job; the options are ``JobSpec``'s. Invalid input raises an
         ``InvalidJobError`` before any SQL runs."""
         row = self._prepare(JobSpec(task, {} if args is None else args, **options))
+        # One job's statements are each a consistent unit (the insert, or a release of
+        # a lapsed unique hold before inserting again): no transaction around them.
         result: Enqueued = self._run(conn, partial(plan_enqueue_one, row, self.clock.now()),
-                                     [row.queue])
+                                     [row.queue], atomic=False)
         return result
 
     def enqueue_many(self, specs: Iterable[JobSpec], *, conn: object = None) -> list[Enqueued]:
@@ -221,8 +223,8 @@ class App:
     ) -> Enqueued:
         """``enqueue`` for asyncio code and async connections."""
         row = self._prepare(JobSpec(task, {} if args is None else args, **options))
-        result: Enqueued = await self._run_async(conn, partial(plan_enqueue_one, row, self.clock.now()),
-                                                 [row.queue])
+        result: Enqueued = await self._run_async(
+            conn, partial(plan_enqueue_one, row, self.clock.now()), [row.queue], atomic=False)
         return result
 
     async def enqueue_many_async(
@@ -247,14 +249,16 @@ class App:
     # Redis is down, the enqueue sends a NOTIFY inside the transaction instead: delivered
     # only if the transaction commits. Workers listen to both, and poll as a floor.
 
-    def _run(self, conn: object, plan: Callable[..., Plan], queues: list[str]) -> Any:
+    def _run(self, conn: object, plan: Callable[..., Plan], queues: list[str], *,
+             atomic: bool = True) -> Any:
         """Drive ``plan(notify=...)``: with ``notify`` it sends the PostgreSQL wake-up
-        inside the transaction itself."""
+        inside the transaction itself. ``atomic=False``: on pgq's own (autocommit)
+        connection, each statement of the plan may commit on its own."""
         coordinator = self.coordinator
         if conn is None:
             notify = coordinator.wake_in_transaction()
             with self._pools.connection() as own:
-                result = run_plan(own, plan(notify=notify))
+                result = run_plan(own, plan(notify=notify), atomic=atomic)
             if not notify:
                 coordinator.publish(queues)
             return result
@@ -266,12 +270,13 @@ class App:
             after_commit(queues)
         return result
 
-    async def _run_async(self, conn: object, plan: Callable[..., Plan], queues: list[str]) -> Any:
+    async def _run_async(self, conn: object, plan: Callable[..., Plan], queues: list[str], *,
+                         atomic: bool = True) -> Any:
         coordinator = self.coordinator
         if conn is None:
             notify = coordinator.wake_in_transaction()
             async with self._pools.async_connection() as own:
-                result = await run_plan_async(own, plan(notify=notify))
+                result = await run_plan_async(own, plan(notify=notify), atomic=atomic)
             if not notify:
                 coordinator.publish(queues)
             return result

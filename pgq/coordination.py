@@ -49,6 +49,7 @@ import redis
 
 from pgq.database import connect, execute
 from pgq.errors import PgqError
+from pgq.outage import Outage
 from pgq.settings import Settings, redact_url
 
 log = logging.getLogger("pgq.coordination")
@@ -437,34 +438,45 @@ class WakeupListener:
 
     def _listen_postgres(self) -> None:
         wanted = set(self.queues)
+        outage = Outage("wake-up LISTEN connection", logger=log)
         while not self._stop.is_set():
             try:
                 with connect(self.coordinator.settings, autocommit=True) as conn:
                     conn.execute(f"LISTEN {WAKEUP_CHANNEL}")
+                    if outage.ongoing:
+                        outage.recovered()
+                        for queue in self.queues:  # notifications sent meanwhile are lost
+                            self.on_wake(queue)
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
                             if note.payload in wanted:
                                 self.on_wake(note.payload)
             except (PgqError, psycopg.Error) as exc:
-                log.warning("wake-up LISTEN connection lost (%s); reconnecting", exc)
-                self._stop.wait(1.0)
+                self._stop.wait(outage.failed(exc))
 
     def _subscribe_redis(self) -> None:
         coordinator = self.coordinator
         channels = {coordinator.channel(q): q for q in self.queues}
+        lost = False
         while not self._stop.is_set():
             if not coordinator.redis_ok():
+                lost = True
                 self._stop.wait(coordinator.check_interval)
                 continue
             assert coordinator._redis is not None
             pubsub = coordinator._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(*channels)
+                if lost:  # wake-ups published while we were not subscribed are gone
+                    lost = False
+                    for queue in self.queues:
+                        self.on_wake(queue)
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None and message.get("channel") in channels:
                         self.on_wake(channels[message["channel"]])
             except REDIS_ERRORS as exc:
+                lost = True
                 # A killed subscription is not a dead Redis: resubscribe if it answers.
                 try:
                     coordinator._redis.ping()

@@ -33,11 +33,13 @@ T = TypeVar("T")
 
 # --- running plans -----------------------------------------------------------------------
 
-def run_plan(conn: psycopg.Connection[Any], plan: Plan) -> Any:
+def run_plan(conn: psycopg.Connection[Any], plan: Plan, *, atomic: bool = True) -> Any:
     """Drive ``plan`` on ``conn`` in the connection's current transaction. On an
     autocommit connection the plan gets a transaction of its own, so a multi-step
-    enqueue is all-or-nothing there too."""
-    with _wrap_errors(), _atomic(conn), conn.cursor() as cur:
+    enqueue is all-or-nothing there too; unless ``atomic=False``, for plans whose every
+    statement is a consistent unit by itself (one job's enqueue): each then commits on
+    its own, and the common one-statement case is one round trip instead of three."""
+    with _wrap_errors(), _atomic(conn, atomic), conn.cursor() as cur:
         reply: Any = None
         try:
             while True:
@@ -54,10 +56,11 @@ def run_plan(conn: psycopg.Connection[Any], plan: Plan) -> Any:
             return done.value
 
 
-async def run_plan_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> Any:
+async def run_plan_async(conn: psycopg.AsyncConnection[Any], plan: Plan, *,
+                         atomic: bool = True) -> Any:
     """``run_plan`` for an ``AsyncConnection``; the same plan, the same statements."""
     with _wrap_errors():
-        async with _atomic_async(conn), conn.cursor() as cur:
+        async with _atomic_async(conn, atomic), conn.cursor() as cur:
             reply: Any = None
             try:
                 while True:
@@ -106,8 +109,8 @@ async def execute_async(conn: psycopg.AsyncConnection[Any], name: str,
 
 
 @contextmanager
-def _atomic(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    if conn.autocommit:
+def _atomic(conn: psycopg.Connection[Any], atomic: bool = True) -> Iterator[None]:
+    if conn.autocommit and atomic:
         with conn.transaction():
             yield
     else:
@@ -115,8 +118,9 @@ def _atomic(conn: psycopg.Connection[Any]) -> Iterator[None]:
 
 
 @asynccontextmanager
-async def _atomic_async(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
-    if conn.autocommit:
+async def _atomic_async(conn: psycopg.AsyncConnection[Any], atomic: bool = True
+                        ) -> AsyncIterator[None]:
+    if conn.autocommit and atomic:
         async with conn.transaction():
             yield
     else:
@@ -132,7 +136,13 @@ def _wrap_errors() -> Iterator[None]:
             "the pgq tables do not exist in this database; run `pgq migrate` first"
         ) from exc
     except psycopg.OperationalError as exc:
+        # Includes the server shutting down or starting up, an administrator's
+        # pg_terminate_backend, and connections cut by the network or a proxy.
         raise DatabaseUnavailable(f"lost the database connection: {exc}".strip()) from exc
+    except pg_errors.ReadOnlySqlTransaction as exc:
+        # A demoted primary after a failover (or a replica): this connection will never
+        # write again; callers reconnect, which reaches the new primary.
+        raise DatabaseUnavailable(f"the server is read-only (failover?): {exc}".strip()) from exc
     except psycopg.Error as exc:
         raise DatabaseError(f"{type(exc).__name__}: {exc}".strip()) from exc
 
@@ -258,11 +268,14 @@ class Pools:
         self._async: psycopg_pool.AsyncConnectionPool[Any] | None = None
 
     def _kwargs(self) -> dict[str, Any]:
-        return {"connect_timeout": max(1, round(self._settings.connect_timeout))}
+        # Autocommit: run_plan opens a transaction where a plan needs one, and a lone
+        # INSERT commits by itself (no BEGIN and COMMIT round trips).
+        return {"connect_timeout": max(1, round(self._settings.connect_timeout)),
+                "autocommit": True}
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection whose transaction commits when the block exits cleanly."""
+        """A pooled autocommit connection."""
         if self._sync is None:
             self._sync = psycopg_pool.ConnectionPool(
                 self._settings.database_url, min_size=1, max_size=self._settings.pool_max_size,

@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import psycopg
 
@@ -58,6 +58,7 @@ from pgq.errors import (
 from pgq.executor import ThreadPool
 from pgq.failure import error_entry
 from pgq.maintenance import Maintenance
+from pgq.outage import Outage
 from pgq.outcomes import Cancel, Fail, Retry, Snooze
 from pgq.queues import QueueSpec, allocate
 from pgq.reclaim import DEFAULT_CRASH_BUDGET, reclaim
@@ -189,8 +190,11 @@ class Worker:
         self._all_decided: asyncio.Event | None = None
         self._storing = 0
         """Outcomes in the statement being written now (their jobs are still held)."""
+        self._claim_outage = Outage(f"worker {self.id}: claim connection", logger=log)
+        self._flush_outage = Outage(f"worker {self.id}: outcome connection", logger=log)
         self._stop_requested: asyncio.Event | None = None
         self._signals = 0
+        self._stop_when: str | None = None
         if not app.registry:
             raise ConfigError("the app has no tasks registered; nothing for a worker to run")
 
@@ -215,6 +219,7 @@ class Worker:
         once nothing is running and nothing is due; ``"done"`` once no job of this
         worker's queues and tasks is active at all (waiting out retry backoffs)."""
         self._loop = asyncio.get_running_loop()
+        self._stop_when = stop_when
         self._wake, self._flush_now, self._stop_requested, self._all_decided = (
             asyncio.Event(), asyncio.Event(), asyncio.Event(), asyncio.Event())
         if install_signals:
@@ -375,15 +380,29 @@ class Worker:
         return full
 
     async def _safely(self, awaitable: Any) -> Any:
-        """Database trouble in a loop step is logged and retried next round, never fatal."""
+        """Database trouble in a loop step is logged and retried next round, never fatal.
+        A lost or unusable server (restart, failover, a demoted primary, a cut
+        connection) is an outage: reconnect with backoff, one log line each way."""
         try:
-            return await awaitable
+            result = await awaitable
+        except DatabaseUnavailable as exc:
+            self._conn = await self._reconnect(self._conn, self._claim_outage, exc)
+            return None
         except PgqError as exc:
             log.error("worker %s: %s", self.id, exc)
             if self._conn.closed or self._conn.broken:
-                self._conn = await self._reconnect()
-            await asyncio.sleep(min(self.config.poll_seconds, 1.0))  # back off, then retry
+                self._conn = await self._reconnect(self._conn, self._claim_outage, exc)
+            else:
+                await self._pause(min(self.config.poll_seconds, 1.0))  # back off, then retry
             return None
+        self._claim_outage.recovered()
+        return result
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once for a stop request."""
+        assert self._stop_requested is not None
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
 
     async def _report_unknown(self, queues: list[str], tasks: list[str]) -> None:
         for queue, task, count in await execute_async(
@@ -590,7 +609,7 @@ class Worker:
         assert self._flush_now is not None and self._all_decided is not None
         assert self._wake is not None
         self._flush_now.set()
-        self._wake.set()  # a slot is free: claim now
+        self._slot_freed()
         if len(self._outcomes) + self._storing >= len(self._held):
             self._all_decided.set()
 
@@ -640,20 +659,23 @@ class Worker:
         leases meanwhile, so claiming pauses instead of leases expiring. An outcome the
         database refuses (a data error) must not poison its batch: the batch is split,
         and a row that still fails is stored as ``failed`` with the reason instead."""
-        delay = 0.05
         while True:
             try:
-                return await execute_async(self._flush_conn, "job_finish_many",
+                rows = await execute_async(self._flush_conn, "job_finish_many",
                                            self._finish_params(batch), binary=True)
+                self._flush_outage.recovered()
+                return rows
             except DatabaseError as exc:
                 if self._flush_conn.closed or self._flush_conn.broken or isinstance(
                         exc, DatabaseUnavailable):
-                    log.error("worker %s: cannot record %d outcome(s), retrying: %s",
-                              self.id, len(batch), exc)
-                    if self._flush_conn.closed or self._flush_conn.broken:
-                        self._flush_conn = await self._reconnect()
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    conn = await self._reconnect(self._flush_conn, self._flush_outage, exc,
+                                                 flush=True)
+                    if conn is None:
+                        log.error("worker %s: stopping without recording %d outcome(s): the "
+                                  "database stayed unavailable (%s); their leases will expire "
+                                  "and the jobs be reclaimed", self.id, len(batch), exc)
+                        return []
+                    self._flush_conn = conn
                     continue
                 if len(batch) > 1:
                     return [row for one in batch for row in await self._store([one])]
@@ -687,13 +709,42 @@ class Worker:
                 raise DatabaseUnavailable(f"could not set synchronous_commit: {exc}") from exc
         return conn
 
-    async def _reconnect(self) -> psycopg.AsyncConnection[Any]:
+    @overload
+    async def _reconnect(self, conn: psycopg.AsyncConnection[Any], outage: Outage,
+                         reason: Exception) -> psycopg.AsyncConnection[Any]: ...
+
+    @overload
+    async def _reconnect(self, conn: psycopg.AsyncConnection[Any], outage: Outage,
+                         reason: Exception, *, flush: Literal[True]
+                         ) -> psycopg.AsyncConnection[Any] | None: ...
+
+    async def _reconnect(self, conn: psycopg.AsyncConnection[Any], outage: Outage,
+                         reason: Exception, *, flush: bool = False
+                         ) -> psycopg.AsyncConnection[Any] | None:
+        """Replace ``conn`` (broken, or open to a server that cannot serve pgq: a demoted
+        primary, one shutting down): wait out the outage with backoff, then connect.
+
+        The claim connection stops waiting when a stop is requested (the closed
+        connection is returned; the producer is about to exit). The outcome connection
+        keeps trying while the worker runs, and during a stop for the shutdown grace
+        period; then it gives up (None): the leases expire and the jobs are reclaimed."""
+        with suppress(Exception):
+            await conn.close()
+        began = time.monotonic()
         while True:
+            delay = outage.failed(reason)
+            if flush:
+                if self._stopping and time.monotonic() - began > self.config.shutdown_seconds:
+                    return None
+                await asyncio.sleep(delay)
+            else:
+                await self._pause(delay)
+                if self._stop_requested is not None and self._stop_requested.is_set():
+                    return conn
             try:
                 return await self._connect()
             except PgqError as exc:
-                log.error("worker %s: %s", self.id, exc)
-                await asyncio.sleep(1.0)
+                reason = exc
 
     def _forget(self, running: _Running, outcome: str) -> None:
         with self._held_lock:
@@ -703,8 +754,18 @@ class Worker:
             threading.Thread(target=self._release_lock, args=(key, running.lock_token),
                              daemon=True).start()
         self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
-        if self._wake is not None:
-            self._wake.set()  # a slot is free: claim now
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """Claim now, if that can find anything: a queue whose last claim came back full
+        (or was woken since) has more work. A queue that came back short is claimed again
+        on its next wake-up or poll; claiming it at every freed slot cost two empty claims
+        per job at low rates. Stopping, and the demo/test modes, always want to know."""
+        if self._wake is not None and (self._stopping or self._stop_when is not None
+                                       or (self._stop_requested is not None
+                                       and self._stop_requested.is_set())
+                                       or any(self._hungry.values())):
+            self._wake.set()
 
     def _release_lock(self, key: str, token: str) -> None:
         try:
@@ -821,6 +882,7 @@ class _Heartbeat(threading.Thread):
         super().__init__(name="pgq-heartbeat", daemon=True)
         self.worker = worker
         self.conn = conn
+        self._outage = Outage(f"worker {worker.id}: heartbeat connection", logger=log)
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
@@ -840,12 +902,20 @@ class _Heartbeat(threading.Thread):
                     "ids": [h[0] for h in held], "attempts": [h[1] for h in held],
                     "progress": [h[2] for h in held], "worker": worker.id,
                     "lease_seconds": worker.config.lease_seconds, "now": worker.app.clock.now()})
+            except DatabaseUnavailable as exc:
+                # The next interval retries: leases last three intervals, so one lost
+                # heartbeat costs nothing, and an outage longer than the lease loses the
+                # jobs to reclaim, which fencing makes safe.
+                self._outage.failed(exc)
+                with suppress(Exception):
+                    self.conn.close()
+                with suppress(PgqError):
+                    self.conn = connect(worker.app.settings, autocommit=True)
+                continue
             except PgqError as exc:
                 log.error("worker %s: heartbeat failed: %s", worker.id, exc)
-                if self.conn.closed or self.conn.broken:
-                    with suppress(PgqError):
-                        self.conn = connect(worker.app.settings, autocommit=True)
                 continue
+            self._outage.recovered()
             alive = dict(rows)
             worker.leases_renewed(alive)
             loop = worker._loop

@@ -21,11 +21,18 @@ _local = threading.local()
 
 
 def _conn() -> psycopg.Connection[Any]:
+    """The ledger's database is pgq's unless ``LEDGER_DATABASE_URL`` says otherwise (the
+    fault suite keeps it on a server it does not break). ``application_name`` lets a
+    test that cuts pgq's connections spare the ledger's."""
     conn = getattr(_local, "conn", None)
-    if conn is None or conn.closed:
-        conn = psycopg.connect(os.environ["PGQ_DATABASE_URL"], autocommit=True)
+    if conn is None or conn.closed or conn.broken:
+        url = os.environ.get("LEDGER_DATABASE_URL") or os.environ["PGQ_DATABASE_URL"]
+        conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME)
         _local.conn = conn
     return conn
+
+
+APPLICATION_NAME = "pgq-test-ledger"
 
 
 def create(conn: psycopg.Connection[Any]) -> None:

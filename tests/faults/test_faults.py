@@ -1,0 +1,129 @@
+"""The fault suite: workers ride through the infrastructure failing under them, and the
+ledger proves nothing was lost and nothing ran twice without a fault to blame.
+
+Each test runs real `pgq worker` processes on real servers. Faults that stop or restart a
+server use a throwaway one (its own PostgreSQL cluster or redis-server on a spare port);
+the shared servers are never stopped. The ledger lives on the shared server, in the
+test's own database, out of the fault's reach. Figures per fault are printed at the end
+of the run (tests/faults/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import pgq
+from pgq import migrate
+from tests.faults.harness import Run
+from tests.support import ledger
+from tests.support.pgcluster import PgCluster
+from tests.support.redisserver import RedisServer
+
+
+@pytest.fixture
+def cluster() -> Iterator[PgCluster]:
+    c = PgCluster(max_connections=200).start()
+    try:
+        with psycopg.connect(c.url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE pgq")
+        migrate.upgrade(pgq.Settings(database_url=c.url_for("pgq")))
+        yield c
+    finally:
+        c.destroy()
+
+
+def test_postgresql_restarted_mid_run(cluster: PgCluster, db_url: str, tmp_path: Path) -> None:
+    """10,000 jobs; the server is stopped (fast shutdown: every connection cut) with jobs
+    claimed, running and waiting to be recorded, down for 2 s, then started again."""
+    run = Run(cluster.url_for("pgq"), db_url, tmp_path)
+    run.enqueue(10_000)
+    run.start_worker("--processes", "2")
+    run.wait_completed(1_500, 60)
+    cluster.stop("fast")
+    time.sleep(2.0)  # the outage itself, not a synchronisation
+    cluster.start()
+    ended, fault_end = time.monotonic(), run.ledger_now()
+    recovery = run.recovery_after(ended)
+    run.finish("postgresql restart", fault_end, recovery)
+
+
+def test_connections_terminated_repeatedly(db_url: str, tmp_path: Path) -> None:
+    """pg_terminate_backend on every pgq connection (claims, outcomes, heartbeats,
+    LISTEN, leader lanes), every 0.3 s for 5 s, on the shared server's test database."""
+    run = Run(db_url, db_url, tmp_path)
+    run.enqueue(10_000)
+    run.start_worker("--processes", "2")
+    run.wait_completed(500, 60)
+    database = db_url.rsplit("/", 1)[1]
+    terminated = 0
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            terminated += conn.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid() AND application_name <> %s",
+                [database, ledger.APPLICATION_NAME]).fetchone()[0]  # type: ignore[index]
+            time.sleep(0.3)  # the fault's rhythm
+    assert terminated > 0
+    ended, fault_end = time.monotonic(), run.ledger_now()
+    recovery = run.recovery_after(ended)
+    run.finish(f"{terminated} backends terminated", fault_end, recovery)
+
+
+def test_redis_restarted_mid_run(db_url: str, tmp_path: Path) -> None:
+    """Jobs enqueued in batches throughout while Redis (wake-ups, leadership) is stopped
+    for 2 s and started again: wake-ups fall back to NOTIFY, then return to Redis."""
+    server = RedisServer().start()
+    try:
+        run = Run(db_url, db_url, tmp_path, redis_url=server.url)
+        run.enqueue(500)
+        run.start_worker("--processes", "2")
+        run.wait_completed(250, 60)
+        stop = threading.Event()
+
+        def feed() -> None:
+            while not stop.wait(0.1):
+                run.enqueue(100)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        try:
+            time.sleep(1.0)
+            server.stop()
+            time.sleep(2.0)  # the outage
+            server.start()
+            ended, fault_end = time.monotonic(), run.ledger_now()
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            feeder.join()
+        recovery = run.recovery_after(ended)
+        run.finish("redis restart", fault_end, recovery)
+    finally:
+        server.destroy()
+
+
+def test_worker_killed_and_restarted_in_a_loop(db_url: str, tmp_path: Path) -> None:
+    """Two single-process workers; one is kill -9'ed and replaced every second, four
+    times: its jobs come back by lease expiry and reclaim, each loss counted."""
+    run = Run(db_url, db_url, tmp_path)
+    run.enqueue(6_000)
+    run.start_worker()
+    victim = run.start_worker()
+    run.wait_completed(300, 60)
+    for _ in range(4):
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        victim = run.start_worker()
+        time.sleep(1.0)  # let the new one claim before it is killed in turn
+    ended, fault_end = time.monotonic(), run.ledger_now()
+    recovery = run.recovery_after(ended)
+    run.finish("worker kill -9 x4", fault_end, recovery)
