@@ -71,6 +71,9 @@ log = logging.getLogger("pgq.worker")
 
 EXIT_OK = 0
 EXIT_RECYCLE = 75
+ABANDON_GRACE_SECONDS = 1.0
+"""How long a timed-out sync task has to return (heeding ``ctx.cancelled``) before its
+thread counts as stuck towards ``max_abandoned_threads``."""
 """Exit code of a worker that stopped itself to be replaced (too many abandoned threads)."""
 
 
@@ -96,7 +99,9 @@ class WorkerConfig:
     completion_window: float = 0.01
     """Seconds outcomes wait to be written together. A crash inside it re-runs those jobs."""
     max_abandoned_threads: int | None = None
-    """Timed-out sync threads tolerated before the worker recycles itself (default: concurrency)."""
+    """Timed-out sync threads still running that are tolerated before the worker recycles
+    itself (default: concurrency). A thread that returns after its timeout (a task that
+    heeds ``ctx.cancelled``) no longer counts."""
     scheduler: bool = False
     """Also run the cron scheduler in this process (it fires only while leader)."""
     maintenance: bool = True
@@ -493,6 +498,12 @@ class Worker:
                    value: Any) -> None:
         if timer is not None:
             timer.cancel()
+        if running.timed_out:
+            # An abandoned thread came back (a task that heeds ctx.cancelled): it is no
+            # longer stuck, and counts no more towards recycling the worker.
+            self._abandoned -= 1
+            log.info("job=%s task=%s: its abandoned thread returned (%d still out)",
+                     running.job_id, running.task.name, self._abandoned)
         if running.timed_out or running.released or running.lost:
             return  # already decided: failed at its timeout, handed back, or not ours
         if ok:
@@ -560,7 +571,14 @@ class Worker:
         log.warning("job=%s task=%s: sync task exceeded its timeout; its thread is abandoned "
                     "(%d/%d) and told to stop via ctx.cancelled", running.job_id,
                     running.task.name, self._abandoned, limit)
-        if self._abandoned >= limit and not self._stopping:
+        # Judged a moment later: a task that heeds ctx.cancelled returns by then.
+        assert self._loop is not None
+        self._loop.call_later(ABANDON_GRACE_SECONDS, self._check_abandoned)
+
+    def _check_abandoned(self) -> None:
+        limit = self.config.max_abandoned_threads or self.config.concurrency
+        if self._abandoned >= limit and not self._stopping and self._exit_code != EXIT_RECYCLE:
+            # Once: a second request_stop() would mean "exit now".
             log.error("worker %s: %d abandoned threads; stopping so a fresh process replaces it",
                       self.id, self._abandoned)
             self._exit_code = EXIT_RECYCLE

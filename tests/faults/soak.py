@@ -73,12 +73,16 @@ def soak(url: str, redis: RedisServer, tmp: Path, minutes: float) -> None:
     end = began + minutes * 60
     faults = {"kill": began + (end - began) / 3, "redis": began + 2 * (end - began) / 3}
     fault_end = None
-    mix = (["ledger.noop", "ledger.anoop"] * 20 + ["soak.flaky"] * 3
-           + ["soak.slow", "soak.broken"])
-    next_sample = began
+    # The enqueuer does not import the soak's tasks, so their options are explicit (an
+    # enqueue takes a task's defaults only from its own app's registry).
+    mix = ([pgq.JobSpec("ledger.noop"), pgq.JobSpec("ledger.anoop")] * 20
+           + [pgq.JobSpec("soak.flaky", max_attempts=5)] * 3
+           + [pgq.JobSpec("soak.slow", max_attempts=2, timeout=0.2),
+              pgq.JobSpec("soak.broken", max_attempts=2)])
+    next_sample = began + 30  # after start-up: imports, pools, threads
     while time.monotonic() < end:
         tick = time.monotonic()
-        run.ids += [r.id for r in run.app.enqueue_many([pgq.JobSpec(t) for t in mix])]
+        run.ids += [r.id for r in run.app.enqueue_many(mix)]
         if "kill" in faults and tick >= faults["kill"]:
             del faults["kill"]
             os.kill(workers[0].pid, signal.SIGKILL)
@@ -100,13 +104,23 @@ def soak(url: str, redis: RedisServer, tmp: Path, minutes: float) -> None:
                     memory.setdefault(w.pid, []).append((tick - began, kib))
             next_sample += 60
         time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))  # one batch a second
-    run.wait_completed(len(run.ids), 300, ended=True)
+    wait_until_all_ended(run, 300)
     for w in workers:
         kib = rss_kib(w.pid)
         if kib is not None:
             memory.setdefault(w.pid, []).append((time.monotonic() - began, kib))
     report(run, fault_end, memory)
     run.stop()
+
+
+def wait_until_all_ended(run: Run, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(run.pgq_url, autocommit=True) as conn:
+        while conn.execute("SELECT count(*) FROM pgq_jobs WHERE state NOT IN "
+                           "('completed', 'failed', 'cancelled')").fetchone()[0]:  # type: ignore[index]
+            if time.monotonic() > deadline:
+                return  # reported as lost
+            time.sleep(0.5)
 
 
 def report(run: Run, fault_end: object, memory: dict[int, list[tuple[float, int]]]) -> None:

@@ -796,3 +796,45 @@ def test_async_commit_is_opt_in_and_applies_to_claims_and_outcomes(
         return str(row[0])
 
     assert asyncio.run(setting()) == ("off" if async_commit else "on")
+
+
+def test_sync_tasks_that_ignore_their_timeout_recycle_the_worker_once(
+        make_app: Callable[..., pgq.App], conn: psycopg.Connection) -> None:
+    """Threads that never return pile up: past max_abandoned_threads the worker stops
+    itself with EXIT_RECYCLE (a supervisor replaces it), asking to stop exactly once."""
+    app = make_app()
+    release = threading.Event()
+
+    @app.task(name="w.stuck", timeout=0.05, max_attempts=1)
+    def stuck() -> None:
+        release.wait(30)  # ignores ctx.cancelled
+
+    ids = [app.enqueue("w.stuck").id for _ in range(3)]
+    worker = pgq.Worker(app, WorkerConfig(concurrency=3, max_abandoned_threads=2,
+                                          maintenance=False, shutdown_seconds=0))
+    try:
+        code = asyncio.run(asyncio.wait_for(worker.run_async(), 30))
+    finally:
+        release.set()
+    assert code == pgq.worker.EXIT_RECYCLE
+    errors = [job(conn, i)["errors"] for i in ids]
+    assert sum(1 for e in errors if e and e[-1]["type"] == "pgq.Timeout") >= 2
+
+
+def test_sync_tasks_that_heed_cancellation_do_not_recycle_the_worker(
+        make_app: Callable[..., pgq.App], conn: psycopg.Connection) -> None:
+    """A thread that returns after its timeout is no longer abandoned: many timeouts of
+    a cooperative task never add up to a recycle."""
+    app = make_app()
+
+    @app.task(name="w.polite", timeout=0.05, max_attempts=1)
+    def polite(ctx: pgq.Context) -> None:
+        ctx.cancelled.wait(30)
+
+    ids = [app.enqueue("w.polite").id for _ in range(8)]
+    worker = pgq.Worker(app, WorkerConfig(concurrency=2, max_abandoned_threads=2,
+                                          maintenance=False))
+    code = asyncio.run(asyncio.wait_for(worker.run_async(stop_when="done"), 30))
+    assert code == pgq.worker.EXIT_OK
+    assert {job(conn, i)["state"] for i in ids} == {"failed"}
+    assert all(job(conn, i)["errors"][-1]["type"] == "pgq.Timeout" for i in ids)
