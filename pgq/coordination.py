@@ -48,7 +48,7 @@ import psycopg
 import redis
 
 from pgq.database import connect, execute
-from pgq.errors import PgqError
+from pgq.errors import DatabaseUnavailable, PgqError
 from pgq.outage import Outage
 from pgq.settings import Settings, redact_url
 
@@ -194,7 +194,11 @@ class Coordinator:
                 # Coordination must never hang a caller: a statement blocked this long
                 # fails (DatabaseError) and the caller retries or gives up.
                 conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-            return execute(conn, name, params)
+            try:
+                return execute(conn, name, params)
+            except DatabaseUnavailable:
+                conn.close()  # also when it still works but cannot write (a demoted primary)
+                raise
 
     def _recheck_redis(self) -> None:
         """Before granting a lock or leadership in PostgreSQL while Redis is down, look

@@ -35,6 +35,8 @@ RECLAIM = 5.0  # the worker's default reclaim interval
 
 REPORTS: list[FaultReport] = []
 """Printed at the end of the run by tests/faults/conftest.py."""
+RUNS: list[Run] = []
+"""Stopped after every test by tests/faults/conftest.py, whatever the outcome."""
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Run:
             ledger.create(conn)
         self.app = pgq.App(pgq.Settings(database_url=pgq_url, redis_url=redis_url),
                            strict=False)
+        self._stopped = False
+        RUNS.append(self)
 
     def enqueue(self, n: int) -> None:
         specs = [pgq.JobSpec("ledger.noop" if i % 2 else "ledger.anoop") for i in range(n)]
@@ -156,6 +160,9 @@ class Run:
         return report
 
     def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -66,6 +67,13 @@ def main() -> None:
 
 def soak(url: str, redis: RedisServer, tmp: Path, minutes: float) -> None:
     run = Run(url, url, tmp, redis_url=redis.url)
+    try:
+        _soak(run, redis, minutes)
+    finally:
+        run.stop()  # whatever happened, no worker outlives the soak
+
+
+def _soak(run: Run, redis: RedisServer, minutes: float) -> None:
     args = ("--app", "tests.faults.soak_app:app", "--scheduler")
     workers = [run.start_worker(*args), run.start_worker(*args)]
     memory: dict[int, list[tuple[float, int]]] = {}
@@ -110,7 +118,6 @@ def soak(url: str, redis: RedisServer, tmp: Path, minutes: float) -> None:
         if kib is not None:
             memory.setdefault(w.pid, []).append((time.monotonic() - began, kib))
     report(run, fault_end, memory)
-    run.stop()
 
 
 def wait_until_all_ended(run: Run, timeout: float) -> None:
@@ -151,4 +158,5 @@ def report(run: Run, fault_end: object, memory: dict[int, list[tuple[float, int]
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the cleanup on SIGTERM too
     main()

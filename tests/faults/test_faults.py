@@ -127,3 +127,29 @@ def test_worker_killed_and_restarted_in_a_loop(db_url: str, tmp_path: Path) -> N
     ended, fault_end = time.monotonic(), run.ledger_now()
     recovery = run.recovery_after(ended)
     run.finish("worker kill -9 x4", fault_end, recovery)
+
+
+def test_failover_to_a_read_only_server(db_url: str, tmp_path: Path) -> None:
+    """A demoted primary: pgq's connections are cut and every new one is read-only for
+    3 s ("cannot execute UPDATE in a read-only transaction"), as when a failover leaves
+    clients on the old primary. Workers treat it as an outage, not as task failures, and
+    resume on a writable server without a restart."""
+    run = Run(db_url, db_url, tmp_path)
+    run.enqueue(10_000)
+    run.start_worker("--processes", "2")
+    run.wait_completed(500, 60)
+    database = db_url.rsplit("/", 1)[1]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                     "AND pid <> pg_backend_pid() AND application_name <> %s",
+                     [database, ledger.APPLICATION_NAME])
+        time.sleep(3.0)  # the outage
+        conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+    ended, fault_end = time.monotonic(), run.ledger_now()
+    recovery = run.recovery_after(ended)
+    run.finish("read-only server (failover)", fault_end, recovery)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        failed = conn.execute("SELECT count(*) FROM pgq_jobs WHERE state <> 'completed'"
+                              ).fetchone()[0]  # type: ignore[index]
+    assert failed == 0, "a read-only server must not fail jobs"
