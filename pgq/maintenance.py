@@ -111,7 +111,7 @@ class Maintenance:
                     if conn is None or conn.closed or conn.broken:
                         conn = connect(self.app.settings, autocommit=True)
                     self.run_once(conn, leadership)
-                except PgqError as exc:
+                except (PgqError, psycopg.Error) as exc:  # e.g. cut inside a transaction
                     log.error("maintenance: %s", exc)
                 self._stop.wait(self.every)
         finally:

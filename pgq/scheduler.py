@@ -146,7 +146,7 @@ class Scheduler:
                     if conn is None or conn.closed or conn.broken:
                         conn = connect(self.app.settings, autocommit=True)
                     _, upcoming = self.run_once(conn, term)
-                except PgqError as exc:
+                except (PgqError, psycopg.Error) as exc:  # e.g. cut inside a transaction
                     log.error("scheduler %s: %s", self.holder, exc)
                     self._stop.wait(self.tick)
                     continue

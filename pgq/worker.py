@@ -390,10 +390,12 @@ class Worker:
         connection) is an outage: reconnect with backoff, one log line each way."""
         try:
             result = await awaitable
-        except DatabaseUnavailable as exc:
+        except (DatabaseUnavailable, psycopg.OperationalError) as exc:
+            # psycopg's own errors too: a step that opens a transaction itself (reclaim)
+            # can be cut before pgq's error wrapping sees it.
             self._conn = await self._reconnect(self._conn, self._claim_outage, exc)
             return None
-        except PgqError as exc:
+        except (PgqError, psycopg.Error) as exc:
             log.error("worker %s: %s", self.id, exc)
             if self._conn.closed or self._conn.broken:
                 self._conn = await self._reconnect(self._conn, self._claim_outage, exc)

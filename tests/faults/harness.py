@@ -15,6 +15,7 @@ own connection to a database the fault does not touch. After the run:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,6 +87,24 @@ class Run:
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         self.procs.append(proc)
         return proc
+
+    def worker_resources(self) -> dict[int, tuple[int, int]]:
+        """Open file descriptors and RSS (KiB) of every live worker process (supervisors
+        and their children), by pid."""
+        pids = [p.pid for p in self.procs if p.poll() is None]
+        for pid in list(pids):
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pids += [int(c) for c in (task / "children").read_text().split()]
+        found = {}
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                fds = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+                rss = next(int(line.split()[1]) for line in
+                           Path(f"/proc/{pid}/status").read_text().splitlines()
+                           if line.startswith("VmRSS:"))
+                found[pid] = (fds, rss)
+        return found
 
     def completed(self, states: str = "'completed'") -> int | None:
         """Jobs completed so far, or None while the database cannot answer."""
