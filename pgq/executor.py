@@ -15,10 +15,13 @@ bounds how many it tolerates (``max_abandoned_threads``) and recycles itself bey
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("pgq.worker")
 
 Done = Callable[[bool, Any], None]
 """Called on the event loop with (True, return value) or (False, exception)."""
@@ -84,4 +87,7 @@ class ThreadPool:
         with self._lock:
             results, self._results = self._results, []
         for done, ok, value in results:
-            done(ok, value)
+            try:
+                done(ok, value)
+            except Exception:  # one job's bookkeeping must not lose the others' results
+                log.exception("delivering a task's result failed")

@@ -27,6 +27,10 @@ from tests.support import ledger
 from tests.support.pgcluster import PgCluster
 from tests.support.redisserver import RedisServer
 
+SCALE = int(os.environ.get("PGQ_FAULT_SCALE", "1"))
+"""Longer variants: PGQ_FAULT_SCALE=5 runs five times the jobs and five times longer
+outages and fault storms (the default keeps the suite within a couple of minutes)."""
+
 
 @pytest.fixture
 def cluster() -> Iterator[PgCluster]:
@@ -44,29 +48,29 @@ def test_postgresql_restarted_mid_run(cluster: PgCluster, db_url: str, tmp_path:
     """10,000 jobs; the server is stopped (fast shutdown: every connection cut) with jobs
     claimed, running and waiting to be recorded, down for 2 s, then started again."""
     run = Run(cluster.url_for("pgq"), db_url, tmp_path)
-    run.enqueue(10_000)
+    run.enqueue(10_000 * SCALE)
     run.start_worker("--processes", "2")
     run.wait_completed(1_500, 60)
     cluster.stop("fast")
-    time.sleep(2.0)  # the outage itself, not a synchronisation
+    time.sleep(2.0 * SCALE)  # the outage itself, not a synchronisation
     cluster.start()
     ended, fault_end = time.monotonic(), run.ledger_now()
     recovery = run.recovery_after(ended)
-    run.finish("postgresql restart", fault_end, recovery)
+    run.finish("postgresql restart", fault_end, recovery, timeout=90 * SCALE)
 
 
 def test_connections_terminated_repeatedly(db_url: str, tmp_path: Path) -> None:
     """pg_terminate_backend on every pgq connection (claims, outcomes, heartbeats,
     LISTEN, leader lanes), every 0.3 s for 5 s, on the shared server's test database."""
     run = Run(db_url, db_url, tmp_path)
-    run.enqueue(10_000)
+    run.enqueue(10_000 * SCALE)
     run.start_worker("--processes", "2")
     run.wait_completed(500, 60)
     before = run.worker_resources()
     database = db_url.rsplit("/", 1)[1]
     terminated = 0
     with psycopg.connect(db_url, autocommit=True) as conn:
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + 5.0 * SCALE
         while time.monotonic() < deadline:
             terminated += conn.execute(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -76,7 +80,7 @@ def test_connections_terminated_repeatedly(db_url: str, tmp_path: Path) -> None:
     assert terminated > 0
     ended, fault_end = time.monotonic(), run.ledger_now()
     recovery = run.recovery_after(ended)
-    run.wait_completed(len(run.ids), 90)
+    run.wait_completed(len(run.ids), 90 * SCALE)
     after = run.worker_resources()
     # Dozens of reconnect cycles later: the same processes, no descriptor leaked (a few
     # may be in flight either way), memory within noise.
@@ -84,7 +88,7 @@ def test_connections_terminated_repeatedly(db_url: str, tmp_path: Path) -> None:
     for pid, (fds, rss) in after.items():
         assert fds <= before[pid][0] + 3, (pid, before[pid], (fds, rss))
         assert rss <= before[pid][1] * 1.2 + 2048, (pid, before[pid], (fds, rss))
-    run.finish(f"{terminated} backends terminated", fault_end, recovery)
+    run.finish(f"{terminated} backends terminated", fault_end, recovery, timeout=90 * SCALE)
 
 
 def test_redis_restarted_mid_run(db_url: str, tmp_path: Path) -> None:
@@ -107,7 +111,7 @@ def test_redis_restarted_mid_run(db_url: str, tmp_path: Path) -> None:
         try:
             time.sleep(1.0)
             server.stop()
-            time.sleep(2.0)  # the outage
+            time.sleep(2.0 * SCALE)  # the outage
             server.start()
             ended, fault_end = time.monotonic(), run.ledger_now()
             time.sleep(1.0)
@@ -115,7 +119,7 @@ def test_redis_restarted_mid_run(db_url: str, tmp_path: Path) -> None:
             stop.set()
             feeder.join()
         recovery = run.recovery_after(ended)
-        run.finish("redis restart", fault_end, recovery)
+        run.finish("redis restart", fault_end, recovery, timeout=90 * SCALE)
     finally:
         server.destroy()
 
@@ -124,18 +128,18 @@ def test_worker_killed_and_restarted_in_a_loop(db_url: str, tmp_path: Path) -> N
     """Two single-process workers; one is kill -9'ed and replaced every second, four
     times: its jobs come back by lease expiry and reclaim, each loss counted."""
     run = Run(db_url, db_url, tmp_path)
-    run.enqueue(6_000)
+    run.enqueue(6_000 * SCALE)
     run.start_worker()
     victim = run.start_worker()
     run.wait_completed(300, 60)
-    for _ in range(4):
+    for _ in range(4 * SCALE):
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()
         victim = run.start_worker()
         time.sleep(1.0)  # let the new one claim before it is killed in turn
     ended, fault_end = time.monotonic(), run.ledger_now()
     recovery = run.recovery_after(ended)
-    run.finish("worker kill -9 x4", fault_end, recovery)
+    run.finish(f"worker kill -9 x{4 * SCALE}", fault_end, recovery, timeout=90 * SCALE)
 
 
 def test_failover_to_a_read_only_server(db_url: str, tmp_path: Path) -> None:
@@ -144,7 +148,7 @@ def test_failover_to_a_read_only_server(db_url: str, tmp_path: Path) -> None:
     clients on the old primary. Workers treat it as an outage, not as task failures, and
     resume on a writable server without a restart."""
     run = Run(db_url, db_url, tmp_path)
-    run.enqueue(10_000)
+    run.enqueue(10_000 * SCALE)
     run.start_worker("--processes", "2")
     run.wait_completed(500, 60)
     database = db_url.rsplit("/", 1)[1]
@@ -153,11 +157,11 @@ def test_failover_to_a_read_only_server(db_url: str, tmp_path: Path) -> None:
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
                      "AND pid <> pg_backend_pid() AND application_name <> %s",
                      [database, ledger.APPLICATION_NAME])
-        time.sleep(3.0)  # the outage
+        time.sleep(3.0 * SCALE)  # the outage
         conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
     ended, fault_end = time.monotonic(), run.ledger_now()
     recovery = run.recovery_after(ended)
-    run.finish("read-only server (failover)", fault_end, recovery)
+    run.finish("read-only server (failover)", fault_end, recovery, timeout=90 * SCALE)
     with psycopg.connect(db_url, autocommit=True) as conn:
         failed = conn.execute("SELECT count(*) FROM pgq_jobs WHERE state <> 'completed'"
                               ).fetchone()[0]  # type: ignore[index]
