@@ -72,7 +72,7 @@ from typing import Any
 import psycopg
 
 import pgq
-from bench.prune import percentile
+from bench.prune import cpu_jiffies, percentile
 from bench.workloads import fresh_database
 from pgq.database import connect, execute
 
@@ -344,14 +344,6 @@ def _probe(settings: pgq.Settings, probes: int) -> list[float]:
     return samples
 
 
-def cpu_jiffies() -> tuple[int, int]:
-    """Jiffies of all CPUs since boot: (total, idle + iowait), from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)
 
 
 def busy(before: tuple[int, int], after: tuple[int, int]) -> float:

@@ -314,9 +314,9 @@ def _alternate(settings: pgq.Settings, phases: dict[str, Phase], claimed: set[in
                     gate.set()
                 else:
                     gate.clear()
-                start, cpu0, wal0 = time.monotonic(), _cpu(), _wal_lsn(conn)
+                start, cpu0, wal0 = time.monotonic(), cpu_jiffies(), _wal_lsn(conn)
                 finished = reports.poll(WINDOW_SECONDS)
-                end, cpu1, wal1 = time.monotonic(), _cpu(), _wal_lsn(conn)
+                end, cpu1, wal1 = time.monotonic(), cpu_jiffies(), _wal_lsn(conn)
                 _account(phases[name], start, end, cpu0, cpu1, wal1 - wal0)
                 windows.append((name, start, end))
                 if finished or claimers.failed:
@@ -348,9 +348,9 @@ def _after(settings: pgq.Settings, phase: Phase, claimed: set[int]) -> None:
         conn.execute("CHECKPOINT")
         with _Claimers(settings, "C", claimed) as claimers:
             time.sleep(WARMUP_SECONDS)
-            start, cpu0, wal0 = time.monotonic(), _cpu(), _wal_lsn(conn)
+            start, cpu0, wal0 = time.monotonic(), cpu_jiffies(), _wal_lsn(conn)
             time.sleep(AFTER_SECONDS)
-            end, cpu1, wal1 = time.monotonic(), _cpu(), _wal_lsn(conn)
+            end, cpu1, wal1 = time.monotonic(), cpu_jiffies(), _wal_lsn(conn)
         _account(phase, start, end, cpu0, cpu1, wal1 - wal0)
         phase.samples = [lat for t0, lat in claimers.samples if start <= t0 < end]
 
@@ -370,7 +370,7 @@ def _wal_lsn(conn: psycopg.Connection[Any]) -> int:
     return int(row[0])
 
 
-def _cpu() -> tuple[int, int]:
+def cpu_jiffies() -> tuple[int, int]:
     """Jiffies of all CPUs since boot: (total, idle + iowait), from /proc/stat."""
     try:
         with open("/proc/stat") as f:
