@@ -25,6 +25,11 @@ Index budget (every index costs every insert and every state change):
     ``(lease_owner) WHERE state = 'running'``: the few running jobs, for reclaiming expired
     leases and rescuing a dead worker's jobs without scanning the table.
 
+``pgq_jobs_isolated_idx``
+    ``(queue, priority, run_at, id) WHERE isolated AND state IN (claimable)``: the jobs
+    that must run alone (suspects of a worker crash, see ``pgq.reclaim``); nearly always
+    empty, so asking "does any wait?" costs one index page.
+
 ``lease_expires_at`` is deliberately unindexed, and ``lease_owner`` only changes at claim
 time, so heartbeat updates stay HOT (no index maintenance).
 """
@@ -117,6 +122,9 @@ jobs = Table(
     Column("result", JSONB, comment="Return value of the successful attempt."),
     Column("progress", JSONB,
            comment="Latest progress the running task reported (JSON), flushed with heartbeats."),
+    Column("isolated", Boolean, nullable=False, server_default=text("false"),
+           comment="Runs alone in its worker process: it was running when a process died "
+                   "alongside others (a suspect), or it crashed one alone."),
     CheckConstraint(f"state IN ({_STATE_LIST})", name="pgq_jobs_state_check"),
     CheckConstraint("priority BETWEEN -100 AND 100", name="pgq_jobs_priority_check"),
     CheckConstraint("attempt >= 0", name="pgq_jobs_attempt_check"),
@@ -141,6 +149,11 @@ Index(
     "pgq_jobs_finished_idx",
     jobs.c.state, jobs.c.finished_at,
     postgresql_where=text("state IN ('cancelled', 'completed', 'failed')"),
+)
+Index(
+    "pgq_jobs_isolated_idx",
+    jobs.c.queue, jobs.c.priority, jobs.c.run_at, jobs.c.id,
+    postgresql_where=text(f"isolated AND state IN ({_CLAIMABLE_LIST})"),
 )
 Index(
     "pgq_jobs_unique_idx",
