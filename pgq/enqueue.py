@@ -254,7 +254,8 @@ def plan_enqueue_one(row: JobRow, now: datetime | None, *, notify: bool = False
                             {"task": row.task, "unique_key": row.unique_key, "now": now})
         if holder and not holder[0][1]:
             return Enqueued(holder[0][0], duplicate=True)
-        # The holder vanished or its hold lapsed and was released: insert again.
+        # The holder vanished or its hold lapsed (released by us or by a concurrent
+        # enqueue of the same key): insert again, which finds whoever holds it now.
     raise DatabaseError(
         f"unique key {row.unique_key!r} of task {row.task!r} changed hands "
         f"{_UNIQUE_RETRIES} times during one enqueue"

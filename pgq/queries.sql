@@ -43,11 +43,24 @@ RETURNING j.id, CASE WHEN %(notify)s THEN pg_notify('pgq_wakeup', j.queue) END;
 -- has lapsed, release it in the same statement. A hold lapses when the job failed or was
 -- cancelled, or completed with no window or after its window (unique_until). Returns
 -- no row if the holder vanished meanwhile (its transaction rolled back, or it was
--- pruned); released = true if it was released. Either way the caller inserts again.
--- The UPDATE re-checks its conditions on the row's latest version, so two releasers
--- cannot both think they released it, and no row lock is taken on an active holder.
+-- pruned), and lapsed = true if its hold no longer counts; either way the caller inserts
+-- again, and only a holder returned with lapsed = false is a duplicate's answer.
+-- "Lapsed" is judged on the row as this statement's snapshot saw it, or as the UPDATE
+-- found its latest version, not by whether this statement did the release: when several
+-- enqueues find the same ended holder at once, one releases it and the others' UPDATE
+-- waits for it and then matches nothing (the row's latest version is no longer held).
+-- Taking that as "the hold still counts" told them the ended job was theirs (issue 12,
+-- defect 8). A wrong "lapsed" costs at most one more insert, which conflicts with
+-- whatever holds the key then and asks again. The UPDATE re-checks its conditions on the
+-- row's latest version, so two releasers cannot both release it, and no row lock is
+-- taken on an active holder.
 WITH holder AS (
-    SELECT id FROM pgq_jobs
+    SELECT id,
+           (state IN ('failed', 'cancelled')
+            OR (state = 'completed'
+                AND (unique_until IS NULL
+                     OR unique_until <= coalesce(%(now)s::timestamptz, now())))) AS lapsed
+    FROM pgq_jobs
     WHERE task = %(task)s AND unique_key = %(unique_key)s AND unique_held
 ), released AS (
     UPDATE pgq_jobs AS j SET unique_held = false
@@ -59,7 +72,7 @@ WITH holder AS (
                     OR j.unique_until <= coalesce(%(now)s::timestamptz, now()))))
     RETURNING j.id
 )
-SELECT h.id, EXISTS (SELECT 1 FROM released) AS released FROM holder AS h;
+SELECT h.id, h.lapsed OR EXISTS (SELECT 1 FROM released) AS lapsed FROM holder AS h;
 
 -- name: job_unique_release_lapsed_many
 -- Bulk enqueue, before inserting: release every lapsed hold on the batch's keys, so the

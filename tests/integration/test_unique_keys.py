@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import timedelta
 
 import psycopg
@@ -170,4 +173,107 @@ async def _race(url: str, key: str, commits: list[bool],
     finally:
         for c in conns:
             await c.close()
+        await app.aclose()
+
+
+# --- a holder that just ended, and eight producers at once ------------------------------
+
+RACERS = 8
+RACE_ROUNDS = 12
+HOLDER_ENDINGS = ["completed", "failed", "cancelled", "window_lapsed"]
+ENQUEUE_PATHS = ["enqueue", "enqueue_conn", "enqueue_many", "mixed", "enqueue_async",
+                 "enqueue_many_async"]
+"""``enqueue_conn``: each racer's own autocommit connection (the plan in a transaction);
+``mixed``: half the racers enqueue one job, half a batch."""
+
+
+def end_holder(conn: psycopg.Connection, job_id: int, ending: str) -> None:
+    """End the key's holder the way ``ending`` says; ``window_lapsed``: completed, with
+    its unique window over a moment ago."""
+    if ending == "window_lapsed":
+        conn.execute("UPDATE pgq_jobs SET state = 'completed', finished_at = now(), "
+                     "unique_until = now() - interval '1 millisecond' WHERE id = %s", [job_id])
+    else:
+        finish(conn, job_id, ending)
+
+
+def check_race(conn: psycopg.Connection, key: str, holder: int,
+               results: list[pgq.Enqueued]) -> None:
+    """One of the racers created the key's new active job; every other one names it."""
+    active = conn.execute(
+        "SELECT id FROM pgq_jobs WHERE unique_key = %s AND unique_held AND state = 'available'",
+        [key]).fetchall()
+    assert len(active) == 1, f"{key}: one active holder expected, got {active}"
+    (new_id,) = active[0]
+    assert new_id != holder
+    assert [r for r in results if not r.duplicate] == [pgq.Enqueued(new_id)], key
+    assert results.count(pgq.Enqueued(new_id, duplicate=True)) == RACERS - 1, (
+        f"{key}: every duplicate must name the new job {new_id}, not the ended {holder}: "
+        f"{results}")
+
+
+@pytest.mark.parametrize("path", ENQUEUE_PATHS)
+def test_concurrent_enqueues_after_the_holder_ended_name_the_new_job(
+    path: str, settings: pgq.Settings, conn: psycopg.Connection
+) -> None:
+    """Eight producers released together by a barrier, right after the key's holder
+    ended (each way a hold can lapse): whoever did not insert the new job must be told
+    its id, never the ended one's (they would believe their work already done)."""
+    settings = replace(settings, pool_max_size=RACERS)
+    spec_window = {"unique_for": timedelta(hours=1)}
+    with pgq.App(settings, strict=False) as app:
+        if path in ("enqueue_async", "enqueue_many_async"):
+            asyncio.run(_race_async(app, conn, path, spec_window))
+            return
+        barrier = threading.Barrier(RACERS)
+        own = [psycopg.connect(settings.database_url, autocommit=True) for _ in range(RACERS)]
+
+        def one(n: int, key: str, window: dict[str, timedelta]) -> pgq.Enqueued:
+            barrier.wait(timeout=30)
+            if path == "enqueue" or (path == "mixed" and n % 2):
+                return app.enqueue("uniq.task", unique_key=key, **window)
+            if path == "enqueue_conn":
+                return app.enqueue("uniq.task", unique_key=key, conn=own[n], **window)
+            (job,) = app.enqueue_many([pgq.JobSpec("uniq.task", unique_key=key, **window)])
+            return job
+
+        try:
+            with ThreadPoolExecutor(RACERS) as pool:
+                for round_ in range(RACE_ROUNDS):
+                    for ending in HOLDER_ENDINGS:
+                        key = f"{path}:{ending}:{round_}"
+                        window = spec_window if ending == "window_lapsed" else {}
+                        holder = app.enqueue("uniq.task", unique_key=key, **window).id
+                        end_holder(conn, holder, ending)
+                        results = list(pool.map(one, range(RACERS), [key] * RACERS,
+                                                [window] * RACERS))
+                        check_race(conn, key, holder, results)
+        finally:
+            for c in own:
+                c.close()
+
+
+async def _race_async(app: pgq.App, conn: psycopg.Connection, path: str,
+                      spec_window: dict[str, timedelta]) -> None:
+    async def one(go: asyncio.Event, key: str, window: dict[str, timedelta]) -> pgq.Enqueued:
+        await go.wait()
+        if path == "enqueue_async":
+            return await app.enqueue_async("uniq.task", unique_key=key, **window)
+        (job,) = await app.enqueue_many_async(
+            [pgq.JobSpec("uniq.task", unique_key=key, **window)])
+        return job
+
+    try:
+        for round_ in range(RACE_ROUNDS):
+            for ending in HOLDER_ENDINGS:
+                key = f"{path}:{ending}:{round_}"
+                window = spec_window if ending == "window_lapsed" else {}
+                holder = (await app.enqueue_async("uniq.task", unique_key=key, **window)).id
+                end_holder(conn, holder, ending)
+                go = asyncio.Event()
+                racers = [asyncio.create_task(one(go, key, window)) for _ in range(RACERS)]
+                await asyncio.sleep(0)  # every racer is waiting on the event
+                go.set()
+                check_race(conn, key, holder, list(await asyncio.gather(*racers)))
+    finally:
         await app.aclose()
