@@ -3,8 +3,9 @@
 Prints a table, then one JSON line per figure. Uses PGQ_DATABASE_URL's server (default
 localhost) and scratch databases ``pgq_bench`` (throughput), ``pgq_bench_pickup``
 (pickup latency), ``pgq_bench_prune`` (claim latency while pruning), ``pgq_bench_aged``
-with ``pgq_bench_aged_empty`` (aged table) and ``pgq_bench_memory`` (worker memory) that
-it drops and recreates.
+with ``pgq_bench_aged_empty`` (aged table), ``pgq_bench_memory`` (worker memory) and
+``pgq_bench_cmp`` (the comparison's drain against pgbench's ceiling) that it drops and
+recreates.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import psycopg
 
 from bench.aged import AGED, AgedResult
 from bench.aged import DATABASE as AGED_DATABASE
+from bench.comparison import COMPARISON, ComparisonResult, comparison
+from bench.comparison import DATABASE as COMPARISON_DATABASE
 from bench.memory import DATABASE as MEMORY_DATABASE
 from bench.memory import MEMORY, MemoryResult
 from bench.pickup import DATABASE as PICKUP_DATABASE
@@ -31,12 +34,12 @@ from bench.workloads import WORKLOADS, Figure, fresh_database
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("workloads", nargs="*", default=[],
-                        choices=[*WORKLOADS, *PICKUP, *PRUNE, *AGED, *MEMORY, []])
+                        choices=[*WORKLOADS, *PICKUP, *PRUNE, *AGED, *MEMORY, *COMPARISON, []])
     parser.add_argument("--runs", type=int, default=None,
                         help="repetitions (throughput, aged drain: median reported; pickup, prune, "
                         "aged claims: samples pooled; memory: each run reported)")
     opts = parser.parse_args()
-    chosen = opts.workloads or [*WORKLOADS, *PICKUP, *PRUNE, *AGED, *MEMORY]
+    chosen = opts.workloads or [*WORKLOADS, *PICKUP, *PRUNE, *AGED, *MEMORY, *COMPARISON]
     kwargs = {"runs": opts.runs} if opts.runs else {}
     admin = os.environ.get("PGQ_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     figures: list[Figure] = []
@@ -56,13 +59,15 @@ def main() -> None:
         if not figures and not latencies:
             _describe(url)
         pruned = [PRUNE[name](url, **kwargs) for name in chosen if name in PRUNE]
-    reports: list[AgedResult | MemoryResult] = []
+    reports: list[AgedResult | MemoryResult | ComparisonResult] = []
     for group, database in ((AGED, AGED_DATABASE), (MEMORY, MEMORY_DATABASE)):
         if any(name in group for name in chosen):
             url = fresh_database(admin, database)
             if not figures and not latencies and not pruned and not reports:
                 _describe(url)
             reports += [group[name](url, **kwargs) for name in chosen if name in group]
+    reports += _compare(admin, chosen, kwargs,
+                        describe=not (figures or latencies or pruned or reports))
     if figures:
         print(f"{'workload':<16} {'pgq':>12} {'baseline':>12} {'ratio':>6}  unit / baseline")
     for f in figures:
@@ -99,6 +104,18 @@ def main() -> None:
     for report in reports:
         for line in report.json():
             print(json.dumps(line))
+
+
+def _compare(admin: str, chosen: list[str], kwargs: dict[str, int], *, describe: bool
+             ) -> list[ComparisonResult]:
+    """The comparison's drains, in one call: they share each repetition's ceiling."""
+    compared = [name for name in chosen if name in COMPARISON]
+    if not compared:
+        return []
+    url = fresh_database(admin, COMPARISON_DATABASE)
+    if describe:
+        _describe(url)
+    return [comparison(url, compared, **kwargs)]
 
 
 def _describe(url: str) -> None:

@@ -1,0 +1,366 @@
+"""The drain shape of issue 12's side-by-side comparison, against PostgreSQL's own ceiling
+measured by ``pgbench`` in the same run; and what one INFO log line per job costs.
+
+Targets (issue 12, "Speed"): ``drain_cmp_2p`` ≥ ``TARGET_2P`` (0.25) x the ceiling, aim
+``AIM_2P`` (0.35); sync tasks within ``TARGET_SYNC`` (0.8) of async (``drain_cmp_2p_sync``
+/ ``drain_cmp_2p``); one INFO line per job costs at most 10 % of the drain
+(``drain_cmp_2p`` / ``drain_cmp_2p_warning`` ≥ ``TARGET_LOG``, 0.9).
+
+Scratch database ``pgq_bench_cmp``. Before every measurement the table is truncated and
+checkpointed and ``JOBS`` (20,000) jobs are enqueued with one ``App.enqueue_many``.
+
+* **Drains** (``DRAINS``): ``python -m pgq worker --app bench.app:app --processes N
+  --concurrency 10 --log-level L``, every other setting at its default (poll interval,
+  lease, wake-ups by NOTIFY: no Redis, ``PGQ_REDIS_*`` is removed from the worker's
+  environment). The worker is started first and the jobs are enqueued once every worker
+  process LISTENs, so both processes are ready when the first job is claimed. The task is
+  ``bench.anoop`` (async, returns None) or ``bench.noop`` (the same, sync). The worker's
+  log (stderr) goes to a file, as a container runtime collects it; its per-job lines
+  (``outcome=``) are counted to say what was measured. jobs/s = ``JOBS`` / (last
+  ``finished_at`` - first ``started_at``), both by the database clock; then SIGTERM.
+* **Ceiling** (the baseline): ``pgbench -n -M prepared -c 2 -j 2 -t 95`` running
+  ``pgbench_script()``: one transaction that claims ``BATCH`` (100) jobs with pgq's own
+  ``job_claim`` statement (the text of ``pgq/queries.sql`` at run time, its parameters
+  written in as constants: queue ``default``, the task names of ``bench.app``, a 30 s
+  lease, the database clock; its RETURNING rows aggregated into two arrays with
+  ``\\gset``), then marks them completed by primary key, fenced on owner and state, and
+  commits. The SQL alone: no Python, no task handling. 95 transactions per client take
+  19,000 of the 20,000 jobs, so no claim comes back short (checked: exactly
+  100 x transactions rows completed, none left running); ``SEGMENTS`` (5) such runs, each
+  on a refilled table, make one measurement: jobs/s = Σ jobs / Σ (transactions / tps),
+  tps being pgbench's "without initial connection time".
+* **Order**: each repetition measures the ceiling and every chosen drain once, the order
+  rotating between repetitions, so drift on the shared machine hits all alike. Figures
+  are medians over ``runs`` repetitions (default 3); a drain's ratio is its median over the
+  ceiling's median, and each repetition's own ratio is listed too. CPU busy is the share
+  of both CPUs busy during each drain (``/proc/stat``).
+
+The ceiling's completion is not pgq's ``job_finish_many``: the ceiling is what the
+database can do for claim + complete at all, so a slow plan in pgq's statements shows in
+the ratio instead of lowering the ceiling with it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+import pgq
+from bench.aged import busy, children
+from bench.prune import cpu_jiffies
+from pgq.queries import QUERIES
+
+DATABASE = "pgq_bench_cmp"
+JOBS = 20_000
+CONCURRENCY = 10
+BATCH = 100
+CLIENTS = 2
+TRANSACTIONS = JOBS // BATCH // CLIENTS - 5
+"""Per pgbench client and run: 95, so 19,000 of the 20,000 jobs; the backlog never runs dry."""
+SEGMENTS = 5
+TARGET_2P = 0.25
+AIM_2P = 0.35
+TARGET_SYNC = 0.80
+TARGET_LOG = 0.90
+DRAIN_TIMEOUT = 600.0
+PGBENCH = shutil.which("pgbench") or "/usr/bin/pgbench"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Shape:
+    processes: int
+    task: str
+    log_level: str
+
+
+DRAINS = {
+    "drain_cmp_1p": Shape(1, "bench.anoop", "INFO"),
+    "drain_cmp_2p": Shape(2, "bench.anoop", "INFO"),
+    "drain_cmp_2p_sync": Shape(2, "bench.noop", "INFO"),
+    "drain_cmp_2p_warning": Shape(2, "bench.anoop", "WARNING"),
+}
+CEILING = "ceiling"
+
+
+@dataclass
+class Series:
+    name: str
+    rates: list[float] = field(default_factory=list)
+    """jobs/s, one per repetition."""
+    cpu_busy: list[float] = field(default_factory=list)
+    lines_per_job: list[float] = field(default_factory=list)
+    """Per-job log lines (``outcome=``) in the worker's log, per job."""
+
+    @property
+    def rate(self) -> float:
+        ordered = sorted(self.rates)
+        return ordered[len(ordered) // 2]
+
+
+@dataclass
+class ComparisonResult:
+    series: dict[str, Series]
+
+    def ratio(self, name: str, over: str = CEILING) -> float | None:
+        if name not in self.series or over not in self.series:
+            return None
+        return self.series[name].rate / self.series[over].rate
+
+    def each(self, name: str, over: str = CEILING) -> list[float]:
+        """That ratio within each repetition."""
+        return [a / b for a, b in zip(self.series[name].rates, self.series[over].rates,
+                                      strict=True)]
+
+    def checks(self) -> list[tuple[str, str, str, float, float]]:
+        """(figure, numerator, denominator, ratio, target) of each target that applies."""
+        out = []
+        for figure, num, den, target in (
+                ("drain 2p / ceiling", "drain_cmp_2p", CEILING, TARGET_2P),
+                ("sync / async", "drain_cmp_2p_sync", "drain_cmp_2p", TARGET_SYNC),
+                ("INFO / WARNING", "drain_cmp_2p", "drain_cmp_2p_warning", TARGET_LOG)):
+            value = self.ratio(num, den)
+            if value is not None:
+                out.append((figure, num, den, value, target))
+        return out
+
+    def lines(self) -> list[str]:
+        ceiling = self.series[CEILING]
+        out = [f"{'comparison':<22} {'jobs/s':>9} {'ratio':>6}  median; each repetition's "
+               "jobs/s (ratio to its ceiling); CPU busy; per-job log lines per job",
+               f"{CEILING + ' (pgbench)':<22} {ceiling.rate:>9,.0f} {'1.00':>6}  "
+               + " / ".join(f"{r:,.0f}" for r in ceiling.rates)]
+        for name, s in self.series.items():
+            if name == CEILING:
+                continue
+            each = " / ".join(f"{r:,.0f} ({q:.2f})" for r, q in zip(s.rates, self.each(name),
+                                                                    strict=True))
+            cpu = ", ".join(f"{b:.0%}" for b in s.cpu_busy)
+            logs = ", ".join(f"{n:.2f}" for n in s.lines_per_job)
+            out.append(f"{name:<22} {s.rate:>9,.0f} {self.ratio(name) or 0:>6.2f}  {each}; "
+                       f"{cpu}; {logs}")
+        for figure, num, den, value, target in self.checks():
+            verdict = "pass" if value >= target else "FAIL"
+            each = " / ".join(f"{q:.2f}" for q in self.each(num, den))
+            aim = f", aim {AIM_2P:.2f}" if num == "drain_cmp_2p" and den == CEILING else ""
+            out.append(f"  {figure:<20} {value:>6.2f}  (each: {each}) target >= {target:.2f}"
+                       f"{aim}: {verdict}")
+        return out
+
+    def json(self) -> list[dict[str, Any]]:
+        ceiling = self.series[CEILING]
+        out: list[dict[str, Any]] = [{
+            "workload": "drain_cmp_ceiling", "unit": "jobs/s", "pgq": None,
+            "baseline": round(ceiling.rate, 1), "baseline_name": "pgbench claim+complete SQL",
+            "baselines": [round(r, 1) for r in ceiling.rates], "jobs": JOBS, "batch": BATCH,
+            "clients": CLIENTS, "segments": SEGMENTS}]
+        for name, s in self.series.items():
+            if name == CEILING:
+                continue
+            shape = DRAINS[name]
+            out.append({"workload": name, "unit": "jobs/s", "pgq": round(s.rate, 1),
+                        "baseline": round(ceiling.rate, 1),
+                        "baseline_name": "pgbench claim+complete SQL",
+                        "ratio": round(s.rate / ceiling.rate, 3),
+                        "runs": [round(r, 1) for r in s.rates],
+                        "ratios": [round(q, 3) for q in self.each(name)],
+                        "cpu_busy": [round(b, 3) for b in s.cpu_busy],
+                        "log_lines_per_job": [round(n, 3) for n in s.lines_per_job],
+                        "processes": shape.processes, "concurrency": CONCURRENCY,
+                        "task": shape.task, "log_level": shape.log_level, "jobs": JOBS})
+        for figure, num, den, value, target in self.checks():
+            out.append({"workload": "drain_cmp", "figure": figure, "ratio": round(value, 3),
+                        "ratios": [round(q, 3) for q in self.each(num, den)],
+                        "target": target, "pass": value >= target})
+        return out
+
+
+def comparison(url: str, names: list[str], runs: int = 3) -> ComparisonResult:
+    """``runs`` repetitions of the ceiling and the drains ``names`` (module docstring)."""
+    order = [CEILING, *[n for n in DRAINS if n in names]]
+    result = ComparisonResult({name: Series(name) for name in order})
+    app = pgq.App(pgq.Settings(database_url=url), strict=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pgq-bench-cmp-") as tmp:
+            script = Path(tmp) / "ceiling.sql"
+            script.write_text(pgbench_script(), encoding="utf-8")
+            for r in range(runs):
+                for i in range(len(order)):
+                    name = order[(r + i) % len(order)]
+                    if name == CEILING:
+                        result.series[name].rates.append(_ceiling(app, script))
+                    else:
+                        _drain(app, DRAINS[name], result.series[name], Path(tmp) / f"{name}.log")
+    finally:
+        app.close()
+    return result
+
+
+# --- the ceiling --------------------------------------------------------------------------
+
+def pgbench_script(owner: str = "pgbench") -> str:
+    """One pgbench transaction: pgq's ``job_claim`` for ``BATCH`` jobs (its RETURNING rows
+    aggregated into ``:ids`` and ``:attempts``), then the completion of those rows by
+    primary key, then COMMIT."""
+    from bench.app import app as bench_app
+
+    tasks = ", ".join(f"'{t.name}'" for t in bench_app.registry)
+    claim = _bind(QUERIES["job_claim"], {
+        "queues": "ARRAY['default']", "limits": f"ARRAY[{BATCH}]", "tasks": f"ARRAY[{tasks}]",
+        "worker": f"'{owner}'", "lease_seconds": "30", "now": "NULL"})
+    # A data-modifying statement must sit at the top level of a WITH: the claim's UPDATE
+    # becomes one more CTE of its own WITH, and the aggregate reads its RETURNING rows.
+    head, update = claim.split("\nUPDATE ", 1)
+    if not head.startswith("WITH ") or "RETURNING" not in update:
+        raise RuntimeError("job_claim is no longer 'WITH … UPDATE … RETURNING': "
+                           "update bench.comparison.pgbench_script")
+    return (
+        "BEGIN;\n"
+        f"{head},\nclaimed AS (\nUPDATE {update}\n)\n"
+        "SELECT coalesce(array_agg(id), '{}') AS ids, coalesce(array_agg(attempt), '{}') "
+        "AS attempts FROM claimed \\gset\n"
+        "UPDATE pgq_jobs SET state = 'completed', finished_at = now(), result = 'null'::jsonb\n"
+        f"WHERE id = ANY (:ids::bigint[]) AND lease_owner = '{owner}' AND state = 'running';\n"
+        "COMMIT;\n")
+
+
+def _bind(sql: str, values: dict[str, str]) -> str:
+    """``sql`` without its comment lines, each ``%(name)s`` replaced by ``(values[name])``."""
+    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return re.sub(r"%\((\w+)\)s", lambda m: f"({values[m.group(1)]})", body)
+
+
+def _ceiling(app: pgq.App, script: Path) -> float:
+    url = app.settings.database_url
+    jobs, seconds = 0, 0.0
+    for _ in range(SEGMENTS):
+        _fill(app, "bench.anoop")
+        done = subprocess.run(
+            [PGBENCH, "-n", "-M", "prepared", "-c", str(CLIENTS), "-j", str(CLIENTS),
+             "-t", str(TRANSACTIONS), "-f", str(script), url],
+            capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"pgbench failed ({done.returncode}): {done.stderr.strip()}")
+        processed = re.search(r"actually processed: (\d+)/", done.stdout)
+        tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout)
+        if processed is None or tps is None:
+            raise RuntimeError(f"cannot read pgbench's output:\n{done.stdout}")
+        n = int(processed.group(1))
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FILTER (WHERE state = 'completed'), "
+                               "count(*) FILTER (WHERE state = 'running') FROM pgq_jobs").fetchone()
+        if row is None or row[0] != n * BATCH or row[1]:
+            raise RuntimeError(f"pgbench ran {n} transactions but {row} jobs are completed/"
+                               f"running: a claim came back short of {BATCH}")
+        jobs += n * BATCH
+        seconds += n / float(tps.group(1))
+    return jobs / seconds
+
+
+# --- the drains ---------------------------------------------------------------------------
+
+def _drain(app: pgq.App, shape: Shape, into: Series, log_path: Path) -> None:
+    url = app.settings.database_url
+    _fill(app, None)
+    with psycopg.connect(url, autocommit=True) as conn:
+        _wait_listening(conn, None, 0)  # the previous worker's sessions have ended
+        with _worker(url, shape, log_path) as proc:
+            _wait_listening(conn, proc, shape.processes)
+            cpu0 = cpu_jiffies()
+            app.enqueue_many([pgq.JobSpec(shape.task) for _ in range(JOBS)])
+            deadline = time.monotonic() + DRAIN_TIMEOUT
+            while _one(conn, "SELECT count(*) FROM pgq_jobs WHERE state <> 'completed'")[0]:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the worker exited with {proc.returncode}; see its log")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the jobs were not done after {DRAIN_TIMEOUT:g} s")
+                time.sleep(0.1)
+            cpu1 = cpu_jiffies()
+        count, first, last = _one(conn, "SELECT count(*), min(started_at), max(finished_at) "
+                                  "FROM pgq_jobs")
+    if count != JOBS:
+        raise RuntimeError(f"{count} jobs in the table, expected {JOBS}")
+    into.rates.append(JOBS / (last - first).total_seconds())
+    into.cpu_busy.append(busy(cpu0, cpu1))
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        into.lines_per_job.append(sum(" outcome=" in line for line in f) / JOBS)
+
+
+def _fill(app: pgq.App, task: str | None) -> None:
+    """Empty the table (truncate, checkpoint); then, with ``task``, enqueue ``JOBS`` of it."""
+    with psycopg.connect(app.settings.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE pgq_jobs")
+        conn.execute("CHECKPOINT")
+    if task is not None:
+        app.enqueue_many([pgq.JobSpec(task) for _ in range(JOBS)])
+
+
+def worker_env(url: str) -> dict[str, str]:
+    """The bench's environment for a worker: this database, PostgreSQL only (no Redis)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGQ_REDIS")}
+    env["PGQ_DATABASE_URL"] = url
+    return env
+
+
+@contextmanager
+def _worker(url: str, shape: Shape, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pgq", "worker", "--app", "bench.app:app",
+             "--processes", str(shape.processes), "--concurrency", str(CONCURRENCY),
+             "--log-level", shape.log_level],
+            env=worker_env(url), cwd=ROOT, stdout=log, stderr=log)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """SIGTERM and wait; SIGKILL it and its children if it does not stop in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for child in children(proc.pid):
+                with suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+
+
+def _wait_listening(conn: psycopg.Connection[Any], proc: subprocess.Popen[bytes] | None,
+                    n: int, timeout: float = 60.0) -> None:
+    """Until exactly ``n`` sessions (one per worker process) LISTEN for wake-ups."""
+    deadline = time.monotonic() + timeout
+    while _one(conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+               "AND query = 'LISTEN pgq_wakeup'")[0] != n:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with {proc.returncode} before listening")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{n} worker processes did not LISTEN within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def _one(conn: psycopg.Connection[Any], sql: str) -> Any:
+    row = conn.execute(sql).fetchone()
+    assert row is not None
+    return row
+
+
+COMPARISON = {name: comparison for name in DRAINS}
+"""Every name runs ``comparison`` once with all the chosen names (one ceiling per run)."""
