@@ -39,6 +39,7 @@ from pgq.tasks import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
     DEFAULT_QUEUE,
+    DEFAULT_TIMEOUT,
     Task,
     TaskRegistry,
 )
@@ -103,7 +104,7 @@ class App:
         queue: str = DEFAULT_QUEUE,
         priority: int = DEFAULT_PRIORITY,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
         backoff: Backoff | None = None,
         lock: str | None = None,
     ) -> Callable[[Callable[..., Any]], Task]: ...
@@ -117,7 +118,7 @@ class App:
         queue: str = DEFAULT_QUEUE,
         priority: int = DEFAULT_PRIORITY,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
         backoff: Backoff | None = None,
         lock: str | None = None,
     ) -> Task | Callable[[Callable[..., Any]], Task]:

@@ -124,12 +124,14 @@ def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,
 @click.option("--strict", is_flag=True, show_envvar=True,
               help="Serve queues in the order given: a queue runs only when those before it are empty.")
 @click.option("--processes", type=click.IntRange(1, 256), default=1, show_envvar=True,
-              help="Worker processes under one supervisor that restarts any that die.")
+              help="Worker processes under one supervisor (always there, for 1 too) that restarts "
+              "any that die, renews their leases and ends tasks stuck past their timeout.")
 @click.option("--shutdown-timeout", type=click.FloatRange(0), default=30.0, show_envvar=True,
               metavar="SECONDS", help="On SIGTERM, how long running jobs may finish before "
               "they are handed back (attempt not spent). A second signal exits at once.")
-@click.option("--lease", type=click.FloatRange(1), default=30.0, show_envvar=True,
-              metavar="SECONDS", help="Lease length; heartbeats renew it every third of it.")
+@click.option("--lease", type=click.FloatRange(1), default=12.0, show_envvar=True,
+              metavar="SECONDS", help="Lease length; heartbeats renew it every third of it. "
+              "A dead worker's jobs run again within lease + 5 s.")
 @click.option("--poll-interval", type=click.FloatRange(0.01), default=1.0, show_envvar=True,
               metavar="SECONDS", help="Longest wait between claims when idle.")
 @click.option("--scheduler", "with_scheduler", is_flag=True, show_envvar=True,
@@ -155,7 +157,7 @@ def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, pr
     """Run jobs. Stops gracefully on SIGTERM/SIGINT."""
     from pgq.queues import parse_queues
     from pgq.supervisor import Supervisor
-    from pgq.worker import Worker, WorkerConfig
+    from pgq.worker import WorkerConfig
 
     if not app_path:
         raise ConfigError("pgq worker needs --app module:attribute (or PGQ_APP)")
@@ -167,8 +169,8 @@ def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, pr
                           wakeups=not no_wakeups, scheduler=with_scheduler,
                           maintenance=not no_maintenance, async_commit=async_commit)
     app = load_app(app_path, database_url)
-    if processes == 1:
-        sys.exit(Worker(app, config).run())
+    # Always supervised, one process too: the supervisor restarts a worker that recycles
+    # itself or dies, renews leases a GIL-bound task would starve, and ends hung tasks.
     sys.exit(Supervisor(app, load_app, (app_path, database_url), config, processes,
                         getattr(logging, log_level)).run())
 

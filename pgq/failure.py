@@ -28,8 +28,10 @@ def clean_text(text: str, limit: int) -> str:
 
 
 def error_entry(attempt: int, worker: str, exc: BaseException | None = None, *,
-                type_name: str | None = None, message: str | None = None) -> str:
-    """The JSON of one ``errors`` entry; the database adds ``at`` from its clock."""
+                type_name: str | None = None, message: str | None = None,
+                charged: bool = True) -> str:
+    """The JSON of one ``errors`` entry; the database adds ``at`` from its clock.
+    ``charged=False`` marks a lost worker the job is not blamed for (``pgq.reclaim``)."""
     if exc is not None:
         type_name = type_name or f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix(
             "builtins.")
@@ -50,4 +52,6 @@ def error_entry(attempt: int, worker: str, exc: BaseException | None = None, *,
         "traceback": clean_text(trace, MAX_TRACEBACK_CHARS),
         "worker": worker,
     }
+    if not charged:
+        entry["charged"] = False
     return json.dumps(entry, ensure_ascii=False)

@@ -153,6 +153,7 @@ WITH wanted AS (
           AND state IN ('available', 'retryable', 'scheduled')
           AND run_at <= coalesce(%(now)s::timestamptz, now())
           AND task = ANY(%(tasks)s::text[])
+          AND NOT isolated
         ORDER BY priority, run_at, id
         LIMIT w.n
         FOR UPDATE SKIP LOCKED
@@ -169,7 +170,63 @@ WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
 RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.timeout_seconds,
           j.lease_expires_at,
           (SELECT count(*) FROM jsonb_array_elements(j.errors) AS e
-           WHERE e->>'type' = 'pgq.WorkerLost')::int AS lost;
+           WHERE e->>'type' = 'pgq.WorkerLost'
+             AND (e->>'charged') IS DISTINCT FROM 'false')::int AS lost;
+
+-- name: job_isolated_due
+-- Does a job that must run alone wait in these queues? pgq_jobs_isolated_idx is nearly
+-- always empty, so this is one index page; the producer asks it on its reclaim cadence.
+SELECT EXISTS (
+    SELECT 1 FROM pgq_jobs
+    WHERE isolated AND queue = ANY(%(queues)s::text[])
+      AND state IN ('available', 'retryable', 'scheduled')
+      AND run_at <= coalesce(%(now)s::timestamptz, now())
+      AND task = ANY(%(tasks)s::text[]));
+
+-- name: job_claim_isolated
+-- Claim one job that must run alone (a suspect of a worker crash, see pgq.reclaim), for a
+-- worker process that runs nothing else until it ends. Same lease and RETURNING as
+-- job_claim; found through pgq_jobs_isolated_idx.
+WITH picked AS MATERIALIZED (
+    SELECT id FROM pgq_jobs
+    WHERE isolated AND queue = ANY(%(queues)s::text[])
+      AND state IN ('available', 'retryable', 'scheduled')
+      AND run_at <= coalesce(%(now)s::timestamptz, now())
+      AND task = ANY(%(tasks)s::text[])
+    ORDER BY priority, run_at, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pgq_jobs AS j
+SET state = 'running',
+    attempt = j.attempt + 1,
+    started_at = coalesce(%(now)s::timestamptz, now()),
+    lease_owner = %(worker)s,
+    lease_expires_at = coalesce(%(now)s::timestamptz, now())
+                       + make_interval(secs => %(lease_seconds)s)
+WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
+RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.timeout_seconds,
+          j.lease_expires_at,
+          (SELECT count(*) FROM jsonb_array_elements(j.errors) AS e
+           WHERE e->>'type' = 'pgq.WorkerLost'
+             AND (e->>'charged') IS DISTINCT FROM 'false')::int AS lost;
+
+-- name: job_isolate_many
+-- Reclaim: these jobs run alone from now on (suspects of a crash, or its proven cause).
+UPDATE pgq_jobs SET isolated = true WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: job_lease_extend_many
+-- The supervisor renews the leases of its children's jobs from the table they share with
+-- it (pgq.leasetable), so a child whose task holds the GIL cannot lose them. Fenced like
+-- every write: (id, attempt, owner, running); a stale entry renews nothing.
+UPDATE pgq_jobs AS j
+SET lease_expires_at = coalesce(%(now)s::timestamptz, now())
+                       + make_interval(secs => %(lease_seconds)s)
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(owners)s::text[])
+     AS p(id, attempt, owner)
+WHERE j.id = p.id AND j.attempt = p.attempt AND j.lease_owner = p.owner
+  AND j.state = 'running'
+RETURNING j.id;
 
 -- name: job_heartbeat_many
 -- One statement per worker process per interval: extend every lease it still holds and
@@ -214,8 +271,11 @@ RETURNING j.id;
 -- LOCKED so concurrent reclaimers share the work; the caller decides retry or failure
 -- per task policy and writes it with job_finish_many in the same transaction.
 SELECT id, attempt, lease_owner, task, max_attempts,
+       -- Charged losses only: a suspect or a bystander of another job's crash is not
+       -- blamed (pgq.reclaim), so it does not spend the crash budget.
        (SELECT count(*) FROM jsonb_array_elements(errors) AS e
-        WHERE e->>'type' = 'pgq.WorkerLost')::int AS lost
+        WHERE e->>'type' = 'pgq.WorkerLost'
+          AND (e->>'charged') IS DISTINCT FROM 'false')::int AS lost
 FROM pgq_jobs
 WHERE state = 'running'
   AND (lease_expires_at < coalesce(%(now)s::timestamptz, now())

@@ -1,17 +1,37 @@
-"""Reclaim: returning the jobs of dead or silent workers.
+"""Reclaim: returning the jobs of dead or silent workers, and deciding whom to blame.
 
 A ``running`` job whose lease expired, or whose owner a supervisor saw die, lost its
-attempt: the task may have half-run, so the attempt counts, an ``errors`` entry of type
-``pgq.WorkerLost`` records it, and the job follows the retry path (``retryable`` with the
-task's backoff, or ``failed`` when attempts are exhausted). A job that has now lost its
-worker ``crash_budget`` times ends ``failed``: a task that segfaults or gets OOM-killed
-must not take down workers forever.
+attempt. How that loss is charged depends on what is known about its cause:
+
+=====================================  ==========================================================
+what is known                          what happens to each of the owner's jobs
+=====================================  ==========================================================
+the lease expired (nobody saw why:     the attempt counts, an ``errors`` entry of type
+a host lost, a partition, a pause)     ``pgq.WorkerLost`` is charged to the crash budget, and the
+                                       job runs again at once (no backoff: a lost worker is not
+                                       a failing downstream)
+a supervisor saw its child die while   the crash is charged to that job, as above, and the job is
+running **one** job                    marked ``isolated``: it never again shares a process
+a supervisor saw its child die while   nobody can tell the culprit yet: every job is a *suspect*,
+running **several** jobs               handed back without spending an attempt or crash budget,
+                                       and ``isolated``; each then runs alone, so a poison job's
+                                       next crash is charged to it and to nobody else
+a supervisor ended its child because   that job failed its attempt with ``pgq.Timeout`` (retry
+one job overran its hard timeout       policy as any timeout); the others are bystanders, handed
+                                       back uncharged
+=====================================  ==========================================================
+
+A job whose charged losses reach ``crash_budget`` ends ``failed``: a task that segfaults
+or gets OOM-killed must not take down workers forever. Uncharged entries carry
+``"charged": false`` so an auditor sees every interruption and the budget counts only
+the ones that were the job's fault.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,34 +57,76 @@ async def reclaim(
     now: datetime | None = None,
     limit: int = 500,
     reason: str | None = None,
+    witnessed: bool = False,
+    timed_out: Mapping[int, float] | None = None,
 ) -> int:
-    """Reclaim up to ``limit`` lost jobs in one transaction; returns how many."""
+    """Reclaim up to ``limit`` lost jobs in one transaction; returns how many.
+
+    ``witnessed``: a supervisor saw ``dead_owners`` die, so their jobs are judged by how
+    many were running together (the table above). ``timed_out``: jobs (id -> timeout)
+    whose overrun made the supervisor end the process; its other jobs are bystanders."""
+    timed_out = timed_out or {}
     async with conn.transaction():
         rows = await execute_async(conn, "job_lost_lock", {
             "now": now, "dead_owners": list(dead_owners), "limit": limit})
         if not rows:
             return 0
+        together = Counter(row[2] for row in rows)
         batch: dict[str, list[Any]] = {k: [] for k in (
             "ids", "attempts", "owners", "states", "delays", "refunds", "results", "errors")}
+        isolate: list[int] = []
+
+        def add(job_id: int, attempt: int, owner: str, state: str, *, delay: float = 0.0,
+                refund: int = 0, error: str) -> None:
+            for key, value in (("ids", job_id), ("attempts", attempt), ("owners", owner),
+                               ("states", state), ("delays", delay), ("refunds", refund),
+                               ("results", None), ("errors", error)):
+                batch[key].append(value)
+
         for job_id, attempt, owner, task_name, max_attempts, lost in rows:
             task = registry.get(task_name)
             backoff = task.backoff if task is not None else Backoff()
-            exhausted = attempt >= max_attempts or lost + 1 >= crash_budget
+            seen = owner in dead_owners and witnessed
             why = reason if owner in dead_owners and reason else (
                 f"lease expired: worker {owner} stopped renewing it")
-            message = f"{why} during attempt {attempt}"
-            if lost + 1 >= crash_budget:
-                message += f"; lost its worker {lost + 1} times (crash budget {crash_budget})"
-            batch["ids"].append(job_id)
-            batch["attempts"].append(attempt)
-            batch["owners"].append(owner)
-            batch["states"].append("failed" if exhausted else "retryable")
-            batch["delays"].append(0.0 if exhausted else backoff.delay(attempt))
-            batch["refunds"].append(0)
-            batch["results"].append(None)
-            batch["errors"].append(error_entry(attempt, reclaimer, type_name=LOST_TYPE,
-                                               message=message))
+            if seen and job_id in timed_out:
+                limit_s = timed_out[job_id]
+                exhausted = attempt >= max_attempts
+                state = "failed" if exhausted else "retryable"
+                message = (f"attempt exceeded its timeout of {limit_s:g}s and did not return; "
+                           "its worker process was ended")
+                add(job_id, attempt, owner, state,
+                    delay=0.0 if exhausted else backoff.delay(attempt),
+                    error=error_entry(attempt, reclaimer, type_name="pgq.Timeout",
+                                      message=message))
+            elif seen and (timed_out or together[owner] > 1):
+                if timed_out:
+                    message = (f"{why} during attempt {attempt}, ended for another job's "
+                               "timeout; handed back, not charged")
+                else:
+                    message = (f"{why} during attempt {attempt} while running with "
+                               f"{together[owner] - 1} other job(s); a suspect, not charged: "
+                               "it runs alone next")
+                    isolate.append(job_id)
+                state = "available"
+                add(job_id, attempt, owner, state, refund=1, error=error_entry(
+                    attempt, reclaimer, type_name=LOST_TYPE, message=message, charged=False))
+            else:
+                exhausted = attempt >= max_attempts or lost + 1 >= crash_budget
+                state = "failed" if exhausted else "retryable"
+                message = f"{why} during attempt {attempt}"
+                if lost + 1 >= crash_budget:
+                    message += f"; lost its worker {lost + 1} times (crash budget {crash_budget})"
+                if seen:
+                    isolate.append(job_id)  # it crashed a process alone: never share one again
+                # No backoff: a lost worker is not a failing downstream, and the crash
+                # budget, not the delay, is what stops a poison job.
+                add(job_id, attempt, owner, state,
+                    error=error_entry(attempt, reclaimer, type_name=LOST_TYPE, message=message))
             log.warning("job=%s task=%s attempt=%s/%s outcome=%s reason=%r", job_id, task_name,
-                        attempt, max_attempts, "failed" if exhausted else "retryable", message)
+                        attempt, max_attempts, state, message)
         done = await execute_async(conn, "job_finish_many", {**batch, "now": now})
+        if isolate:
+            await execute_async(conn, "job_isolate_many", {"ids": isolate})
         return len(done)
+

@@ -28,6 +28,10 @@ DEFAULT_PRIORITY = 0
 DEFAULT_MAX_ATTEMPTS = 25
 """25 attempts with the default backoff spread retries over roughly three weeks, long
 enough to outlast a weekend outage of a dependency (Sidekiq chose the same number)."""
+DEFAULT_TIMEOUT = 1800.0
+"""Seconds one attempt may run unless the task or the job says otherwise: generous (30
+minutes), so it only ends what is hung, and a hung task cannot hold its slot and its
+lease for ever. ``timeout=None`` on a task asks for no limit explicitly."""
 
 CONTEXT_PARAMETER = "ctx"
 
@@ -41,8 +45,8 @@ class Task:
     queue: str = DEFAULT_QUEUE
     priority: int = DEFAULT_PRIORITY
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    timeout: float | None = None
-    """Seconds one attempt may take; ``None`` for no limit."""
+    timeout: float | None = DEFAULT_TIMEOUT
+    """Seconds one attempt may take (30 minutes by default); ``None`` for no limit."""
     backoff: Backoff = field(default_factory=Backoff)
     """Delays between retries (see ``pgq.Backoff``)."""
     lock: str | None = None
@@ -99,7 +103,7 @@ class TaskRegistry:
         queue: str = DEFAULT_QUEUE,
         priority: int = DEFAULT_PRIORITY,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
         backoff: Backoff | None = None,
         lock: str | None = None,
     ) -> Task:

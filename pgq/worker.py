@@ -57,6 +57,7 @@ from pgq.errors import (
 )
 from pgq.executor import ThreadPool
 from pgq.failure import error_entry
+from pgq.leasetable import LeaseTable
 from pgq.maintenance import Maintenance
 from pgq.outage import Outage
 from pgq.outcomes import Cancel, Fail, Retry, Snooze
@@ -71,6 +72,12 @@ log = logging.getLogger("pgq.worker")
 
 EXIT_OK = 0
 EXIT_RECYCLE = 75
+DEFAULT_LEASE_SECONDS = 12.0
+"""Short enough that a dead worker's jobs run again within about 17 s (lease, plus the
+5 s reclaim cadence); long enough for three heartbeats (every 4 s) to fail before a job
+is lost. Its cost: one heartbeat statement per process every 4 s, and a worker cut off
+from PostgreSQL for more than 12 s has its jobs run elsewhere (fencing keeps its late
+writes out). The supervisor renews leases too, so a task holding the GIL cannot lose one."""
 ABANDON_GRACE_SECONDS = 1.0
 """How long a timed-out sync task has to return (heeding ``ctx.cancelled``) before its
 thread counts as stuck towards ``max_abandoned_threads``."""
@@ -84,8 +91,9 @@ class WorkerConfig:
     """Jobs this process runs at once, all queues together."""
     strict: bool = False
     """Serve queues in strict order instead of by weight."""
-    lease_seconds: float = 30.0
-    """How long a claim or heartbeat keeps a job; a worker silent this long loses it."""
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    """How long a claim or heartbeat keeps a job; a worker silent this long loses it, and
+    its jobs run again within lease + ``reclaim_seconds`` (+ a claim): 17 s by default."""
     heartbeat_seconds: float | None = None
     """Heartbeat interval; default a third of the lease, so two heartbeats can fail."""
     poll_seconds: float = 1.0
@@ -151,6 +159,8 @@ class _Running:
     timed_out: bool = False
     decided: bool = False
     """Its outcome is known (waiting to be stored): the job no longer takes a slot."""
+    slot: int | None = None
+    """Its entry in the lease table shared with the supervisor, if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +186,10 @@ def new_worker_id() -> str:
 
 class Worker:
     def __init__(self, app: App, config: WorkerConfig | None = None, *,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None, lease_table: LeaseTable | None = None) -> None:
         self.app = app
+        self.lease_table = lease_table
+        """Shared with the supervisor, which renews these leases too (``pgq.leasetable``)."""
         self.config = config or WorkerConfig()
         self.id = worker_id or new_worker_id()
         self.stats = _Stats()
@@ -199,15 +211,19 @@ class Worker:
         self._flush_outage = Outage(f"worker {self.id}: outcome connection", logger=log)
         self._stop_requested: asyncio.Event | None = None
         self._signals = 0
+        self._isolated_due = True
+        """Jobs that must run alone may be due (asked at start and every reclaim round)."""
+        self._grace = self.config.shutdown_seconds
         self._stop_when: str | None = None
         if not app.registry:
             raise ConfigError("the app has no tasks registered; nothing for a worker to run")
 
     # --- public control ----------------------------------------------------------------
 
-    def run(self, *, install_signals: bool = True) -> int:
+    def run(self, *, install_signals: bool = True,
+            signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
         """Run until SIGTERM/SIGINT (or ``request_stop``); returns the exit code."""
-        return asyncio.run(self.run_async(install_signals=install_signals))
+        return asyncio.run(self.run_async(install_signals=install_signals, signals=signals))
 
     def request_stop(self) -> None:
         """Begin a graceful stop; thread-safe. A second request exits at once."""
@@ -218,7 +234,17 @@ class Worker:
         if self._loop is not None and self._stop_requested is not None:
             self._loop.call_soon_threadsafe(self._stop_requested.set)
 
+    def orphaned(self) -> None:
+        """The supervisor died (thread-safe): stop now and hand every running job back,
+        rather than run on with nobody to restart this process or renew its leases."""
+        log.warning("worker %s: its supervisor is gone; stopping and handing its jobs back",
+                    self.id)
+        self._grace = 0.0
+        if self._signals == 0:
+            self.request_stop()
+
     async def run_async(self, *, install_signals: bool = False,
+                        signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
                         stop_when: Literal["due", "done"] | None = None) -> int:
         """The worker's main coroutine. For demos and tests, ``stop_when="due"`` returns
         once nothing is running and nothing is due; ``"done"`` once no job of this
@@ -228,7 +254,7 @@ class Worker:
         self._wake, self._flush_now, self._stop_requested, self._all_decided = (
             asyncio.Event(), asyncio.Event(), asyncio.Event(), asyncio.Event())
         if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 self._loop.add_signal_handler(sig, self.request_stop)
         settings = self.app.settings
         self._pool = ThreadPool(self._loop)
@@ -307,6 +333,9 @@ class Worker:
                 await self._safely(reclaim(self._conn, self.app.registry, reclaimer=self.id,
                                            crash_budget=self.config.crash_budget,
                                            now=self.app.clock.now()))
+                due = await self._safely(execute_async(self._conn, "job_isolated_due", {
+                    "queues": queues, "tasks": tasks, "now": self.app.clock.now()}))
+                self._isolated_due = self._isolated_due or bool(due and due[0][0])
                 next_reclaim = now + self.config.reclaim_seconds
             if now >= next_report:
                 await self._safely(self._report_unknown(queues, tasks))
@@ -314,17 +343,39 @@ class Worker:
             # Cleared before the claim, not after: a wake-up arriving while the claim is
             # in flight must survive it, or an idle worker sleeps a whole poll interval.
             self._wake.clear()
-            claimed_full = await self._claim(tasks)
-            if claimed_full:
+            if self._isolated_due and await self._claim_alone(queues, tasks):
+                pass  # isolation owns this process until no isolated job is due
+            elif await self._claim(tasks):
                 continue  # a queue has more work: claim again at once
             if stop_when and not self._held and not self._outcomes:
-                if stop_when == "due" and not any(
+                if stop_when == "due" and not self._isolated_due and not any(
                         self._hungry.get(q.name, True) for q in self.config.queues):
                     return
                 if stop_when == "done" and not await self._active_jobs(queues, tasks):
                     return
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_or_stop(), self.config.poll_seconds)
+
+    async def _claim_alone(self, queues: list[str], tasks: list[str]) -> bool:
+        """Jobs marked ``isolated`` (suspects of a worker crash, see ``pgq.reclaim``) run
+        alone: claim one only when this process runs nothing else, and nothing else while
+        it runs. Returns True while isolation owns the producer; False once none is due.
+        A busy process stops claiming until its jobs end: the price, paid only while
+        isolated jobs wait, of telling an innocent job from the one that crashes."""
+        if self._held:
+            return True
+        rows = await self._safely(execute_async(self._conn, "job_claim_isolated", {
+            "queues": queues, "tasks": tasks, "worker": self.id,
+            "lease_seconds": self.config.lease_seconds, "now": self.app.clock.now()},
+            binary=True))
+        if rows is None:
+            return True  # the database is in trouble; try again next round
+        if not rows:
+            self._isolated_due = False
+            return False
+        self.stats.claimed += 1
+        self._start(rows[0])
+        return True
 
     def _woken(self, queue: str) -> None:
         """A wake-up for ``queue`` (Redis or NOTIFY): it has work; claim now."""
@@ -424,6 +475,8 @@ class Worker:
         job_id, queue, task_name, args, attempt, max_attempts, timeout, lease, _lost = row
         task = self.app.registry.get(task_name)
         assert task is not None, "the claim only takes known tasks"
+        if timeout is None:  # enqueued by a producer that did not know the task
+            timeout = task.timeout
         ctx = Context(job_id, task_name, queue, attempt, max_attempts, lease, self.id,
                       _transaction=self._transaction)
         running = _Running(job_id, attempt, task, ctx, time.monotonic())
@@ -435,6 +488,8 @@ class Worker:
             running.lock_token = f"{self.id}:{job_id}:{attempt}"
         with self._held_lock:
             self._held[job_id] = running
+        if self.lease_table is not None:
+            running.slot = self.lease_table.put(job_id, attempt, timeout)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("job=%s task=%s args=%s", job_id, task_name, json.dumps(args))
         if task.is_async or running.lock_key is not None:
@@ -769,6 +824,9 @@ class Worker:
     def _forget(self, running: _Running, outcome: str) -> None:
         with self._held_lock:
             self._held.pop(running.job_id, None)
+        if running.slot is not None and self.lease_table is not None:
+            slot, running.slot = running.slot, None
+            self.lease_table.clear(slot)
         if running.lock_key is not None:
             key, running.lock_key = running.lock_key, None
             threading.Thread(target=self._release_lock, args=(key, running.lock_token),
@@ -784,7 +842,7 @@ class Worker:
         if self._wake is not None and (self._stopping or self._stop_when is not None
                                        or (self._stop_requested is not None
                                        and self._stop_requested.is_set())
-                                       or any(self._hungry.values())):
+                                       or self._isolated_due or any(self._hungry.values())):
             self._wake.set()
 
     def _release_lock(self, key: str, token: str) -> None:
@@ -830,8 +888,8 @@ class Worker:
         if not self._held:
             return
         log.info("worker %s stopping: waiting up to %ss for %d running job(s)", self.id,
-                 self.config.shutdown_seconds, len(self._held))
-        deadline = asyncio.get_running_loop().time() + self.config.shutdown_seconds
+                 self._grace, len(self._held))
+        deadline = asyncio.get_running_loop().time() + self._grace
         while self._held and asyncio.get_running_loop().time() < deadline:
             assert self._wake is not None
             self._wake.clear()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from pathlib import Path
 
 import psycopg
@@ -35,17 +36,25 @@ class Workers:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pgq", "worker", "--app", "tests.support.jobs:app",
              "--poll-interval", "0.05", *self.extra, *args],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)  # its own process group: the supervisor and its children
         proc.log_path = log.name  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
 
     def stop_all(self) -> None:
         for proc in self.procs:
+            with suppress(ProcessLookupError):  # the group: children that outlived it too
+                os.killpg(proc.pid, signal.SIGCONT)
+                os.killpg(proc.pid, signal.SIGKILL)
             if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
                 proc.wait(timeout=10)
+
+
+def signal_group(proc: subprocess.Popen[str], sig: int) -> None:
+    """What a container runtime, the OOM killer of a cgroup or a freezer does: every
+    process of `pgq worker` at once, the supervisor and its children."""
+    os.killpg(proc.pid, sig)
 
 
 def log_of(proc: subprocess.Popen[str]) -> str:
@@ -105,7 +114,7 @@ def test_kill_9_loses_nothing_and_reruns_only_started_jobs(
     wait_until(lambda: conn.execute("SELECT count(*) FROM ledger").fetchone()[0] == 8, 30,
                "8 started jobs")
     started = {r[0] for r in conn.execute("SELECT job_id FROM ledger")}
-    victim.kill()  # SIGKILL: no cleanup, leases simply stop being renewed
+    signal_group(victim, signal.SIGKILL)  # no cleanup, leases simply stop being renewed
     victim.wait()
     killed_at = time.monotonic()
     workers.start("--concurrency", "8", "--lease", "2")
@@ -132,11 +141,11 @@ def test_paused_worker_cannot_overwrite_the_new_owner(
     wait_until(lambda: conn.execute("SELECT count(*) FROM ledger").fetchone()[0] == 3, 30,
                "3 started jobs")
     stale_owner = conn.execute("SELECT DISTINCT lease_owner FROM pgq_jobs").fetchone()[0]
-    stale.send_signal(signal.SIGSTOP)
+    signal_group(stale, signal.SIGSTOP)
     fresh = workers.start("--concurrency", "3", "--lease", "5", name="fresh")
     wait_until(lambda: states(conn).get("completed") == 3, 30, "the new owner finished")
     finished = conn.execute("SELECT id, attempt, result, finished_at FROM pgq_jobs ORDER BY id").fetchall()
-    stale.send_signal(signal.SIGCONT)
+    signal_group(stale, signal.SIGCONT)
     # The stale worker wakes with three tasks that finish within ~1 s and a heartbeat due:
     # wait until it has logged the lost leases, then check nothing it wrote landed.
     wait_until(lambda: log_of(stale).count("lease-lost") + log_of(stale).count("lease lost") >= 3,
@@ -181,7 +190,10 @@ def test_segfaulting_task_fails_after_crash_budget_others_complete(
                                     ).fetchone()[0] == "failed", 90, "the segfaulting job to fail")
     wait_until(lambda: states(conn).get("completed") == 20, 60, "the other jobs")
     attempt, errors = conn.execute("SELECT attempt, errors FROM pgq_jobs WHERE id = %s", [bad]).fetchone()
-    assert attempt == 3 and len(errors) == 3
+    # Crashes it shared with other jobs made it a suspect (not charged, attempt given
+    # back); the three it caused alone are charged and end it.
+    charged = [e for e in errors if e.get("charged", True)]
+    assert attempt == 3 and len(charged) == 3
     assert all(e["type"] == "pgq.WorkerLost" and "SIGSEGV" in e["message"] for e in errors)
     assert "crash budget 3" in errors[-1]["message"]
     sup.send_signal(signal.SIGTERM)

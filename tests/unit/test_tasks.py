@@ -6,11 +6,13 @@ from typing import Any
 
 import pytest
 
+import pgq
 from pgq.errors import InvalidArgsError, TaskDefinitionError
 from pgq.tasks import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
     DEFAULT_QUEUE,
+    DEFAULT_TIMEOUT,
     Task,
     TaskRegistry,
     default_task_name,
@@ -139,8 +141,16 @@ def test_async_detection(fn: Any, expected: bool) -> None:
 def test_defaults() -> None:
     task = TaskRegistry().register(resize_image)
     assert (task.queue, task.priority, task.max_attempts, task.timeout) == (
-        DEFAULT_QUEUE, DEFAULT_PRIORITY, DEFAULT_MAX_ATTEMPTS, None)
+        DEFAULT_QUEUE, DEFAULT_PRIORITY, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT)
     assert (DEFAULT_QUEUE, DEFAULT_PRIORITY, DEFAULT_MAX_ATTEMPTS) == ("default", 0, 25)
+    assert DEFAULT_TIMEOUT == 1800.0, "a hung task must not hold its slot for ever by default"
+
+
+def test_no_timeout_only_when_asked_for() -> None:
+    assert TaskRegistry().register(resize_image, timeout=None).timeout is None
+    app = pgq.App(pgq.Settings(database_url="postgresql://localhost/x"), strict=False)
+    assert app.task(resize_image).timeout == DEFAULT_TIMEOUT
+    assert app.task(name="no.limit", timeout=None)(resize_image).timeout is None
 
 
 def test_declared_defaults_are_kept() -> None:

@@ -468,7 +468,7 @@ def test_task_defaults_apply_when_unset(registry: TaskRegistry) -> None:
 def test_global_defaults_for_a_task_without_its_own(registry: TaskRegistry) -> None:
     row = run(registry)
     assert (row.task, row.queue, row.priority, row.max_attempts, row.timeout_seconds) == (
-        "math.add", "default", 0, 25, None)
+        "math.add", "default", 0, 25, 1800.0)
 
 
 def test_spec_overrides_task_defaults(registry: TaskRegistry) -> None:
