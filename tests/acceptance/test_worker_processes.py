@@ -28,10 +28,11 @@ class Workers:
     def __init__(self, db_url: str, tmp: Path, extra: Sequence[str] = ()) -> None:
         self.db_url, self.tmp, self.extra = db_url, tmp, list(extra)
         self.procs: list[subprocess.Popen[str]] = []
+        self.env: dict[str, str] = {}
 
     def start(self, *args: str, name: str = "worker") -> subprocess.Popen[str]:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("PGQ_")},
-               "PGQ_DATABASE_URL": self.db_url}
+               "PGQ_DATABASE_URL": self.db_url, **self.env}
         log = open(self.tmp / f"{name}-{len(self.procs)}.log", "w")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "pgq", "worker", "--app", "tests.support.jobs:app",

@@ -5,6 +5,7 @@ their own autocommit connection, so a test can prove what ran, where, and how of
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import time
@@ -66,3 +67,29 @@ async def locked(ctx: pgq.Context, key: str, seconds: float = 0.03) -> None:
     ledger.record_start(ctx)
     await asyncio.sleep(seconds)
     ledger.record_end(ctx)
+
+
+@app.task(name="ledger.gil", backoff=FAST)
+def gil(ctx: pgq.Context, seconds: int) -> None:
+    """Holds the GIL for ``seconds`` inside one C call (libc ``sleep`` through
+    ``ctypes.PyDLL``, which keeps the GIL): no other thread of the process runs meanwhile,
+    the heartbeat thread included."""
+    ledger.record_start(ctx)
+    ctypes.PyDLL(None).sleep(seconds)
+    ledger.record_end(ctx)
+
+
+@app.task(name="ledger.gil_timeout", backoff=FAST, timeout=1)
+def gil_timeout(ctx: pgq.Context, seconds: int) -> None:
+    """Like ``ledger.gil`` with a 1 s timeout it cannot heed: only ending the process
+    stops it."""
+    ledger.record_start(ctx)
+    ctypes.PyDLL(None).sleep(seconds)
+    ledger.record_end(ctx)
+
+
+@app.task(name="ledger.stuck", backoff=FAST, timeout=0.3, max_attempts=1)
+def stuck(ctx: pgq.Context, seconds: float) -> None:
+    """Overruns its timeout without heeding ``ctx.cancelled`` (its thread is abandoned)."""
+    ledger.record_start(ctx)
+    time.sleep(seconds)
