@@ -84,7 +84,8 @@ class Run:
             [sys.executable, "-m", "pgq", "worker", "--app", "tests.support.jobs:app",
              "--concurrency", "8", "--poll-interval", "0.2", "--lease", str(LEASE),
              "--no-maintenance", *args],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)  # its own process group: the supervisor and its children
         self.procs.append(proc)
         return proc
 
@@ -189,6 +190,7 @@ class Run:
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.app.close()

@@ -133,7 +133,7 @@ def test_worker_killed_and_restarted_in_a_loop(db_url: str, tmp_path: Path) -> N
     victim = run.start_worker()
     run.wait_completed(300, 60)
     for _ in range(4 * SCALE):
-        os.kill(victim.pid, signal.SIGKILL)
+        os.killpg(victim.pid, signal.SIGKILL)  # the supervisor and its child, as a runtime does
         victim.wait()
         victim = run.start_worker()
         time.sleep(1.0)  # let the new one claim before it is killed in turn
