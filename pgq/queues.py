@@ -1,21 +1,26 @@
 """Which queues a worker serves and how its slots are shared: the answer to priority
-inversion.
+inversion and to starvation.
 
 ``--queues critical=6,default=3,bulk=1:4`` reads: serve three queues; with all of them
 busy, give critical 6/10 of the slots, default 3/10, bulk 1/10; never run more than 4
-bulk jobs at once. Slots a queue leaves idle are lent to busy queues, except one per idle queue: that
-slot stays free so the queue's next job starts at once instead of waiting for a
-borrowed slot to come back (this is what stops a bulk flood from delaying a password
-reset). Lending never exceeds a queue's cap, so capping bulk queues below
-``--concurrency`` reserves more. ``--strict`` serves queues in
-the order given instead: a queue gets slots only when every queue before it has no work.
+bulk jobs at once. Slots a queue leaves idle are lent to busy queues, except one per
+idle queue: that slot stays free so the queue's next job starts at once instead of
+waiting for a borrowed slot to come back (this is what stops a bulk flood from delaying
+a password reset). Lending never exceeds a queue's cap, so capping bulk queues below
+``--concurrency`` reserves more. Shares that are not whole slots (twenty queues on ten
+slots: half a slot each) are served in turns carried from one claim round to the next
+(``Turns``), so every queue with work gets slots within a bounded number of rounds.
+``--strict`` serves queues in the order given instead: a queue gets slots only when
+every queue before it has no work.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from pgq.errors import ConfigError
 from pgq.validation import QUEUE_PATTERN
@@ -55,6 +60,75 @@ def parse_queues(text: str) -> list[QueueSpec]:
     return specs
 
 
+@dataclass(slots=True)
+class Turns:
+    """What weighted allocation remembers from one claim round to the next: whose turn
+    it is. One per worker process (its producer), created empty.
+
+    Each queue has a *virtual time* that a turn advances by ``1/weight`` (kept in whole
+    ticks of ``1/lcm(weights)``, so that no rounding can hand anyone an extra turn);
+    the next turn goes to the queue whose virtual time is lowest, ties to the queue
+    served longest ago. ``clock`` is the virtual time of the latest turn: a queue never
+    competes below it, so one that was idle or at its cap banks no credit, and a queue
+    served only by turns is never more than one turn ahead of it: what bounds its wait
+    (``allocate``'s docstring)."""
+
+    clock: int = 0
+    vtime: dict[str, int] = field(default_factory=dict)
+    last: dict[str, int] = field(default_factory=dict)
+    """Sequence number of each queue's latest slot (turn, whole share or probe)."""
+    seq: int = 0
+    tick: int = 0
+    """``lcm`` of the weights the times were counted for; other weights start afresh."""
+
+    def when(self, key: str) -> int:
+        """The virtual time ``key`` competes at: its own, or the clock if that is later."""
+        return max(self.vtime.get(key, 0), self.clock)
+
+    def served(self, key: str) -> None:
+        self.seq += 1
+        self.last[key] = self.seq
+
+    def counting_for(self, weights: Sequence[int]) -> int:
+        """Ticks per turn of weight 1 (``lcm(weights)``); other weights start afresh."""
+        tick = math.lcm(*weights)
+        if tick != self.tick:
+            self.vtime.clear()
+            self.clock, self.tick = 0, tick
+        return tick
+
+    def charge(self, key: str, ticks: int) -> None:
+        """``key`` got slots out of turn (its whole share): they count as its turns."""
+        self.vtime[key] = self.when(key) + ticks
+        self.served(key)
+
+    def deal(self, slots: int, players: Sequence[str], ticks: Mapping[str, int],
+             order: Mapping[str, int], takes: Callable[[str], bool]) -> Iterator[str]:
+        """Up to ``slots`` turns among ``players``, lowest virtual time first (ties:
+        served longest ago, then ``order``). ``takes(key)`` says whether a player still
+        takes a slot (room under its cap); one that does not is passed over."""
+        # Every player competes at the clock or later, and the clock only rises to the
+        # time of the turn just given, which no player is below: so the heap's order is
+        # the order of ``when``.
+        heap = [(self.when(k), self.last.get(k, 0), order.get(k, -1), k) for k in players]
+        heapq.heapify(heap)
+        while slots > 0 and heap:
+            time, _, rank, key = heapq.heappop(heap)
+            if not takes(key):
+                continue
+            self.clock = time
+            self.vtime[key] = time + ticks[key]
+            self.served(key)
+            heapq.heappush(heap, (self.vtime[key], self.seq, rank, key))
+            slots -= 1
+            yield key
+
+
+_PROBE = ""
+"""The idle queues' shared participant in the turns while slots are scarce (no queue is
+named ``""``)."""
+
+
 def allocate(
     specs: Sequence[QueueSpec],
     concurrency: int,
@@ -63,17 +137,40 @@ def allocate(
     *,
     strict: bool = False,
     rotation: int = 0,
+    turns: Turns | None = None,
 ) -> dict[str, int]:
-    """How many jobs to claim from each queue now.
+    """How many jobs to claim from each queue now. No I/O; the only state it reads and
+    advances is ``turns`` (a fresh one when None, as in the examples below).
 
     ``running``: jobs of each queue running in this process. ``hungry``: whether the
-    queue's last claim came back full (it has more work); unknown counts as hungry.
-    An idle queue is always offered one probe slot while any slot is free, so new work
-    in it is noticed at once; when there are fewer free slots than idle queues, the
-    probes rotate (``rotation`` is the caller's round counter). Weighted: each hungry
-    queue is offered its weighted share of all slots, less what it runs; what is left is
-    lent, by weight, to hungry queues, within caps. Strict: in order, idle queues get
-    their probe and the first hungry queue takes everything left; later queues wait.
+    queue's last claim came back full or it was woken since (it has more work);
+    unknown counts as hungry, never as empty. ``rotation`` breaks ties between queues
+    never served (the caller's round counter). Weighted, in three steps:
+
+    1. **Probes.** An idle (not hungry) queue is offered one probe slot, so new work in
+       it starts at once. When free slots are scarce (no more than idle queues), the
+       idle queues instead share one player in the turns of step 3, of weight 1, each
+       of its turns probing the idle queue probed longest ago.
+    2. **Whole shares.** Each hungry queue gets ``concurrency * weight // total weight``
+       slots less what it runs (within its cap): the whole-slot part of its share is
+       guaranteed, whatever the other queues do.
+    3. **Turns.** The slots left go one at a time to the hungry queue (with room under
+       its cap) whose virtual time is lowest (``Turns``), ties to the one served
+       longest ago. A slot, by turn or by whole share, advances a queue's virtual time
+       by ``1/weight``, so over many rounds hungry queues get slots in proportion to
+       their weights, fractional shares included.
+
+    **Bound.** A hungry queue ``q`` whose whole share is 0 slots (the queues that
+    integer shares used to starve) gets a turn before any other player ``p`` has had
+    more than ``ceil(w_p / w_q)`` turns: it waits at most ``sum(ceil(w_p / w_q) for p
+    != q)`` turns (the probe player included while probes are shared). With N queues
+    of equal weight that is N - 1 turns (N while probes are shared). A claim round with
+    a slot left after probes and whole shares gives at least one turn, so this also
+    bounds the claim rounds it waits. A queue with a whole share ``s >= 1`` gets freed
+    slots ahead of every turn until it runs ``s`` jobs.
+
+    Strict: in order, idle queues get their probe and the first hungry queue takes
+    everything left; later queues wait.
 
     >>> q = parse_queues("critical=6,default=3,bulk=1")
     >>> allocate(q, 10, {})
@@ -84,6 +181,12 @@ def allocate(
     {'critical': 2, 'bulk': 0}
     >>> allocate(parse_queues("a,b,c"), 10, {}, {"a": False, "b": True}, strict=True)
     {'a': 1, 'b': 9, 'c': 0}
+
+    Fewer slots than queues: each round serves the queues whose turn it is.
+
+    >>> many, t = parse_queues("q1,q2,q3,q4,q5"), Turns()
+    >>> [sorted(k for k, n in allocate(many, 2, {}, turns=t).items() if n) for _ in range(3)]
+    [['q1', 'q2'], ['q3', 'q4'], ['q1', 'q5']]
     """
     hungry = hungry or {}
     free = concurrency - sum(running.get(s.name, 0) for s in specs)
@@ -107,36 +210,48 @@ def allocate(
                 out[spec.name] = 1
                 free -= 1
         return out
+    turns = turns if turns is not None else Turns()
+    tick = turns.counting_for([s.weight for s in specs])
+    ticks = {s.name: tick // s.weight for s in specs} | {_PROBE: tick}  # probes: weight 1
+    order = {s.name: (i - rotation) % len(specs) for i, s in enumerate(specs)}
     idle = [s for s in specs if not hungry.get(s.name, True)]
     busy = [s for s in specs if hungry.get(s.name, True)]
-    if idle and free <= len(idle):
-        # Too few slots to probe every idle queue and still serve the busy ones: one slot
-        # per queue, rotating over all of them, so none is starved of attention.
-        start = rotation % len(specs)
-        for spec in [*specs[start:], *specs[:start]]:
-            if free > 0 and room(spec) > 0:
+    scarce = len(idle) > 0 and free <= len(idle)
+    if not scarce:
+        # Probes: one slot per idle queue.
+        for spec in idle:
+            if room(spec) > 0:
                 out[spec.name] = 1
                 free -= 1
-        return out
-    # Probes: one slot per idle queue.
-    for spec in idle:
-        if room(spec) > 0:
-            out[spec.name] = 1
-            free -= 1
-
+                turns.served(spec.name)
+    # Whole shares, less what each queue already runs. They come first, and count as
+    # turns: the turns make up the fractional rest of each share.
     total_weight = sum(s.weight for s in specs)
-    # Pass 1: each busy queue's weighted share, less what it already runs.
     for spec in busy:
         share = concurrency * spec.weight // total_weight
         take = min(max(0, share - running.get(spec.name, 0)), room(spec), free)
-        out[spec.name] += take
-        free -= take
-    # Pass 2: lend what is left to busy queues by weight, one slot at a time, within caps.
-    while free > 0:
-        candidates = [s for s in busy if room(s) > 0]
-        if not candidates:
-            break
-        best = min(candidates, key=lambda s: (running.get(s.name, 0) + out[s.name]) / s.weight)
-        out[best.name] += 1
+        if take > 0:
+            out[spec.name] += take
+            free -= take
+            turns.charge(spec.name, take * ticks[spec.name])
+    # Turns, one slot at a time.
+    probes = sorted((s for s in idle if out[s.name] == 0) if scarce else (),
+                    key=lambda s: (turns.last.get(s.name, 0), order[s.name]))
+    by_name = {s.name: s for s in specs}
+
+    def takes(key: str) -> bool:
+        if key != _PROBE:
+            return room(by_name[key]) > 0
+        while probes and room(probes[0]) <= 0:
+            probes.pop(0)
+        return bool(probes)
+
+    players = [s.name for s in busy] + ([_PROBE] if probes else [])
+    for player in turns.deal(free, players, ticks, order, takes):
+        name = player
+        if player == _PROBE:
+            name = probes.pop(0).name
+            turns.served(name)
+        out[name] += 1
         free -= 1
     return out

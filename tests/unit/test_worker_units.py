@@ -3,9 +3,11 @@ failure sanitising, and the outcomes a task raises."""
 
 from __future__ import annotations
 
+import doctest
 import json
 import random
 import re
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +20,7 @@ from pgq.backoff import DEFAULT_STEPS, Backoff
 from pgq.errors import ConfigError, PgqError
 from pgq.failure import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS, clean_text, error_entry
 from pgq.outcomes import Cancel, Fail, JobOutcome, Retry, Snooze
-from pgq.queues import QueueSpec, allocate, parse_queues
+from pgq.queues import QueueSpec, Turns, allocate, parse_queues
 
 # --- parse_queues ---------------------------------------------------------------------
 
@@ -217,6 +219,196 @@ def test_weighted_all_hungry_uncapped_fills_every_free_slot(
         total = sum(weights)
         for s in specs:
             assert out[s.name] >= concurrency * s.weight // total
+
+
+# Many rounds: the allocator's turns carried from one claim round to the next
+# (issue 12, defect 1: twenty queues on ten slots, and the last ten got nothing).
+
+
+def _whole_share(specs: list[QueueSpec], concurrency: int, spec: QueueSpec) -> int:
+    return concurrency * spec.weight // sum(s.weight for s in specs)
+
+
+def _bound(specs: list[QueueSpec], q: QueueSpec, *, probes: bool = False) -> int:
+    """The wait docs/worker.md states, in turns, for a queue whose whole share is 0."""
+    return sum(-(-p.weight // q.weight) for p in specs if p is not q) + (1 if probes else 0)
+
+
+def _rounds(specs: list[QueueSpec], concurrency: int, rounds: int, rnd: random.Random,
+            finish: float, hungry: Callable[[int], dict[str, bool]] | None = None
+            ) -> Iterator[tuple[dict[str, int], dict[str, int], dict[str, bool]]]:
+    """Claim rounds of one worker: each running job finishes with probability ``finish``
+    before the round; yields (running before the round, allocation, hunger flags)."""
+    turns = Turns()
+    running = {s.name: 0 for s in specs}
+    for r in range(rounds):
+        for name, n in running.items():
+            running[name] = sum(1 for _ in range(n) if rnd.random() >= finish)
+        flags = hungry(r) if hungry else {}
+        out = allocate(specs, concurrency, running, flags, turns=turns, rotation=r)
+        yield dict(running), out, flags
+        for name, n in out.items():
+            running[name] += n
+
+
+def _turns_given(specs: list[QueueSpec], concurrency: int, running: dict[str, int],
+                 out: dict[str, int], flags: dict[str, bool]) -> int:
+    """Slots handed out by turn this round: beyond whole shares and non-shared probes."""
+    idle = [s for s in specs if not flags.get(s.name, True)]
+    free = concurrency - sum(running.values())
+    scarce = bool(idle) and free <= len(idle)
+    turns = sum(out[s.name] for s in idle) if scarce else 0
+    total = sum(s.weight for s in specs)
+    for s in specs:
+        if flags.get(s.name, True):
+            owed = max(0, concurrency * s.weight // total - running[s.name])
+            turns += max(0, out[s.name] - owed)
+    return turns
+
+
+@st.composite
+def _more_queues_than_slots(draw: st.DrawFn) -> tuple[list[QueueSpec], int]:
+    concurrency = draw(st.integers(1, 12))
+    weights = draw(st.lists(st.integers(1, 4), min_size=concurrency + 1,
+                            max_size=max(concurrency + 1, 24)))
+    return [QueueSpec(f"q{i}", w) for i, w in enumerate(weights)], concurrency
+
+
+@settings(max_examples=150, deadline=None)
+@given(_more_queues_than_slots(), st.sampled_from([0.05, 0.3, 1.0]), st.integers(0, 2**32))
+def test_every_hungry_queue_gets_a_slot_within_the_stated_bound(
+        queues: tuple[list[QueueSpec], int], finish: float, seed: int) -> None:
+    """More queues than slots, all with work: every queue whose share is under one slot
+    is served within ``sum(ceil(w_p / w_q))`` turns (a queue never served has waited
+    for every turn given)."""
+    specs, concurrency = queues
+    bound = {s.name: _bound(specs, s) for s in specs
+             if _whole_share(specs, concurrency, s) == 0}
+    waited = {s.name: 0 for s in specs}
+    for running, out, flags in _rounds(specs, concurrency, 200, random.Random(seed), finish):
+        given_turns = _turns_given(specs, concurrency, running, out, flags)
+        for name, limit in bound.items():
+            waited[name] = 0 if out[name] else waited[name] + given_turns
+            assert waited[name] <= limit, f"{name} waited {waited[name]} turns"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4), st.none() | st.integers(1, 3)), min_size=2,
+                max_size=24),
+       st.integers(1, 12), st.sampled_from([0.05, 0.3, 1.0]), st.integers(0, 2**32))
+def test_queues_waking_and_emptying_still_get_turns_within_the_bound(
+        items: list[tuple[int, int | None]], concurrency: int, finish: float,
+        seed: int) -> None:
+    """Queues go idle and come back (probes shared while slots are scarce), caps stop
+    some: over every stretch in which a queue has work, room under its cap and a whole
+    share of 0, it is served within the bound plus the probes' turn."""
+    specs = [QueueSpec(f"q{i}", w, c) for i, (w, c) in enumerate(items)]
+    rnd = random.Random(seed)
+    flags_by_round: list[dict[str, bool]] = []
+
+    def hungry(r: int) -> dict[str, bool]:
+        if not flags_by_round or rnd.random() < 0.1:
+            flags_by_round.append({s.name: rnd.random() < 0.7 for s in specs})
+        else:
+            flags_by_round.append(flags_by_round[-1])
+        return flags_by_round[-1]
+
+    bound = {s.name: _bound(specs, s, probes=True) for s in specs
+             if _whole_share(specs, concurrency, s) == 0}
+    waited = {s.name: 0 for s in specs}
+    for running, out, flags in _rounds(specs, concurrency, 200, rnd, finish, hungry):
+        given_turns = _turns_given(specs, concurrency, running, out, flags)
+        for s in specs:
+            room = s.cap is None or running[s.name] < s.cap
+            if out[s.name] or not flags[s.name] or not room:
+                waited[s.name] = 0
+            elif s.name in bound:
+                waited[s.name] += given_turns
+                assert waited[s.name] <= bound[s.name], f"{s.name} waited {waited[s.name]} turns"
+
+
+@pytest.mark.parametrize(("spec", "concurrency"), [
+    (",".join(f"q{i}" for i in range(20)), 10),  # the issue's shape
+    (",".join(f"q{i}={1 + i % 2}" for i in range(20)), 10),  # half a slot and a third
+    ("heavy=10," + ",".join(f"light{i}" for i in range(19)), 10),  # 3.45 slots and 0.34
+    ("critical=6,default=3,bulk=1", 4),  # 2.4, 1.2 and 0.4 slots
+    ("a=3,b=1", 9),  # 6.75 and 2.25 slots
+    ("a=5,b=3,c=1", 7),
+])
+@pytest.mark.parametrize("finish", [0.1, 0.5])
+def test_weights_hold_in_the_long_run(spec: str, concurrency: int, finish: float) -> None:
+    """Every queue with work, jobs of random length: each queue's share of the starts
+    (and of the running slots) is its weight's, fractional shares included."""
+    specs = parse_queues(spec)
+    total = sum(s.weight for s in specs)
+    starts = {s.name: 0 for s in specs}
+    held = {s.name: 0 for s in specs}
+    for running, out, _ in _rounds(specs, concurrency, 6000, random.Random(7), finish):
+        for name, n in out.items():
+            starts[name] += n
+            held[name] += running[name] + n
+    for s in specs:
+        expected = s.weight / total
+        for what, counts in (("starts", starts), ("slots", held)):
+            got = counts[s.name] / sum(counts.values())
+            assert abs(got - expected) <= 0.1 * expected + 0.002, (
+                f"{s.name}: {got:.3f} of the {what}, weight gives {expected:.3f}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(_queue_specs, st.integers(1, 16), st.integers(0, 2**32))
+def test_caps_and_probes_hold_over_many_rounds(
+        specs: list[QueueSpec], concurrency: int, seed: int) -> None:
+    rnd = random.Random(seed)
+    turns = Turns()
+    for r in range(60):
+        running = {s.name: rnd.randint(0, concurrency) // 2 for s in specs}
+        hungry = {s.name: rnd.random() < 0.6 for s in specs}
+        out = allocate(specs, concurrency, running, hungry, turns=turns, rotation=r)
+        assert sum(out.values()) <= max(0, concurrency - sum(running.values()))
+        for s in specs:
+            if s.cap is not None:
+                assert running[s.name] + out[s.name] <= max(s.cap, running[s.name])
+            if not hungry[s.name]:
+                assert out[s.name] <= 1
+
+
+def _strict_before_issue_12(specs: list[QueueSpec], concurrency: int,
+                            running: dict[str, int], hungry: dict[str, bool]
+                            ) -> dict[str, int]:
+    """Strict allocation as it was before the turns (the oracle: it must not change)."""
+    free = concurrency - sum(running.get(s.name, 0) for s in specs)
+    out = {s.name: 0 for s in specs}
+    if free <= 0:
+        return out
+    for spec in specs:
+        room = free if spec.cap is None else max(0, spec.cap - running.get(spec.name, 0))
+        if hungry.get(spec.name, True):
+            out[spec.name] = min(free, room)
+            break
+        if free > 0 and room > 0:
+            out[spec.name] = 1
+            free -= 1
+    return out
+
+
+@settings(max_examples=500, deadline=None)
+@given(_allocation_inputs())
+def test_strict_mode_is_unchanged(inputs: tuple[Any, ...]) -> None:
+    specs, concurrency, running, hungry, _ = inputs
+    turns = Turns()
+    expected = _strict_before_issue_12(specs, concurrency, running, hungry)
+    for rotation in range(3):
+        assert allocate(specs, concurrency, running, hungry, strict=True, turns=turns,
+                        rotation=rotation) == expected
+    assert turns == Turns()  # strict mode keeps no turns
+
+
+def test_queues_module_examples() -> None:
+    """The doctests of pgq.queues (allocate's examples included) hold."""
+    import pgq.queues
+
+    assert doctest.testmod(pgq.queues).failed == 0
 
 
 # --- Backoff --------------------------------------------------------------------------
