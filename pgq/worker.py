@@ -861,11 +861,17 @@ class Worker:
         level = logging.WARNING if outcome in ("failed", "lease-lost") else logging.INFO
         if not log.isEnabledFor(level):
             return  # the arguments cost more than the check, thousands of times a second
-        log.log(level, "job=%s task=%s queue=%s attempt=%d/%d outcome=%s duration=%.3fs%s",
-                ctx.job_id, ctx.task, ctx.queue, ctx.attempt, ctx.max_attempts, outcome,
-                time.monotonic() - running.started, f" {detail}" if detail else "",
-                extra={"job_id": ctx.job_id, "task": ctx.task, "queue": ctx.queue,
-                       "attempt": ctx.attempt, "outcome": outcome})
+        # The record Logger.log would make and handle, without its search of the call
+        # stack for the caller (findCaller): a fifth of the line's CPU, once per job. The
+        # record names this method as its origin, as that search did.
+        code = Worker._log.__code__
+        log.handle(log.makeRecord(
+            log.name, level, code.co_filename, code.co_firstlineno,
+            "job=%s task=%s queue=%s attempt=%d/%d outcome=%s duration=%.3fs%s",
+            (ctx.job_id, ctx.task, ctx.queue, ctx.attempt, ctx.max_attempts, outcome,
+             time.monotonic() - running.started, f" {detail}" if detail else ""),
+            None, code.co_name, {"job_id": ctx.job_id, "task": ctx.task, "queue": ctx.queue,
+                                 "attempt": ctx.attempt, "outcome": outcome}))
 
     # --- lease loss and shutdown -------------------------------------------------------
 
