@@ -6,7 +6,6 @@ usage errors exit 2.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import pgq
 from pgq.app import App
 from pgq.errors import ConfigError, PgqError
 from pgq.settings import Settings
+from pgq.validation import parse_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,10 +98,7 @@ def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,
             tags: tuple[str, ...], app_path: str | None, database_url: str | None) -> None:
     """Enqueue one job of TASK. With --app the task must be registered there and its
     defaults apply; without, any valid task name is accepted."""
-    try:
-        args = json.loads(args_json)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--args") from None
+    args = parse_json(args_json, "--args")
     app = load_app(app_path, database_url) if app_path else App(
         Settings.from_env(database_url=database_url), strict=False)
     with app:

@@ -4,6 +4,9 @@ Identifiers are restricted so they are safe everywhere pgq puts them: SQL litera
 audit queries, CLI syntax (``--queues critical=6,default:5``), log lines and Redis keys.
 Payloads must survive a JSON round trip *unchanged*: a tuple silently becoming a list or
 an integer key becoming a string is a bug the task would only discover at run time.
+The round trip that counts goes through PostgreSQL's jsonb, which has no negative zero
+(``-0.0`` is refused) and prints numbers without exponents (so a float like ``1e+16`` is
+written ``10000000000000000.0``, or it would come back as an int).
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
+from itertools import accumulate
 from typing import Any
 
 from pgq.errors import (
@@ -33,6 +39,12 @@ MAX_TAG_BYTES = 64
 MAX_TAGS = 32
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 MAX_ATTEMPTS_LIMIT = 1000
+MAX_JSON_DEPTH = 256
+"""Deepest nesting of objects and arrays in args, meta, progress and results. Python's
+JSON decoder recurses once per level under the interpreter's recursion limit (1000), and
+a worker decodes a claimed job's args dozens of frames deeper than the enqueue encoded
+them: args nested ~990 levels encoded fine and then crashed every worker that claimed
+them. 256 is far deeper than real payloads and leaves the decoder ample headroom."""
 
 
 def check_queue(name: object) -> str:
@@ -163,16 +175,61 @@ def encode_json_object(value: object, what: str) -> str:
     try:
         text = _encode(value)
         text.encode("utf-8")
-        faithful = _flat(value) or _DECODER.decode(text) == value
+        flat = _flat(value)
+        faithful = flat or _DECODER.decode(text) == value
     except RecursionError:
         raise InvalidArgsError(f"{what} nests too deeply to encode as JSON") from None
     except (TypeError, ValueError):
         faithful = False
     # PostgreSQL's jsonb cannot store NUL; the encoder writes it as \u0000 (an odd number
     # of backslashes: an even number is an escaped backslash followed by "u0000").
+    # Nor a negative zero: -0.0 == 0.0, so only the walk can tell it from "-0.0" in a string.
+    problem = None
     if not faithful or ("\\u0000" in text and _JSON_NUL.search(text)):
-        raise InvalidArgsError(_find_unfaithful(value, what))
+        problem = (_find_unfaithful(value, what)
+                   or f"{what} does not survive a JSON round trip unchanged")
+    elif "-0.0" in text:
+        problem = _find_unfaithful(value, what)
+    if problem:
+        raise InvalidArgsError(problem)
+    return _for_jsonb(text, what, nested=not flat)
+
+
+def _for_jsonb(text: str, what: str, *, nested: bool = True) -> str:
+    """``text`` as jsonb will give it back: nesting bounded, exponents written out.
+    Each check starts with a C-level scan, so ordinary payloads pay almost nothing."""
+    if (nested and text.count("[") + text.count("{") > MAX_JSON_DEPTH
+            and _depth(text) > MAX_JSON_DEPTH):
+        raise InvalidArgsError(
+            f"{what} nests deeper than {MAX_JSON_DEPTH} levels of objects and arrays")
+    if "e+" in text:
+        text = _JSON_STRING_OR_EXPONENT.sub(_expand_exponent, text)
     return text
+
+
+# A JSON string (skipped whole, whatever it contains), or one of its structural brackets.
+_JSON_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _depth(text: str) -> int:
+    """How deeply the JSON ``text`` nests objects and arrays."""
+    brackets = (m[0] for m in _JSON_STRING_OR_BRACKET.finditer(text) if m[0] in _DEPTH_STEP)
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+# A JSON string, or a number with a positive exponent (how Python writes floats from 1e16
+# up). jsonb stores numbers as numeric and prints them without exponent: 1e+16 comes back
+# as 10000000000000000, which Python decodes as an int. With a ".0" it stays a float.
+_JSON_STRING_OR_EXPONENT = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|-?\d+(?:\.\d+)?e\+\d+')
+
+
+def _expand_exponent(match: re.Match[str]) -> str:
+    token = match[0]
+    if token[0] == '"':
+        return token
+    # Exact: the same decimal value, so it parses back to the same float.
+    return f"{Decimal(token):f}.0"
 
 
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -184,6 +241,64 @@ def _flat(value: dict[Any, Any]) -> bool:
     encoding is faithful by construction, and the decode-and-compare can be skipped."""
     return (all(type(k) is str for k in value)
             and all(type(v) in _SCALARS for v in value.values()))
+
+
+def parse_json(text: str, what: str) -> Any:
+    """Decode JSON ``text`` from outside Python (the CLI's ``--args``) for
+    ``encode_json_object``, or raise ``InvalidArgsError`` saying in one line what is wrong.
+    Stricter than ``json.loads``, which would silently keep the last of two equal keys,
+    read ``NaN`` and ``Infinity``, and read a number too large for a float as infinity."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                           parse_int=_bounded_int, object_pairs_hook=_distinct_keys)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgsError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgsError(f"{what} nests too deeply to decode as JSON") from None
+    except _Refused as exc:
+        raise InvalidArgsError(f"{what} {exc}") from None
+    except ValueError as exc:  # none known; one line all the same
+        raise InvalidArgsError(f"{what} is not usable JSON: {exc}") from None
+    return value
+
+
+class _Refused(ValueError):
+    """A value ``parse_json`` refuses (a ValueError, as the decoder's hooks raise)."""
+
+
+def _shown(token: str) -> str:
+    return token if len(token) <= 40 else f"{token[:20]}…{token[-10:]} ({len(token)} characters)"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _Refused(f"has {name}, which is not JSON (a job's JSON has no NaN or infinities)")
+
+
+def _finite_float(token: str) -> float:
+    number = float(token)
+    if not math.isfinite(number):
+        raise _Refused(f"has the number {_shown(token)}, too large for a float (it would be {number})")
+    return number
+
+
+def _bounded_int(token: str) -> int:
+    limit = sys.get_int_max_str_digits()
+    if limit and len(token.lstrip("-")) > limit:
+        raise _Refused(f"has an integer of {len(token.lstrip('-'))} digits; at most {limit} "
+                       "can be converted from text")
+    return int(token)
+
+
+def _distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(f"has the key {key!r} twice in one object "
+                               "(a JSON decoder would keep only the last)")
+            seen.add(key)
+    return value
 
 
 def encode_result(value: object) -> str | None:
@@ -198,19 +313,31 @@ def encode_result(value: object) -> str | None:
         raise InvalidArgsError(f"result is not storable JSON ({exc})") from None
     if _JSON_NUL.search(text):
         raise InvalidArgsError("result contains a NUL character, which jsonb rejects")
-    return text
+    # A result is not held to the round trip as args are (a tuple is stored as a list),
+    # and refusing one would store null after the task's work is done: a -0.0 in it is
+    # stored as 0.0, which jsonb makes of it.
+    return _for_jsonb(text, "result")
 
 
-def _find_unfaithful(value: Any, path: str) -> str:
-    """Describe the first value under ``path`` that JSON cannot carry unchanged."""
+def _find_unfaithful(value: Any, path: str) -> str | None:
+    """Describe the first value under ``path`` that JSON and jsonb cannot carry
+    unchanged, or ``None`` if there is none."""
     stack: list[tuple[str, Any]] = [(path, value)]
     while stack:
         where, item = stack.pop()
-        if item is None or isinstance(item, bool | int):
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            if item.bit_length() > 14_000 and _too_long_for_text(item):
+                return (f"{where} is an integer of more than {sys.get_int_max_str_digits()} "
+                        "digits, more than Python converts to and from text")
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
                 return f"{where} is {item}, which JSON cannot represent"
+            if item == 0.0 and math.copysign(1.0, item) < 0:
+                return (f"{where} is -0.0; PostgreSQL jsonb has no negative zero and would "
+                        "give back 0.0 (pass 0.0)")
             continue
         if isinstance(item, str):
             if problem := _text_problem(item):
@@ -234,7 +361,15 @@ def _find_unfaithful(value: Any, path: str) -> str:
             f"{where} is a {type(item).__name__}; job args are JSON only "
             "(dict, list, str, int, float, bool, None)"
         )
-    return f"{path} does not survive a JSON round trip unchanged"
+    return None
+
+
+def _too_long_for_text(number: int) -> bool:
+    try:
+        str(number)
+    except ValueError:  # sys.get_int_max_str_digits(): 4300 by default
+        return True
+    return False
 
 
 def _text_problem(text: str) -> str | None:

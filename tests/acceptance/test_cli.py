@@ -120,6 +120,64 @@ def test_errors_are_one_line_without_traceback_or_secret(args: list[str], env: d
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+# Hostile --args, each a one-line error and exit 1 (issue 12, defect 11: a 5,000-digit
+# integer printed a 40-line traceback; -0.0 was stored as 0.0). No database is reached:
+# port 1 refuses at once, and the message named is the input's, not the connection's.
+NOWHERE = {"PGQ_DATABASE_URL": "postgresql://x:hunter2@127.0.0.1:1/db"}
+HOSTILE_ARGS = [
+    pytest.param('{"n": ' + "9" * 5000 + "}",
+                 "--args has an integer of 5000 digits; at most 4300 can be converted from text",
+                 id="5000-digit-int"),
+    pytest.param('{"x": ' + "[" * 50_000 + "]" * 50_000 + "}",
+                 "--args nests too deeply to decode as JSON", id="50000-deep"),
+    pytest.param('{"x": ' + "[" * 300 + "]" * 300 + "}",
+                 "args nests deeper than 256 levels of objects and arrays", id="300-deep"),
+    pytest.param('{"x": -0.0}', "args['x'] is -0.0; PostgreSQL jsonb has no negative zero",
+                 id="negative-zero"),
+    pytest.param('{"x": 1e400}', "--args has the number 1e400, too large for a float", id="1e400"),
+    pytest.param('{"x": NaN}', "--args has NaN, which is not JSON", id="nan"),
+    pytest.param('{"x": "\\ud800"}', "args['x'] is not valid Unicode (lone surrogate)",
+                 id="lone-surrogate"),
+    pytest.param('{"x": "a\\u0000b"}', "args['x'] contains a NUL character", id="nul"),
+    pytest.param('{"a": 1, "a": 2}', "--args has the key 'a' twice in one object",
+                 id="duplicate-key"),
+    pytest.param("{not json", "--args is not valid JSON: Expecting property name", id="syntax"),
+]
+
+
+@pytest.mark.parametrize(("args_json", "message"), HOSTILE_ARGS)
+def test_hostile_args_are_one_line_errors(args_json: str, message: str) -> None:
+    # Through the environment: 100,000 brackets are too long for one argv string.
+    out = pgq_cmd("enqueue", "a.b", env={**NOWHERE, "PGQ_ENQUEUE_ARGS": args_json})
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith(f"error: {message}"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_undecodable_bytes_on_the_command_line_are_one_line_errors() -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates: refused, in one line."""
+    for argv, message in [([b"--args", b'{"x": "\xff"}'], "args['x'] is not valid Unicode"),
+                          ([b"--unique-key", b"k\xff"], "unique_key is not valid Unicode"),
+                          ([b"--tag", b"\xfe"], "tag is not valid Unicode")]:
+        out = subprocess.run([sys.executable, "-m", "pgq", "enqueue", "a.b", *argv],
+                             capture_output=True, timeout=120, check=False,
+                             env={**{k: v for k, v in os.environ.items()
+                                     if not k.startswith("PGQ_")}, **NOWHERE})
+        stderr = out.stderr.decode()
+        assert out.returncode == 1 and stderr.startswith(f"error: {message}"), stderr
+        assert len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_big_floats_arrive_as_floats(db_url: str) -> None:
+    out = pgq_cmd("enqueue", "a.b", "--args", '{"f": 1e16, "g": -2.5e300, "h": 0.1}',
+                  env={"PGQ_DATABASE_URL": db_url})
+    assert out.returncode == 0, out.stderr
+    with psycopg.connect(db_url) as c:
+        (args,) = c.execute("SELECT args FROM pgq_jobs").fetchone()
+    assert args == {"f": 1e16, "g": -2.5e300, "h": 0.1}
+    assert {type(v) for v in args.values()} == {float}
+
+
 def test_worker_refuses_an_unmigrated_database(empty_db_url: str) -> None:
     out = pgq_cmd("worker", "--app", "tests.support.jobs:app", env={"PGQ_DATABASE_URL": empty_db_url})
     assert out.returncode == 1

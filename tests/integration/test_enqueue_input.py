@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 
 import pgq
+from pgq.validation import MAX_JSON_DEPTH, encode_result
 
 
 @pytest.fixture
@@ -92,6 +94,13 @@ def test_awkward_values_are_stored_exactly(app: pgq.App, conn: psycopg.Connectio
                       for i, s in enumerate(specs)]
 
 
+def nested(levels: int) -> list[Any]:
+    root: list[Any] = []
+    for _ in range(levels):
+        root = [root]
+    return root
+
+
 # Each bad input, the error it must raise, and nothing else may happen.
 BAD: list[tuple[str, Callable[[pgq.App, Any], Any], type[pgq.PgqError]]] = [
     ("unknown task", lambda a, c: a.enqueue("email.sned", {"to": "x"}, conn=c), pgq.UnknownTaskError),
@@ -117,6 +126,13 @@ BAD: list[tuple[str, Callable[[pgq.App, Any], Any], type[pgq.PgqError]]] = [
                                             conn=c), pgq.InvalidOptionError),
     ("bad unique key", lambda a, c: a.enqueue("email.send", {"to": "x"}, unique_key="", conn=c),
      pgq.InvalidIdentifierError),
+    ("negative zero", lambda a, c: a.enqueue("email.send", {"to": "x", "subject": -0.0}, conn=c),
+     pgq.InvalidArgsError),
+    ("negative zero in meta", lambda a, c: a.enqueue("email.send", {"to": "x"},
+                                                     meta={"m": [-0.0]}, conn=c),
+     pgq.InvalidArgsError),
+    ("too deep", lambda a, c: a.enqueue("email.send", {"to": "x", "subject": nested(300)}, conn=c),
+     pgq.InvalidArgsError),
     ("bulk with one bad", lambda a, c: a.enqueue_many(
         [pgq.JobSpec("email.send", {"to": "ok"})] * 10 + [pgq.JobSpec("email.send", {"to": {1}})],
         conn=c), pgq.InvalidArgsError),
@@ -160,3 +176,62 @@ def test_args_round_trip_unchanged(app: pgq.App, conn: psycopg.Connection) -> No
     args = {"to": "ü→✓ \u2028", "subject": json.dumps({"nested": [1, 2.5, None, True]})}
     job = app.enqueue("email.send", args)
     assert conn.execute("SELECT args FROM pgq_jobs WHERE id = %s", [job.id]).fetchone()[0] == args
+
+
+# Floats from 1e16 up, which Python writes with an exponent: PostgreSQL prints a jsonb
+# number without one, and 1e+16 came back as the int 10000000000000000 (issue 12, defect 11).
+EXPONENT_FLOATS = {"f": 1e16, "neg": -1.5e300, "max": 1.7976931348623157e308,
+                   "odd": 1.2345678901234567e16, "small": 5e-324, "tiny": -2.5e-8,
+                   "list": [2e22, {"in": 3.5e40}], "text": "1e+16 stays text"}
+
+
+def _types(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _types(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_types(v) for v in value]
+    return type(value)
+
+
+@pytest.mark.parametrize("how", ["enqueue", "enqueue_many", "enqueue_many_keyed"])
+def test_floats_come_back_from_jsonb_as_the_same_floats(settings: pgq.Settings,
+                                                        conn: psycopg.Connection, how: str) -> None:
+    meta = {"m": 1e16}
+    with pgq.App(settings, strict=False) as app:
+        if how == "enqueue":
+            job = app.enqueue("any.task", EXPONENT_FLOATS, meta=meta)
+        else:
+            key = "k" if how == "enqueue_many_keyed" else None  # INSERT … ON CONFLICT, not COPY
+            (job,) = app.enqueue_many([pgq.JobSpec("any.task", EXPONENT_FLOATS, meta=meta,
+                                                   unique_key=key)])
+    args, stored_meta = conn.execute("SELECT args, meta FROM pgq_jobs WHERE id = %s",
+                                     [job.id]).fetchone()
+    assert args == EXPONENT_FLOATS and _types(args) == _types(EXPONENT_FLOATS)
+    assert type(stored_meta["m"]) is float
+
+
+def test_results_with_big_floats_come_back_as_floats(conn: psycopg.Connection) -> None:
+    result = {"total": 2.5e20, "items": [1e16, 0.1]}
+    stored = conn.execute("SELECT %s::jsonb", [encode_result(result)]).fetchone()[0]
+    assert stored == result and _types(stored) == _types(result)
+
+
+def test_a_task_gets_its_float_and_the_deepest_args_pgq_accepts(
+        settings: pgq.Settings, conn: psycopg.Connection) -> None:
+    """What a worker decodes: floats stay floats, and args at the nesting limit decode in
+    the claim (args ~990 levels deep were accepted and crashed every worker that claimed
+    them)."""
+    seen: list[Any] = []
+    with pgq.App(settings) as app:
+
+        @app.task(name="floats.take")
+        def take(f: float, tree: list[Any]) -> None:
+            seen.append((f, type(f), tree == deepest))
+
+        deepest = nested(MAX_JSON_DEPTH - 2)  # inside the args object and its list
+        job = app.enqueue("floats.take", {"f": 1e16, "tree": deepest})
+        worker = pgq.Worker(app, pgq.WorkerConfig(concurrency=2, poll_seconds=0.05))
+        asyncio.run(asyncio.wait_for(worker.run_async(stop_when="due"), 30))
+    assert seen == [(1e16, float, True)]
+    assert conn.execute("SELECT state FROM pgq_jobs WHERE id = %s", [job.id]).fetchone() == (
+        "completed",)

@@ -21,6 +21,7 @@ from pgq.errors import (
     UnknownTaskError,
 )
 from pgq.tasks import TaskRegistry
+from pgq.validation import MAX_JSON_DEPTH, encode_result, parse_json
 
 MiB = 1024 * 1024
 
@@ -182,6 +183,14 @@ UNFAITHFUL = [
                  id="nul"),
     pytest.param({"deep": {"s": ["ok", "\ud800"]}},
                  "args['deep']['s'][1] is not valid Unicode (lone surrogate)", id="lone-surrogate"),
+    # jsonb has no negative zero: -0.0 == 0.0 passed the round-trip comparison and the
+    # task got 0.0 (issue 12, defect 11).
+    pytest.param({"x": -0.0}, "args['x'] is -0.0; PostgreSQL jsonb has no negative zero and "
+                 "would give back 0.0 (pass 0.0)", id="negative-zero"),
+    pytest.param({"a": [1.5, {"b": -0.0}], "c": "-0.0"}, "args['a'][1]['b'] is -0.0",
+                 id="negative-zero-nested"),
+    pytest.param({"n": [10**5000]}, "args['n'][0] is an integer of more than 4300 digits",
+                 id="int-too-long-for-text"),
 ]
 
 
@@ -229,6 +238,100 @@ def test_backslash_u0000_text_is_not_a_nul(registry: TaskRegistry) -> None:
     args = {"path": "C:\\u0000\\file"}
     row = run(registry, "any.task", args, strict=False)
     assert json.loads(row.args) == args
+
+
+def test_negative_zero_in_text_or_a_negative_number_is_accepted(registry: TaskRegistry) -> None:
+    args = {"s": "-0.0", "k": {"-0.0": [-0.01, 0.0, -0, "x -0.0"]}}
+    assert json.loads(run(registry, "any.task", args, strict=False).args) == args
+
+
+# PostgreSQL prints a jsonb number without exponent: 1e+16 (how Python writes floats from
+# 1e16 up) came back as 10000000000000000, which decodes as an int (issue 12, defect 11).
+# tests/integration/test_enqueue_input.py checks the same values through PostgreSQL.
+BIG_FLOATS = {"f": 1e16, "neg": -1.5e300, "max": 1.7976931348623157e308,
+              "odd": 1.2345678901234567e16, "small": 5e-324, "list": [2e22, {"in": 3.5e40}],
+              "text": "1e+16 stays text", "1e+16": 1}
+
+
+def test_floats_with_exponents_are_written_out_so_they_stay_floats(registry: TaskRegistry) -> None:
+    row = run(registry, "any.task", BIG_FLOATS, strict=False, meta={"m": 1e16})
+    assert '"f":10000000000000000.0' in row.args
+    assert '"text":"1e+16 stays text","1e+16":1' in row.args
+    assert "e+" not in row.args.replace("1e+16", "")
+    decoded = json.loads(row.args)
+    assert decoded == BIG_FLOATS
+    assert type(decoded["f"]) is float and type(decoded["list"][0]) is float
+    assert row.meta == '{"m":10000000000000000.0}'
+
+
+MAX_DEPTH_ARGS = {"tree": nested_lists(MAX_JSON_DEPTH - 2)}  # the object, its list, 254 lists
+
+
+def test_nesting_is_bounded_where_a_worker_can_still_decode_it(registry: TaskRegistry) -> None:
+    """Args ~990 levels deep encoded fine and then crashed every worker that claimed
+    the job (its decoder runs deeper in the stack than the enqueue's): the limit leaves
+    headroom."""
+    assert json.loads(run(registry, "any.task", MAX_DEPTH_ARGS, strict=False).args) == MAX_DEPTH_ARGS
+    for levels in (MAX_JSON_DEPTH - 1, 600):
+        with pytest.raises(InvalidArgsError,
+                           match=r"^args nests deeper than 256 levels of objects and arrays$"):
+            run(registry, "any.task", {"tree": nested_lists(levels)}, strict=False)
+    with pytest.raises(InvalidArgsError, match=r"^meta nests deeper than 256 levels"):
+        run(registry, meta={"tree": nested_lists(MAX_JSON_DEPTH)})
+    # brackets inside strings are text, not nesting
+    text = {"s": "[" * 1000, "t": ["{" * 1000, "]" * 1000]}
+    assert json.loads(run(registry, "any.task", text, strict=False).args) == text
+
+
+# --- results ------------------------------------------------------------------------------
+
+def test_result_floats_are_written_out_and_nesting_bounded() -> None:
+    assert encode_result({"f": 1e16, "s": "2e+20"}) == '{"f":10000000000000000.0,"s":"2e+20"}'
+    assert encode_result(2e22) == "20000000000000000000000.0"
+    assert encode_result(nested_lists(MAX_JSON_DEPTH - 1)) is not None
+    with pytest.raises(InvalidArgsError, match=r"^result nests deeper than 256 levels"):
+        encode_result(nested_lists(MAX_JSON_DEPTH))
+
+
+def test_result_negative_zero_is_stored_as_jsonb_makes_it() -> None:
+    """A result is not held to the round trip (a tuple is stored as a list), and refusing
+    one would store null after the work is done: -0.0 goes in, jsonb keeps 0.0."""
+    assert encode_result({"x": -0.0}) == '{"x":-0.0}'
+
+
+# --- JSON text from the command line ------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "message"), [
+    pytest.param("{not json", "--args is not valid JSON: Expecting property name enclosed in "
+                 "double quotes: line 1 column 2 (char 1)", id="syntax"),
+    pytest.param('{"n": ' + "9" * 5000 + "}",
+                 "--args has an integer of 5000 digits; at most 4300 can be converted from text",
+                 id="5000-digit-int"),
+    pytest.param('{"n": -' + "9" * 4301 + "}", "--args has an integer of 4301 digits",
+                 id="4301-digit-negative-int"),
+    pytest.param('{"x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                 "--args nests too deeply to decode as JSON", id="deep"),
+    pytest.param('{"x": 1e400}', "--args has the number 1e400, too large for a float (it would be inf)",
+                 id="1e400"),
+    pytest.param('{"x": -' + "1" * 400 + ".5}", "--args has the number -1111111111111111111…11111111.5 "
+                 "(403 characters), too large for a float (it would be -inf)", id="long-float"),
+    pytest.param('{"x": [NaN]}', "--args has NaN, which is not JSON", id="nan"),
+    pytest.param('{"x": Infinity}', "--args has Infinity, which is not JSON", id="infinity"),
+    pytest.param('{"x": -Infinity}', "--args has -Infinity, which is not JSON", id="-infinity"),
+    pytest.param('{"a": 1, "b": {"k": 1, "k": 2}}', "--args has the key 'k' twice in one object",
+                 id="duplicate-key"),
+])
+def test_json_text_that_cannot_be_job_args_is_one_clear_line(text: str, message: str) -> None:
+    with pytest.raises(InvalidArgsError) as exc:
+        parse_json(text, "--args")
+    assert str(exc.value).startswith(message)
+    assert "\n" not in str(exc.value)
+
+
+def test_json_text_decodes_as_json_does() -> None:
+    text = '{"a": [1, -2.5, 1e16, "\\u00e9", null, true], "b": {"c": 4300}, "n": ' + "9" * 4300 + "}"
+    assert parse_json(text, "--args") == json.loads(text)
+    assert parse_json("[1, 2]", "--args") == [1, 2]  # the shape is encode_json_object's to judge
 
 
 # --- payload size ---------------------------------------------------------------------
@@ -496,7 +599,7 @@ def test_delay_as_seconds_or_timedelta(registry: TaskRegistry, delay: Any, expec
 
 def test_json_native_values_round_trip_unchanged(registry: TaskRegistry) -> None:
     args = {
-        "none": None, "yes": True, "no": False, "int": -3, "big": 2**70, "float": 1.5, "neg0": -0.0,
+        "none": None, "yes": True, "no": False, "int": -3, "big": 2**70, "float": 1.5, "zero": 0.0,
         "text": "h\u00e9llo \u2603 \U0001f600 \"quoted\" back\\slash\nnew line \u2028",
         "list": [1, [2, {"k": "v"}], []],
         "dict": {"inner": {"x": [], "y": {}}, "": ""},
