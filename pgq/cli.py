@@ -166,6 +166,9 @@ def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, pr
                           wakeups=not no_wakeups, scheduler=with_scheduler,
                           maintenance=not no_maintenance, async_commit=async_commit)
     app = load_app(app_path, database_url)
+    # Refused here, in one line, before any child starts: a child that cannot start would
+    # only be restarted (the child checks again, for a schema changed meanwhile).
+    _check_schema(app)
     # Always supervised, one process too: the supervisor restarts a worker that recycles
     # itself or dies, renews leases a GIL-bound task would starve, and ends hung tasks.
     sys.exit(Supervisor(app, load_app, (app_path, database_url), config, processes,

@@ -41,11 +41,11 @@ import psycopg
 
 from pgq.app import App
 from pgq.database import connect, connect_async, execute
-from pgq.errors import DatabaseUnavailable, PgqError
+from pgq.errors import ConfigError, DatabaseUnavailable, MigrationError, PgqError
 from pgq.leasetable import LeaseTable
 from pgq.outage import Outage
 from pgq.reclaim import reclaim
-from pgq.worker import EXIT_OK, EXIT_RECYCLE, Worker, WorkerConfig, new_worker_id
+from pgq.worker import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, Worker, WorkerConfig, new_worker_id
 
 log = logging.getLogger("pgq.supervisor")
 
@@ -68,13 +68,22 @@ def _child_main(load: Any, app_args: tuple[Any, ...], config: WorkerConfig,
     # stops the children with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = load(*app_args)
-    worker = Worker(app, config, worker_id=worker_id, lease_table=leases)
+    try:
+        app = load(*app_args)
+        worker = Worker(app, config, worker_id=worker_id, lease_table=leases)
+    except (ConfigError, MigrationError) as exc:
+        log.error("worker %s cannot start: %s", worker_id, exc)
+        raise SystemExit(EXIT_CONFIG) from None
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_watch_parent, args=(parent.sentinel, worker), daemon=True,
                          name="pgq-parent-watch").start()
-    raise SystemExit(worker.run(signals=(signal.SIGTERM,)))
+    try:
+        code = worker.run(signals=(signal.SIGTERM,))
+    except (ConfigError, MigrationError) as exc:
+        log.error("worker %s cannot start: %s", worker_id, exc)
+        code = EXIT_CONFIG
+    raise SystemExit(code)
 
 
 def _watch_parent(sentinel: int, worker: Worker) -> None:
@@ -99,6 +108,9 @@ class Supervisor:
         self.app = app
         self.load, self.app_args = load, app_args
         self.config = config
+        self._settings = app.settings.for_lease(config.lease_seconds)
+        """For the connections that renew and reclaim its children's leases: a silent
+        network fails them within a quarter of the lease, as it does the children's."""
         self.processes = processes
         self.log_level = log_level
         self.id = new_worker_id()
@@ -108,6 +120,7 @@ class Supervisor:
         self._quick: dict[int, int] = {}  # slot -> deaths in a row within 10 s of start
         self._stopping = 0
         self._keeper_stop = threading.Event()
+        self._failed = False
 
     def _spawn(self, slot: int, quick_deaths: int = 0) -> None:
         worker_id = f"{self.id}/{slot}.{int(time.time() * 1000) % 100000}"
@@ -161,10 +174,16 @@ class Supervisor:
         self._keeper_stop.set()
         keeper.join(timeout=5)
         log.info("supervisor: all workers stopped")
-        return EXIT_OK
+        return 1 if self._failed else EXIT_OK
 
     def _handle_exit(self, child: _Child) -> float | None:
         code = child.process.exitcode
+        if code == EXIT_CONFIG:
+            if not self._stopping:
+                log.error("supervisor: worker %s cannot start; stopping", child.worker_id)
+                self._failed = True
+                self._on_signal(signal.SIGTERM, None)
+            return None
         if child.timed_out:
             jobs = ", ".join(str(j) for j in child.timed_out)
             self._rescue(child, f"worker {child.worker_id} was ended: job(s) {jobs} overran "
@@ -189,7 +208,7 @@ class Supervisor:
 
     def _rescue(self, child: _Child, reason: str) -> None:
         async def go() -> int:
-            conn = await connect_async(self.app.settings, autocommit=True)
+            conn = await connect_async(self._settings, autocommit=True)
             try:
                 return await reclaim(conn, self.app.registry, reclaimer=self.id,
                                      dead_owners=[child.worker_id], reason=reason,
@@ -238,7 +257,7 @@ class Supervisor:
                 continue
             try:
                 if conn is None or conn.closed:
-                    conn = connect(self.app.settings, autocommit=True)
+                    conn = connect(self._settings, autocommit=True)
                 execute(conn, "job_lease_extend_many", {
                     "ids": ids, "attempts": attempts, "owners": owners,
                     "lease_seconds": self.config.lease_seconds, "now": self.app.clock.now()})

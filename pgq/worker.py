@@ -72,6 +72,9 @@ log = logging.getLogger("pgq.worker")
 
 EXIT_OK = 0
 EXIT_RECYCLE = 75
+EXIT_CONFIG = 78
+"""Exit code of a worker that cannot start (configuration, schema): the supervisor stops
+instead of restarting it in a loop."""
 DEFAULT_LEASE_SECONDS = 12.0
 """Short enough that a dead worker's jobs run again within about 17 s (lease, plus the
 5 s reclaim cadence); long enough for three heartbeats (every 4 s) to fail before a job

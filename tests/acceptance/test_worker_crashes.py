@@ -215,3 +215,21 @@ def test_a_jobs_timeout_comes_from_its_task_when_the_producer_did_not_know_it(
     state, errors = conn.execute("SELECT state, errors FROM pgq_jobs WHERE id = %s",
                                  [job]).fetchone()
     assert state == "retryable" and errors[0]["type"] == "pgq.Timeout", (state, errors)
+
+
+def test_children_that_cannot_start_stop_the_supervisor(settings: pgq.Settings) -> None:
+    """A child that cannot start (configuration, schema) is not restarted in a loop: the
+    supervisor stops its other children and exits 1."""
+    from pgq.supervisor import Supervisor
+    from tests.support.jobs import app as jobs_app
+    from tests.support.jobs import cannot_load
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        supervisor = Supervisor(jobs_app, cannot_load, (), WorkerConfig(), processes=2)
+        started = time.monotonic()
+        assert supervisor.run() == 1
+        assert time.monotonic() - started < 30
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

@@ -93,3 +93,8 @@ def stuck(ctx: pgq.Context, seconds: float) -> None:
     """Overruns its timeout without heeding ``ctx.cancelled`` (its thread is abandoned)."""
     ledger.record_start(ctx)
     time.sleep(seconds)
+
+
+def cannot_load(*_args: object) -> pgq.App:
+    """A loader for ``Supervisor`` whose children cannot start (a bad deploy)."""
+    raise pgq.errors.ConfigError("this app cannot be loaded here")
