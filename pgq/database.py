@@ -15,6 +15,7 @@ from itertools import islice
 from typing import Any, TypeVar
 
 import psycopg
+import psycopg.conninfo
 import psycopg_pool
 from psycopg import errors as pg_errors
 
@@ -225,11 +226,46 @@ def _unsupported(conn: object) -> str:
 
 # --- pgq's own connections --------------------------------------------------------------
 
+def liveness_params(dead_peer_timeout: float) -> dict[str, int]:
+    """libpq parameters that make a connection fail within about ``dead_peer_timeout``
+    seconds once its server stops answering, where a network that drops packets
+    silently would otherwise leave it waiting for the kernel's retransmissions (about
+    15 minutes on Linux):
+
+    * ``tcp_user_timeout``: data sent (a query, a COMMIT) and not acknowledged for that
+      long aborts the connection (Linux; elsewhere libpq ignores it);
+    * keepalives: a connection waiting for a reply, or idle (LISTEN, a pooled one),
+      probes the server after ``keepalives_idle`` seconds of silence, then every
+      ``keepalives_interval``, and gives up after ``keepalives_count`` unanswered probes.
+      libpq counts them in whole seconds, so an idle connection takes at least 2 s.
+
+    >>> sorted(liveness_params(3.0).items())  # doctest: +NORMALIZE_WHITESPACE
+    [('keepalives', 1), ('keepalives_count', 2), ('keepalives_idle', 1),
+     ('keepalives_interval', 1), ('tcp_user_timeout', 3000)]
+    >>> [liveness_params(12)[k] for k in ("keepalives_idle", "keepalives_count")]
+    [4, 2]
+    """
+    idle = max(1, int(dead_peer_timeout / 3))
+    return {"keepalives": 1, "keepalives_idle": idle, "keepalives_interval": idle,
+            "keepalives_count": max(1, int((dead_peer_timeout - idle) / idle)),
+            "tcp_user_timeout": max(1, round(dead_peer_timeout * 1000))}
+
+
+def connection_params(settings: Settings) -> dict[str, Any]:
+    """What every connection pgq opens passes to libpq besides the URL: the connect
+    timeout and the liveness parameters (``liveness_params``). A parameter the database
+    URL sets itself (``?keepalives_idle=30``) wins."""
+    params: dict[str, Any] = {"connect_timeout": max(1, round(settings.connect_timeout)),
+                              **liveness_params(settings.dead_peer_timeout)}
+    in_url = psycopg.conninfo.conninfo_to_dict(settings.database_url)
+    return {key: value for key, value in params.items() if key not in in_url}
+
+
 async def connect_async(settings: Settings, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
     """``connect`` for asyncio."""
     try:
         return await psycopg.AsyncConnection.connect(
-            settings.database_url, connect_timeout=max(1, round(settings.connect_timeout)), **kwargs
+            settings.database_url, **connection_params(settings), **kwargs
         )
     except psycopg.Error as exc:
         raise DatabaseUnavailable(
@@ -241,9 +277,7 @@ async def connect_async(settings: Settings, **kwargs: Any) -> psycopg.AsyncConne
 def connect(settings: Settings, **kwargs: Any) -> psycopg.Connection[Any]:
     """A new connection, or ``DatabaseUnavailable`` with a one-line reason (no password)."""
     try:
-        return psycopg.connect(
-            settings.database_url, connect_timeout=max(1, round(settings.connect_timeout)), **kwargs
-        )
+        return psycopg.connect(settings.database_url, **connection_params(settings), **kwargs)
     except psycopg.Error as exc:
         raise DatabaseUnavailable(
             f"cannot connect to PostgreSQL at {redact_url(settings.database_url)}: "
@@ -270,8 +304,7 @@ class Pools:
     def _kwargs(self) -> dict[str, Any]:
         # Autocommit: run_plan opens a transaction where a plan needs one, and a lone
         # INSERT commits by itself (no BEGIN and COMMIT round trips).
-        return {"connect_timeout": max(1, round(self._settings.connect_timeout)),
-                "autocommit": True}
+        return {**connection_params(self._settings), "autocommit": True}
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from pgq.database import connect_failure_reason
+from pgq.database import connect_failure_reason, connection_params
 from pgq.errors import DatabaseUnavailable, MigrationError
 from pgq.settings import Settings, redact_url
 
@@ -155,7 +155,7 @@ def _connection(target: Settings | Connection) -> Iterator[Connection]:
         return
     engine = create_engine(
         target.sqlalchemy_url, poolclass=NullPool,
-        connect_args={"connect_timeout": max(1, round(target.connect_timeout))},
+        connect_args=connection_params(target),
     )
     try:
         try:

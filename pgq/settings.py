@@ -28,6 +28,7 @@ ENV_REDIS_URL = "PGQ_REDIS_URL"
 ENV_MAX_PAYLOAD_BYTES = "PGQ_MAX_PAYLOAD_BYTES"
 ENV_POOL_MAX_SIZE = "PGQ_POOL_MAX_SIZE"
 ENV_CONNECT_TIMEOUT = "PGQ_CONNECT_TIMEOUT"
+ENV_DEAD_PEER_TIMEOUT = "PGQ_DEAD_PEER_TIMEOUT"
 
 
 def normalize_database_url(url: str) -> str:
@@ -168,6 +169,15 @@ class Settings:
     """Seconds to wait for a PostgreSQL connection before failing with
     ``DatabaseUnavailable`` (``PGQ_CONNECT_TIMEOUT``, default 5)."""
 
+    dead_peer_timeout: float = 5.0
+    """Seconds after which an open connection whose server stopped answering is declared
+    dead and fails with ``DatabaseUnavailable`` (``PGQ_DEAD_PEER_TIMEOUT``, default 5). A
+    network that silently drops packets (a failed switch, a cloud network blip) sends no
+    reset: without this, such a connection waits out the kernel's retransmissions, about
+    15 minutes. Every connection pgq opens sets TCP keepalives and ``tcp_user_timeout``
+    from it (``pgq.database.liveness_params``); a worker's own connections use at most a
+    quarter of its lease (:meth:`for_lease`). docs/resilience.md has the details."""
+
     retain_completed: float | None = 7 * DAY
     """Seconds a completed job is kept before retention deletes it (``PGQ_RETAIN_COMPLETED``:
     seconds or ``30m``/``12h``/``7d``, or ``forever``). Default 7 days."""
@@ -194,8 +204,10 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{name} must be an int, got {value!r}")
-        if isinstance(self.connect_timeout, bool) or not isinstance(self.connect_timeout, int | float):
-            raise ConfigError(f"connect_timeout must be a number, got {self.connect_timeout!r}")
+        for name in ("connect_timeout", "dead_peer_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
         if not 1024 <= self.max_payload_bytes <= 256 * 1024 * 1024:
             raise ConfigError(
                 f"max_payload_bytes must be between 1024 and 268435456, got {self.max_payload_bytes}"
@@ -205,6 +217,10 @@ class Settings:
         if not 0 < self.connect_timeout <= 600:
             raise ConfigError(
                 f"connect_timeout must be in (0, 600] seconds, got {self.connect_timeout}"
+            )
+        if not 0.1 <= self.dead_peer_timeout <= 600:
+            raise ConfigError(
+                f"dead_peer_timeout must be in [0.1, 600] seconds, got {self.dead_peer_timeout}"
             )
 
     @classmethod
@@ -225,6 +241,7 @@ class Settings:
             ("max_payload_bytes", ENV_MAX_PAYLOAD_BYTES, int),
             ("pool_max_size", ENV_POOL_MAX_SIZE, int),
             ("connect_timeout", ENV_CONNECT_TIMEOUT, float),
+            ("dead_peer_timeout", ENV_DEAD_PEER_TIMEOUT, float),
         ):
             if raw := env.get(var):
                 try:
@@ -245,6 +262,15 @@ class Settings:
 
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    def for_lease(self, lease_seconds: float) -> Settings:
+        """These settings for connections that keep leases of ``lease_seconds`` alive (a
+        worker's, its supervisor's): a dead peer is declared within a quarter of the lease
+        (at least 1 s, and never later than ``dead_peer_timeout``), so a heartbeat cut
+        off by a silent network fails, reconnects and tries again before the lease runs
+        out. With the default 12 s lease: 3 s."""
+        bound = min(self.dead_peer_timeout, max(1.0, lease_seconds / 4))
+        return self if bound == self.dead_peer_timeout else replace(self, dead_peer_timeout=bound)
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -194,6 +194,10 @@ class Worker:
         self.lease_table = lease_table
         """Shared with the supervisor, which renews these leases too (``pgq.leasetable``)."""
         self.config = config or WorkerConfig()
+        self.settings = app.settings.for_lease(self.config.lease_seconds)
+        """The app's settings for this worker's own connections (claims, outcomes,
+        heartbeats, ``ctx.transaction()``): a silent network fails them within a quarter
+        of the lease, so a heartbeat can reconnect and try again before the lease ends."""
         self.id = worker_id or new_worker_id()
         self.stats = _Stats()
         self._held: dict[int, _Running] = {}
@@ -259,7 +263,7 @@ class Worker:
         if install_signals:
             for sig in signals:
                 self._loop.add_signal_handler(sig, self.request_stop)
-        settings = self.app.settings
+        settings = self.settings
         self._pool = ThreadPool(self._loop)
         self._conn = await self._connect()
         await self._check_schema()
@@ -778,7 +782,7 @@ class Worker:
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         """A claim or flush connection (autocommit: each statement commits at once)."""
-        conn = await connect_async(self.app.settings, autocommit=True)
+        conn = await connect_async(self.settings, autocommit=True)
         if self.config.async_commit:
             try:
                 await conn.execute("SET synchronous_commit = off")
@@ -878,15 +882,19 @@ class Worker:
 
     # --- lease loss and shutdown -------------------------------------------------------
 
-    def lease_lost(self, job_id: int) -> None:
-        """Called (on the loop) when a heartbeat finds the job no longer ours."""
+    def lease_lost(self, job_id: int, *, judged: bool = False) -> None:
+        """Called (on the loop) when a heartbeat finds the job no longer ours, or, with
+        ``judged``, when the heartbeat gave it up because no renewal succeeded for most
+        of the lease (it marked the job lost itself, and logged that once for all)."""
         running = self._held.get(job_id)
-        if running is None or running.lost or running.ctx.completed_in_transaction:
+        if running is None or running.ctx.completed_in_transaction or (
+                running.lost and not judged):
             return
         running.lost = True
         running.ctx.cancelled.set()
-        log.warning("job=%s task=%s: lease lost (reclaimed or cancelled); stopping it",
-                    job_id, running.task.name)
+        if not judged:
+            log.warning("job=%s task=%s: lease lost (reclaimed or cancelled); stopping it",
+                        job_id, running.task.name)
         if running.handle is not None and running.task.is_async:
             running.handle.cancel()
         self._forget(running, "lease-lost")
@@ -927,7 +935,7 @@ class Worker:
 
     @contextmanager
     def _transaction(self, ctx: Context) -> Iterator[psycopg.Connection[Any]]:
-        with connect(self.app.settings) as conn, conn.transaction():
+        with connect(self.settings) as conn, conn.transaction():
             yield conn
             rows = execute(conn, "job_finish_many", {
                 "ids": [ctx.job_id], "attempts": [ctx.attempt], "owners": [self.id],
@@ -961,9 +969,25 @@ def _detail(outcome: _Outcome) -> str:
     return ""
 
 
+LEASE_MARGIN_SECONDS = 2.0
+"""A worker whose heartbeats keep failing gives its jobs up this long (at most a sixth
+of the lease) before their leases can expire, so they stop before another worker may
+reclaim them."""
+
+
 class _Heartbeat(threading.Thread):
     """Renews every lease of the process, once per interval, from its own thread and
-    connection, so the event loop being busy or blocked cannot stop it."""
+    connection, so the event loop being busy or blocked cannot stop it.
+
+    It also judges those leases while the database cannot be reached: once renewals
+    have been failing and none has succeeded for ``give_up_after`` seconds (the lease
+    less a margin), a job is no longer this worker's to run: its lease ends soon and
+    another worker may reclaim it. The verdict comes from a second thread
+    (``pgq-lease-judge``), so a renewal stuck on a silent network cannot delay it: the
+    jobs are told to stop (``ctx.cancelled``; async tasks are cancelled), stop counting
+    against the concurrency, and their outcomes are never written; one WARNING says so.
+    They run again once their leases expire. A heartbeat merely starved of the GIL makes
+    no failed attempt, so it gives nothing up (the supervisor renews such leases)."""
 
     def __init__(self, worker: Worker, conn: psycopg.Connection[Any]) -> None:
         super().__init__(name="pgq-heartbeat", daemon=True)
@@ -971,37 +995,87 @@ class _Heartbeat(threading.Thread):
         self.conn = conn
         self._outage = Outage(f"worker {worker.id}: heartbeat connection", logger=log)
         self._stop_event = threading.Event()
+        self._renewed = time.monotonic()
+        """When the last renewal that succeeded began: the leases it renewed run until
+        at least then plus the lease (the database's clock read it later)."""
+        lease = worker.config.lease_seconds
+        self.give_up_after = lease - min(LEASE_MARGIN_SECONDS, lease / 6)
+        self._judge = threading.Thread(target=self._judge_leases, name="pgq-lease-judge",
+                                       daemon=True)
+
+    def start(self) -> None:
+        super().start()
+        self._judge.start()
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=5)
+        self._judge.join(timeout=5)
         self.conn.close()
+
+    def _judge_leases(self) -> None:
+        """Give up the jobs whose leases no renewal could extend (see the class)."""
+        worker = self.worker
+        given_up: set[int] = set()
+        while not self._stop_event.wait(min(0.25, self.give_up_after / 10)):
+            if not self._outage.ongoing:
+                given_up.clear()
+                continue
+            now = time.monotonic()
+            with worker._held_lock:
+                # A job claimed after the last renewal has its lease from the claim.
+                overdue = [r for r in worker._held.values()
+                           if not (r.lost or r.decided or r.released or r.job_id in given_up
+                                   or r.ctx.completed_in_transaction)
+                           and now - max(self._renewed, r.started) >= self.give_up_after]
+                for running in overdue:
+                    running.lost = True  # before it is told: its result must not be stored
+            if not overdue:
+                continue
+            log.warning("worker %s: no heartbeat has renewed its leases for %.1f s (lease "
+                        "%g s) and the database does not answer; giving up %d running "
+                        "job(s) before their leases expire: %s. They are told to stop, "
+                        "their outcomes will not be written, and they run again once the "
+                        "leases expire", worker.id, now - self._renewed,
+                        worker.config.lease_seconds, len(overdue),
+                        ", ".join(str(r.job_id) for r in overdue))
+            loop = worker._loop
+            for running in overdue:
+                given_up.add(running.job_id)
+                if loop is not None:
+                    loop.call_soon_threadsafe(
+                        functools.partial(worker.lease_lost, running.job_id, judged=True))
+                running.ctx.cancelled.set()  # now, even if the loop is busy
 
     def run(self) -> None:
         worker = self.worker
         interval = worker.config.heartbeat_interval
-        while not self._stop_event.wait(interval):
+        wait = interval
+        while not self._stop_event.wait(wait):
+            wait = interval
             held = worker.held_snapshot()
             if not held:
                 continue
+            began = time.monotonic()
             try:
                 rows = execute(self.conn, "job_heartbeat_many", {
                     "ids": [h[0] for h in held], "attempts": [h[1] for h in held],
                     "progress": [h[2] for h in held], "worker": worker.id,
                     "lease_seconds": worker.config.lease_seconds, "now": worker.app.clock.now()})
             except DatabaseUnavailable as exc:
-                # The next interval retries: leases last three intervals, so one lost
-                # heartbeat costs nothing, and an outage longer than the lease loses the
-                # jobs to reclaim, which fencing makes safe.
-                self._outage.failed(exc)
+                # Retried with the outage's backoff, not a whole interval later: the
+                # leases are running out. An outage that outlasts them is judged by
+                # _judge_leases; fencing keeps any late write of this worker out.
+                wait = min(interval, self._outage.failed(exc))
                 with suppress(Exception):
                     self.conn.close()
                 with suppress(PgqError):
-                    self.conn = connect(worker.app.settings, autocommit=True)
+                    self.conn = connect(worker.settings, autocommit=True)
                 continue
             except PgqError as exc:
                 log.error("worker %s: heartbeat failed: %s", worker.id, exc)
                 continue
+            self._renewed = began
             self._outage.recovered()
             alive = dict(rows)
             worker.leases_renewed(alive)

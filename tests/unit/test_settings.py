@@ -150,6 +150,7 @@ ENV = {
     "PGQ_MAX_PAYLOAD_BYTES": "2048",
     "PGQ_POOL_MAX_SIZE": "8",
     "PGQ_CONNECT_TIMEOUT": "2.5",
+    "PGQ_DEAD_PEER_TIMEOUT": "7.5",
     "UNRELATED": "ignored",
 }
 
@@ -159,6 +160,7 @@ def test_from_env_reads_every_variable() -> None:
     assert settings.database_url == f"postgresql://app:{SECRET}@db.internal/shop"
     assert settings.redis_url == f"rediss://:{REDIS_SECRET}@cache:6380/2"
     assert (settings.max_payload_bytes, settings.pool_max_size, settings.connect_timeout) == (2048, 8, 2.5)
+    assert settings.dead_peer_timeout == 7.5
     assert isinstance(settings.max_payload_bytes, int) and isinstance(settings.pool_max_size, int)
 
 
@@ -169,7 +171,7 @@ def test_empty_variables_count_as_unset() -> None:
 
 @pytest.mark.parametrize(("var", "raw"), [
     ("PGQ_MAX_PAYLOAD_BYTES", "1MB"), ("PGQ_MAX_PAYLOAD_BYTES", "2048.0"), ("PGQ_POOL_MAX_SIZE", "eight"),
-    ("PGQ_CONNECT_TIMEOUT", "soon"),
+    ("PGQ_CONNECT_TIMEOUT", "soon"), ("PGQ_DEAD_PEER_TIMEOUT", "5s"),
 ])
 def test_non_numeric_variable(var: str, raw: str) -> None:
     with pytest.raises(ConfigError) as exc:
@@ -265,6 +267,9 @@ def test_repr_without_redis() -> None:
     ("pool_max_size", 0), ("pool_max_size", 1001), ("pool_max_size", -1),
     ("connect_timeout", 0), ("connect_timeout", -1.0), ("connect_timeout", 600.5),
     ("connect_timeout", math.nan), ("connect_timeout", math.inf),
+    ("dead_peer_timeout", 0), ("dead_peer_timeout", 0.05), ("dead_peer_timeout", 600.5),
+    ("dead_peer_timeout", math.nan), ("dead_peer_timeout", math.inf),
+    ("dead_peer_timeout", True), ("dead_peer_timeout", "5"),
 ])
 def test_out_of_range_limits_rejected(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"^{field} must be "):
@@ -275,9 +280,25 @@ def test_out_of_range_limits_rejected(field: str, value: float) -> None:
     ("max_payload_bytes", 1024), ("max_payload_bytes", 256 * 1024 * 1024),
     ("pool_max_size", 1), ("pool_max_size", 1000),
     ("connect_timeout", 0.001), ("connect_timeout", 600),
+    ("dead_peer_timeout", 0.1), ("dead_peer_timeout", 600),
 ])
 def test_limits_are_inclusive(field: str, value: float) -> None:
     assert getattr(Settings(**{field: value}), field) == value
+
+
+@pytest.mark.parametrize(("dead_peer", "lease", "expected"), [
+    (5.0, 12.0, 3.0),  # the default lease: a quarter of it
+    (5.0, 30.0, 5.0),  # never later than the setting
+    (2.0, 12.0, 2.0),
+    (5.0, 2.0, 1.0),  # at least 1 s, however short the lease
+    (0.5, 2.0, 0.5),  # unless the setting asks for less
+])
+def test_for_lease_declares_a_dead_peer_within_a_quarter_of_the_lease(
+        dead_peer: float, lease: float, expected: float) -> None:
+    settings = Settings(dead_peer_timeout=dead_peer, connect_timeout=2.0)
+    derived = settings.for_lease(lease)
+    assert derived.dead_peer_timeout == expected
+    assert derived == settings.with_changes(dead_peer_timeout=expected)  # nothing else changes
 
 
 def test_with_changes_validates_again() -> None:
