@@ -214,12 +214,80 @@ def ceiling_loop(url: str, task: str, batch: int, async_commit: bool = False) ->
                 "now": None})
 
 
+def _drain_spread(url: str, n: int, queues: list[str], processes: int, concurrency: int,
+                  task: str, limit: float) -> float:
+    """Enqueue n jobs spread evenly over ``queues``, then run ``pgq worker --queues
+    <all of them>`` with every other setting at its default until every job is completed
+    (or ``limit`` seconds pass: then the jobs completed so far count). jobs/s from the
+    first claim to the last completion (or to the limit), by the database clock."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    app = pgq.App(pgq.Settings(database_url=url), strict=False)
+    try:
+        _reset(url)
+        app.enqueue_many([pgq.JobSpec(task, queue=queues[i % len(queues)]) for i in range(n)])
+    finally:
+        app.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGQ_REDIS")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgq", "worker", "--app", "bench.app:app", "--queues",
+         ",".join(queues), "--processes", str(processes), "--concurrency", str(concurrency),
+         "--log-level", "WARNING"], env={**env, "PGQ_DATABASE_URL": url})
+    deadline = time.monotonic() + limit
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            # Through the partial indexes: a count of the whole table would compete with
+            # the drain it measures.
+            while time.monotonic() < deadline and conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pgq_jobs WHERE state IN "
+                    "('available', 'scheduled', 'retryable')) OR EXISTS (SELECT 1 FROM "
+                    "pgq_jobs WHERE state = 'running')").fetchone()[0]:  # type: ignore[index]
+                time.sleep(0.5)
+            first, last, done = conn.execute(
+                "SELECT min(started_at), coalesce(max(finished_at) FILTER (WHERE %s), "
+                "clock_timestamp()), count(*) FILTER (WHERE state = 'completed') "
+                "FROM pgq_jobs", [time.monotonic() < deadline]).fetchone()  # type: ignore[misc]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    return float(done / (last - first).total_seconds())
+
+
+def drain_queues(url: str, n: int = 100_000, runs: int = 3, queues: int = 20,
+                 processes: int = 2, concurrency: int = 10, task: str = "bench.anoop",
+                 limit: float = 900.0) -> Figure:
+    """Issue 12, defect 1: n async no-op jobs spread evenly over ``queues`` queues, all of
+    them in the worker's ``--queues``, against the same n jobs in one queue drained by
+    the same command with that one queue; ``--processes 2 --concurrency 10``, defaults
+    otherwise. Runs alternate (which goes first alternates too), median of each; every
+    run's pair is printed to stderr. Target: ratio >= 0.9."""
+    import sys
+
+    names = [f"q{i:02d}" for i in range(queues)]
+    many: list[float] = []
+    one: list[float] = []
+    for r in range(runs):
+        pair = [(one, names[:1]), (many, names)]
+        for rates, chosen in pair if r % 2 == 0 else pair[::-1]:
+            rates.append(_drain_spread(url, n, chosen, processes, concurrency, task, limit))
+        print(f"drain_{queues}q run {r + 1}: {many[-1]:,.0f} jobs/s over {queues} queues, "
+              f"{one[-1]:,.0f} in one queue, ratio {many[-1] / one[-1]:.3f}", file=sys.stderr)
+    many.sort()
+    one.sort()
+    return Figure(f"drain_{queues}q", "jobs/s", many[len(many) // 2], one[len(one) // 2],
+                  "same backlog in one queue")
+
+
 WORKLOADS: dict[str, Callable[..., Figure]] = {
     "enqueue_bulk": enqueue_bulk,
     "enqueue_single": enqueue_single,
     "drain_1p": lambda url, **kw: drain(url, processes=1, **kw),
     "drain_2p": lambda url, **kw: drain(url, processes=2, **kw),
     "drain_2p_async": lambda url, **kw: drain(url, processes=2, async_commit=True, **kw),
+    "drain_20q": drain_queues,
 }
 
 

@@ -2,9 +2,10 @@
 
 One worker process runs an asyncio loop that owns:
 
-* the **producer**: claims batches sized to free capacity, per queue by weight or strict
-  order (``pgq.queues``), with one ``job_claim`` statement; claims again at once when a
-  queue came back full, else waits for a freed slot or the poll interval;
+* the **producer**: claims batches sized to free capacity, per queue by weight (in turns
+  carried across rounds) or strict order (``pgq.queues``), with one ``job_claim``
+  statement; claims again at once when a queue came back full or slots are left that a
+  queue not asked this round may fill, else waits for a freed slot or the poll interval;
 * the **executor**: async tasks run as asyncio tasks on the loop, sync tasks on a pool of
   reused daemon threads (``pgq.executor``) with no asyncio task of their own; timeouts
   cancel async tasks and abandon (and signal) sync threads;
@@ -61,7 +62,7 @@ from pgq.leasetable import LeaseTable
 from pgq.maintenance import Maintenance
 from pgq.outage import Outage
 from pgq.outcomes import Cancel, Fail, Retry, Snooze
-from pgq.queues import QueueSpec, allocate
+from pgq.queues import QueueSpec, Turns, allocate
 from pgq.reclaim import DEFAULT_CRASH_BUDGET, reclaim
 from pgq.revision import SCHEMA_REVISION
 from pgq.scheduler import Scheduler
@@ -203,8 +204,12 @@ class Worker:
         self._held: dict[int, _Running] = {}
         self._held_lock = threading.Lock()
         self._outcomes: list[_Outcome] = []
-        self._hungry: dict[str, bool] = {}
+        self._hungry: dict[str, bool] = dict.fromkeys((q.name for q in self.config.queues), True)
+        """Per queue: may it have due work (its last claim came back full, or it was woken
+        since, or it was never asked)? Unknown is hungry, never empty."""
         self._round = 0
+        self._turns = Turns()
+        """Whose turn it is to get slots, carried from one claim round to the next."""
         self._stopping = False
         self._abandoned = 0
         self._exit_code = EXIT_OK
@@ -334,6 +339,7 @@ class Worker:
         next_report = loop.time() + 5
         tasks = [t.name for t in self.app.registry]
         queues = [q.name for q in self.config.queues]
+        rechecked = -1  # stop_when="due": jobs claimed when every queue was last re-asked
         while not self._stop_requested.is_set():
             now = loop.time()
             if now >= next_reclaim:
@@ -357,7 +363,13 @@ class Worker:
             if stop_when and not self._held and not self._outcomes:
                 if stop_when == "due" and not self._isolated_due and not any(
                         self._hungry.get(q.name, True) for q in self.config.queues):
-                    return
+                    if rechecked == self.stats.claimed:
+                        return  # every queue was asked since the last job was claimed
+                    # A queue found empty earlier may have work due now, and with fewer
+                    # slots than idle queues a round probes only some: ask each again.
+                    self._hungry.update(dict.fromkeys(queues, True))
+                    rechecked = self.stats.claimed
+                    continue
                 if stop_when == "done" and not await self._active_jobs(queues, tasks):
                     return
             with suppress(TimeoutError):
@@ -419,7 +431,7 @@ class Worker:
             return False  # _forget wakes the producer when the outcomes are stored
         self._round += 1
         limits = allocate(self.config.queues, self.config.concurrency, running, self._hungry,
-                          strict=self.config.strict, rotation=self._round)
+                          strict=self.config.strict, rotation=self._round, turns=self._turns)
         wanted = {q: n for q, n in limits.items() if n > 0}
         if not wanted:
             return False
@@ -440,7 +452,17 @@ class Worker:
             hit = got.get(queue, 0) >= n
             self._hungry[queue] = hit or woken
             full = full or hit
-        return full
+        if full:
+            return True
+        # Slots are still free and a queue that may have work was not asked this round
+        # (more such queues than free slots): its turn is next, now, not after a poll
+        # interval. Each such round asks at least one of them or fills the slots, so
+        # this ends within as many rounds as there are queues.
+        free = self.config.concurrency - sum(running.values()) - len(rows)
+        return free > 0 and any(
+            self._hungry.get(q.name, True) and q.name not in wanted
+            and (q.cap is None or running.get(q.name, 0) + got.get(q.name, 0) < q.cap)
+            for q in self.config.queues)
 
     async def _safely(self, awaitable: Any) -> Any:
         """Database trouble in a loop step is logged and retried next round, never fatal.

@@ -661,6 +661,57 @@ def test_concurrency_one_worker_claims_after_both_queues_were_empty(
     assert job(conn, job_id)["state"] == "completed"
 
 
+def test_twenty_queues_on_ten_slots_take_turns_and_drain_like_one(
+        make_app: Callable[..., pgq.App], conn: psycopg.Connection) -> None:
+    """Issue 12, defect 1: 20 queues, 10 slots, an even backlog. Whole-number shares were
+    all 0 and spare slots went by list order: the first ten queues drained while the
+    others got nothing, then the rest crawled, an empty claim waiting out the poll
+    interval. Now every queue starts a job before any queue runs its last, the counts
+    started per queue never drift apart, and the backlog drains at the rate of the
+    same backlog in one queue (measured here, with slack for a shared machine)."""
+    app = make_app()
+    started: list[str] = []  # the queue of each job, in start order (all on the loop)
+
+    @app.task(name="w.turn")
+    async def turn(ctx: pgq.Context) -> None:
+        started.append(ctx.queue)
+
+    per_queue = 100
+    twenty = [f"q{i:02d}" for i in range(20)]
+
+    def drain(queues: list[str], timeout: float) -> float:
+        """Jobs/s over the whole backlog, first claim to last completion (database clock)."""
+        n = per_queue * len(twenty)
+        app.enqueue_many(pgq.JobSpec("w.turn", queue=queues[i % len(queues)]) for i in range(n))
+        worker = pgq.Worker(app, WorkerConfig(queues=tuple(parse_queues(",".join(queues))),
+                                              concurrency=10, maintenance=False))
+        asyncio.run(asyncio.wait_for(worker.run_async(stop_when="due"), timeout))
+        first, last, done = conn.execute(
+            "SELECT min(started_at), max(finished_at), count(*) FILTER (WHERE state = "
+            "'completed') FROM pgq_jobs WHERE queue = ANY(%s)", [queues]).fetchone()
+        assert done == n
+        return float(n / (last - first).total_seconds())
+
+    start = time.monotonic()
+    one = drain(["single"], 60)
+    started.clear()
+    # A bound that a crawl misses by far (the old code took minutes), not a timing test.
+    many = drain(twenty, max(20.0, 10 * (time.monotonic() - start)))
+
+    first = {q: started.index(q) for q in twenty}
+    last = {q: len(started) - 1 - started[::-1].index(q) for q in twenty}
+    assert max(first.values()) < min(last.values()), (
+        f"a queue ran its last job (at start {min(last.values())}) before another queue "
+        f"ran its first (at start {max(first.values())})")
+    counts = dict.fromkeys(twenty, 0)
+    for i, queue in enumerate(started):
+        counts[queue] += 1
+        if i < len(started) - len(twenty):  # the last round may end queues unevenly
+            assert max(counts.values()) - min(counts.values()) <= 3, (
+                f"after {i + 1} starts the queues had run {sorted(counts.values())} jobs")
+    assert many >= 0.5 * one, f"20 queues drained at {many:.0f} jobs/s, one queue at {one:.0f}"
+
+
 # --- middleware -------------------------------------------------------------------------
 
 
