@@ -1056,11 +1056,11 @@ class _Heartbeat(threading.Thread):
                 continue
             log.warning("worker %s: no heartbeat has renewed its leases for %.1f s (lease "
                         "%g s) and the database does not answer; giving up %d running "
-                        "job(s) before their leases expire: %s. They are told to stop, "
+                        "job(s) before their leases expire (%s): they are told to stop, "
                         "their outcomes will not be written, and they run again once the "
                         "leases expire", worker.id, now - self._renewed,
                         worker.config.lease_seconds, len(overdue),
-                        ", ".join(str(r.job_id) for r in overdue))
+                        ", ".join(f"job={r.job_id}" for r in overdue))
             loop = worker._loop
             for running in overdue:
                 given_up.add(running.job_id)

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from ipaddress import ip_interface
 from pathlib import Path
 
 
@@ -32,8 +33,13 @@ def free_port() -> int:
 
 
 class PgCluster:
-    def __init__(self, **settings: str | int) -> None:
-        self.port = free_port()
+    def __init__(self, *, port: int | None = None, listen: tuple[str, ...] = (),
+                 **settings: str | int) -> None:
+        """``port``: a given one (default: any free one). ``listen``: addresses to listen
+        on besides 127.0.0.1, each trusted for its /30 (the test's own network
+        namespaces; see tests/support/netns.py)."""
+        self.port = port or free_port()
+        self.listen = listen
         self.dir = Path(tempfile.mkdtemp(prefix="pgq-cluster-"))
         self.data = self.dir / "data"
         self.settings = {"max_connections": 100, "fsync": "off", **settings}
@@ -64,8 +70,12 @@ class PgCluster:
             with open(self.data / "postgresql.conf", "a") as conf:
                 for key, value in self.settings.items():
                     conf.write(f"{key} = {value}\n")
-                conf.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n")
+                addresses = ",".join(("127.0.0.1", *self.listen))
+                conf.write(f"port = {self.port}\nlisten_addresses = '{addresses}'\n")
                 conf.write(f"unix_socket_directories = '{self.dir}'\n")
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                for address in self.listen:
+                    hba.write(f"host all all {ip_interface(address + '/30').network} trust\n")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "start")
         return self
 
