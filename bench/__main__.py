@@ -3,9 +3,10 @@
 Prints a table, then one JSON line per figure. Uses PGQ_DATABASE_URL's server (default
 localhost) and scratch databases ``pgq_bench`` (throughput), ``pgq_bench_pickup``
 (pickup latency), ``pgq_bench_prune`` (claim latency while pruning), ``pgq_bench_aged``
-with ``pgq_bench_aged_empty`` (aged table), ``pgq_bench_memory`` (worker memory) and
-``pgq_bench_cmp`` (the comparison's drain against pgbench's ceiling) and
-``pgq_bench_recovery`` (crash recovery) that it drops and recreates.
+with ``pgq_bench_aged_empty`` (aged table), ``pgq_bench_snapshot`` (drain under an open
+snapshot), ``pgq_bench_memory`` (worker memory), ``pgq_bench_cmp`` (the comparison's
+drain against pgbench's ceiling) and ``pgq_bench_recovery`` (crash recovery) that it drops
+and recreates.
 """
 
 from __future__ import annotations
@@ -30,20 +31,22 @@ from bench.prune import DATABASE as PRUNE_DATABASE
 from bench.prune import PRUNE, PruneResult
 from bench.recovery import DATABASE as RECOVERY_DATABASE
 from bench.recovery import RECOVERY, RecoveryResult
+from bench.snapshot import DATABASE as SNAPSHOT_DATABASE
+from bench.snapshot import SNAPSHOT, SnapshotResult
 from bench.workloads import WORKLOADS, Figure, fresh_database
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("workloads", nargs="*", default=[],
-                        choices=[*WORKLOADS, *PICKUP, *PRUNE, *AGED, *MEMORY, *COMPARISON,
-                                 *RECOVERY, []])
+                        choices=[*WORKLOADS, *PICKUP, *PRUNE, *AGED, *SNAPSHOT, *MEMORY,
+                                 *COMPARISON, *RECOVERY, []])
     parser.add_argument("--runs", type=int, default=None,
                         help="repetitions (throughput, aged drain: median reported; pickup, prune, "
                         "aged claims: samples pooled; memory: each run reported)")
     opts = parser.parse_args()
-    chosen = opts.workloads or [*WORKLOADS, *PICKUP, *PRUNE, *AGED, *MEMORY, *COMPARISON,
-                                *RECOVERY]
+    chosen = opts.workloads or [*WORKLOADS, *PICKUP, *PRUNE, *AGED, *SNAPSHOT, *MEMORY,
+                                *COMPARISON, *RECOVERY]
     kwargs = {"runs": opts.runs} if opts.runs else {}
     admin = os.environ.get("PGQ_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     figures: list[Figure] = []
@@ -63,9 +66,10 @@ def main() -> None:
         if not figures and not latencies:
             _describe(url)
         pruned = [PRUNE[name](url, **kwargs) for name in chosen if name in PRUNE]
-    reports: list[AgedResult | MemoryResult | ComparisonResult
+    reports: list[AgedResult | SnapshotResult | MemoryResult | ComparisonResult
                   | RecoveryResult] = []
-    for group, database in ((AGED, AGED_DATABASE), (MEMORY, MEMORY_DATABASE),
+    for group, database in ((AGED, AGED_DATABASE), (SNAPSHOT, SNAPSHOT_DATABASE),
+                            (MEMORY, MEMORY_DATABASE),
                             (RECOVERY, RECOVERY_DATABASE)):
         if any(name in group for name in chosen):
             url = fresh_database(admin, database)
