@@ -218,28 +218,32 @@ UPDATE pgq_jobs SET isolated = true WHERE id = ANY(%(ids)s::bigint[]);
 -- name: job_lease_extend_many
 -- The supervisor renews the leases of its children's jobs from the table they share with
 -- it (pgq.leasetable), so a child whose task holds the GIL cannot lose them. Fenced like
--- every write: (id, attempt, owner, running); a stale entry renews nothing.
+-- every write: (id, attempt, owner, running); a stale entry renews nothing. Reached by
+-- primary key, in id order, as job_finish_many explains.
 UPDATE pgq_jobs AS j
 SET lease_expires_at = coalesce(%(now)s::timestamptz, now())
                        + make_interval(secs => %(lease_seconds)s)
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(owners)s::text[])
-     AS p(id, attempt, owner)
+FROM (SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(owners)s::text[])
+                    AS u(id, attempt, owner)
+      ORDER BY u.id) AS p
 WHERE j.id = p.id AND j.attempt = p.attempt AND j.lease_owner = p.owner
-  AND j.state = 'running'
+  AND j.state = 'running' COLLATE "C"
 RETURNING j.id;
 
 -- name: job_heartbeat_many
 -- One statement per worker process per interval: extend every lease it still holds and
 -- flush the progress its tasks reported. Fenced on (id, attempt, owner, running): a job
--- missing from RETURNING was lost (reclaimed, cancelled) and its task must stop.
+-- missing from RETURNING was lost (reclaimed, cancelled) and its task must stop. Reached
+-- by primary key, in id order, as job_finish_many explains.
 UPDATE pgq_jobs AS j
 SET lease_expires_at = coalesce(%(now)s::timestamptz, now())
                        + make_interval(secs => %(lease_seconds)s),
     progress = coalesce(p.progress::jsonb, j.progress)
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(progress)s::text[])
-     AS p(id, attempt, progress)
+FROM (SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(progress)s::text[])
+                    AS u(id, attempt, progress)
+      ORDER BY u.id) AS p
 WHERE j.id = p.id AND j.attempt = p.attempt AND j.lease_owner = %(worker)s
-  AND j.state = 'running'
+  AND j.state = 'running' COLLATE "C"
 RETURNING j.id, j.lease_expires_at;
 
 -- name: job_finish_many
@@ -247,6 +251,19 @@ RETURNING j.id, j.lease_expires_at;
 -- cancelled, snoozed (scheduled, attempt refunded) or released at shutdown (available,
 -- attempt refunded). Every row is fenced on (id, attempt, lease owner, running), so a
 -- worker that lost its lease writes nothing; RETURNING tells it which rows it still owned.
+--
+-- The rows are reached by primary key, whatever the planner's statistics say. The
+-- running-jobs index (partial: state = 'running') leads to them too, and on an analyzed
+-- table the planner preferred it (by lease owner, or a scan of the whole index it took
+-- for small). But while any session holds a snapshot open (a long report, a pg_dump),
+-- every job a worker ever finished leaves a dead entry in that index that nothing can
+-- remove yet, and each flush walked all of them: 88 million index tuples read per drain
+-- of 50,000 jobs instead of 130 thousand (issue 12, defect 2). So the state is compared
+-- under COLLATE "C": the same test for this word, but no longer the index's predicate,
+-- which the planner then cannot prove, so that index is no way to the rows
+-- (tests/integration/test_query_plans.py checks the plans, custom and generic). The
+-- outcomes are taken in id order, as in every fenced write: they all lock their rows in
+-- the same order, so a flush and a lease renewal cannot deadlock.
 UPDATE pgq_jobs AS j
 SET state = o.state,
     attempt = j.attempt - o.refund,
@@ -258,11 +275,13 @@ SET state = o.state,
     errors = CASE WHEN o.error IS NULL THEN j.errors
                   ELSE j.errors || jsonb_build_array(o.error::jsonb
                        || jsonb_build_object('at', coalesce(%(now)s::timestamptz, now()))) END
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(owners)s::text[], %(states)s::text[],
-            %(delays)s::float8[], %(refunds)s::int[], %(results)s::text[], %(errors)s::text[])
-     AS o(id, attempt, owner, state, delay, refund, result, error)
+FROM (SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(owners)s::text[],
+                           %(states)s::text[], %(delays)s::float8[], %(refunds)s::int[],
+                           %(results)s::text[], %(errors)s::text[])
+                    AS u(id, attempt, owner, state, delay, refund, result, error)
+      ORDER BY u.id) AS o
 WHERE j.id = o.id AND j.attempt = o.attempt AND j.lease_owner = o.owner
-  AND j.state = 'running'
+  AND j.state = 'running' COLLATE "C"
 RETURNING j.id;
 
 -- name: job_lost_lock

@@ -1,14 +1,24 @@
 """The hot path's statements touch only the rows they work on, whatever the planner
 believes about the table: no statement of the claim/heartbeat/complete cycle may scan
-pgq_jobs sequentially once the table is large and has statistics.
+pgq_jobs sequentially once the table is large and has statistics, and every fenced write
+reaches its rows by primary key, even on a table whose indexes are full of entries an
+open snapshot keeps alive.
 
 A claim once joined its picked ids to pgq_jobs and, with statistics, hashed a sequential
 scan of the whole table on every claim (27 ms at 50,000 rows, growing with the table).
-Plans, not timings, are asserted: they are deterministic for a given table and server.
+The outcome statement once found its rows through the running-jobs index (by lease
+owner, or a scan of the whole partial index): while another session held a snapshot
+open, every job a worker had ever finished left a dead entry there that each flush
+walked again (issue 12, defect 2). Plans, not timings, are asserted: they are
+deterministic for a given table and server. Both the plan for the first executions
+(custom, the parameters' values known) and the generic plan a prepared statement may
+switch to are checked.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -56,3 +66,113 @@ def test_claim_heartbeat_and_finish_use_indexes(analyzed: psycopg.Connection[Any
         "delays": [0.0] * n, "refunds": [0] * n, "results": ["null"] * n, "errors": [None] * n,
         "now": None})
     assert "Seq Scan on pgq_jobs" not in finish, finish
+
+
+# --- fenced writes on a table an open snapshot keeps full of dead entries ---------------
+
+FINISHED = 20_000
+RUNNING = 64
+OWNER = "w"
+
+
+@pytest.fixture
+def snapshot_bloated(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], list[int]]]:
+    """pgq_jobs as a worker leaves it after draining FINISHED jobs while another session
+    holds a REPEATABLE READ snapshot: every job went available -> running -> completed
+    under owner OWNER, and none of the old versions can be removed, so the claim index
+    and the running-jobs index keep an entry for each; RUNNING jobs of OWNER are running
+    now. Analyzed, with the snapshot still open. Yields the connection and the running
+    jobs' ids."""
+    conn = psycopg.connect(db_url, autocommit=True)
+    hold = psycopg.connect(db_url, autocommit=True)
+    try:
+        hold.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        hold.execute("SELECT 1").fetchall()
+        conn.execute("INSERT INTO pgq_jobs (queue, task) "
+                     "SELECT 'default', 'plan.noop' FROM generate_series(1, %s)",
+                     [FINISHED + RUNNING])
+        conn.execute("UPDATE pgq_jobs SET state = 'running', attempt = 1, lease_owner = %s, "
+                     "started_at = now(), lease_expires_at = now() + interval '1 minute'",
+                     [OWNER])
+        conn.execute("UPDATE pgq_jobs SET state = 'completed', finished_at = now() "
+                     "WHERE id <= (SELECT min(id) + %s - 1 FROM pgq_jobs)", [FINISHED])
+        conn.execute("ANALYZE pgq_jobs")
+        ids = [r[0] for r in conn.execute(
+            "SELECT id FROM pgq_jobs WHERE state = 'running' ORDER BY id").fetchall()]
+        assert len(ids) == RUNNING
+        yield conn, ids
+    finally:
+        hold.close()
+        conn.close()
+
+
+def fenced_writes(ids: list[int]) -> dict[str, dict[str, Any]]:
+    """Every statement that writes rows of pgq_jobs a worker named, with parameters."""
+    n = len(ids)
+    return {
+        "job_finish_many": {
+            "ids": ids, "attempts": [1] * n, "owners": [OWNER] * n, "states": ["completed"] * n,
+            "delays": [0.0] * n, "refunds": [0] * n, "results": ["null"] * n,
+            "errors": [None] * n, "now": None},
+        "job_heartbeat_many": {
+            "ids": ids, "attempts": [1] * n, "progress": [None] * n, "worker": OWNER,
+            "lease_seconds": 30.0, "now": None},
+        "job_lease_extend_many": {
+            "ids": ids, "attempts": [1] * n, "owners": [OWNER] * n, "lease_seconds": 30.0,
+            "now": None},
+        "job_isolate_many": {"ids": ids},
+    }
+
+
+def generic_plan(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> str:
+    """EXPLAIN ANALYZE of the generic plan (the one a prepared statement uses after its
+    first executions if it looks no costlier), inside a rolled-back transaction."""
+    order: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(1) not in order:
+            order.append(m.group(1))
+        return f"${order.index(m.group(1)) + 1}"
+
+    sql = re.sub(r"%\((\w+)\)s", number, QUERIES[name])
+    args = ", ".join(f"%({key})s" for key in order)
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    conn.execute(f"PREPARE fenced AS {sql}")
+    try:
+        with conn.transaction(force_rollback=True):
+            rows = psycopg.ClientCursor(conn).execute(
+                f"EXPLAIN (ANALYZE, COSTS OFF) EXECUTE fenced({args})", params).fetchall()
+    finally:
+        conn.execute("DEALLOCATE fenced")
+        conn.execute("RESET plan_cache_mode")
+    return "\n".join(r[0] for r in rows)
+
+
+def scans_of_jobs(text: str) -> list[str]:
+    """How each node of a plan reads pgq_jobs: "Index Scan using pgq_jobs_pkey", ..."""
+    return re.findall(r"(\w[\w ]*Scan(?: using \w+)?) on pgq_jobs\b", text)
+
+
+def test_every_fenced_write_is_listed() -> None:
+    """A new statement that updates jobs fenced on their lease owner must be added to
+    fenced_writes, so its plans are checked too."""
+    fenced = {name for name, sql in QUERIES.items()
+              if sql.lstrip().upper().startswith("UPDATE PGQ_JOBS") and "lease_owner =" in sql}
+    assert fenced <= set(fenced_writes([])), fenced - set(fenced_writes([]))
+
+
+@pytest.mark.parametrize("name", sorted(fenced_writes([])))
+def test_fenced_writes_reach_rows_by_primary_key(
+        snapshot_bloated: tuple[psycopg.Connection[Any], list[int]], name: str) -> None:
+    conn, ids = snapshot_bloated
+    params = fenced_writes(ids)[name]
+    for kind, text in (("custom", plan(conn, name, params)),
+                       ("generic", generic_plan(conn, name, params))):
+        scans = scans_of_jobs(text)
+        assert scans and all(s.endswith("using pgq_jobs_pkey") for s in scans), \
+            f"{name}, {kind} plan:\n{text}"
+    # And the write still fences: a stale attempt or another owner changes nothing.
+    if "attempts" in params:
+        stale = {**params, "attempts": [2] * len(ids)}
+        with conn.transaction(force_rollback=True):
+            assert conn.execute(QUERIES[name], stale).fetchall() == []
