@@ -207,7 +207,10 @@ class Worker:
         self._hungry: dict[str, bool] = dict.fromkeys((q.name for q in self.config.queues), True)
         """Per queue: may it have due work (its last claim came back full, or it was woken
         since, or it was never asked)? Unknown is hungry, never empty."""
-        self._round = 0
+        self._round = random.randrange(1 << 16)
+        """Claim rounds, from a random start: it orders the queues' first turns, so worker
+        processes serving the same queues start their rounds at different queues instead
+        of all locking (and skipping) the same rows at the same moment."""
         self._turns = Turns()
         """Whose turn it is to get slots, carried from one claim round to the next."""
         self._stopping = False
