@@ -23,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,10 +50,7 @@ DEAD_PEER = Settings().for_lease(LEASE).dead_peer_timeout  # 1.5 s
 GIVE_UP_AFTER = LEASE - min(LEASE_MARGIN_SECONDS, LEASE / 6)  # 5 s
 RECLAIM = 5.0  # the worker's default reclaim interval
 
-pytestmark = [
-    pytest.mark.timeout(180),
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and nftables need root"),
-]
+pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
@@ -123,6 +121,7 @@ def first_seen(path: Path, pattern: str, timeout: float) -> float:
     return time.time()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and nftables need root")
 def test_silent_partition(hole_and_server: tuple[BlackHole, PgCluster], tmp_path: Path) -> None:
     hole, cluster = hole_and_server
     inside_url = f"postgresql://postgres@{hole.server_address}:{cluster.port}/pgq"
@@ -203,3 +202,59 @@ def test_silent_partition(hole_and_server: tuple[BlackHole, PgCluster], tmp_path
         hole.heal()
         workers.stop_all()
         app.close()
+
+
+def test_a_worker_that_cannot_renew_gives_its_jobs_up_before_the_lease_ends(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The heartbeat's verdict without a black hole (no root needed): an in-process
+    worker whose server is stopped (every connection refused at once) tells its task to
+    stop within the lease less the margin, never stores that attempt, and once the
+    server is back runs the job again after its lease expired."""
+    lease = 3.0
+    give_up_after = lease - min(LEASE_MARGIN_SECONDS, lease / 6)
+    cluster = PgCluster().start()
+    try:
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE pgq")
+        app = pgq.App(Settings(database_url=cluster.url_for("pgq")))
+        started, told = threading.Event(), threading.Event()
+        told_at: list[float] = []
+
+        @app.task(name="hold")
+        def hold(ctx: pgq.Context) -> int:
+            if ctx.attempt == 1:
+                started.set()
+                if ctx.cancelled.wait(30):
+                    told_at.append(time.monotonic())
+                    told.set()
+            return ctx.attempt  # returned even when told to stop: must not be stored
+
+        migrate.upgrade(app.settings)
+        (job,) = [r.id for r in app.enqueue_many([pgq.JobSpec("hold")])]
+        worker = pgq.Worker(app, pgq.WorkerConfig(lease_seconds=lease, poll_seconds=0.05,
+                                                  maintenance=False))
+        thread = threading.Thread(target=worker.run, kwargs={"install_signals": False},
+                                  daemon=True)
+        thread.start()
+        try:
+            assert started.wait(30), "the job did not start"
+            time.sleep(lease / 3)  # a renewal after the start: the fault's timing
+            stopped = time.monotonic()
+            cluster.stop("fast")
+            assert told.wait(lease + 5), "the task was never told to stop"
+            assert told_at[0] - stopped <= give_up_after + 0.5, told_at[0] - stopped
+            assert any("giving up 1 running job(s)" in r.getMessage() for r in caplog.records)
+            time.sleep(lease)  # the database stays down past the lease: the outage itself
+            cluster.start()
+            with psycopg.connect(cluster.url_for("pgq"), autocommit=True) as conn:
+                attempt, result, errors = wait_until(lambda: conn.execute(
+                    "SELECT attempt, result, errors FROM pgq_jobs WHERE id = %s "
+                    "AND state = 'completed'", [job]).fetchone(), 30, "the job to run again")
+            assert (attempt, result) == (2, 2)
+            assert [e["attempt"] for e in errors] == [1]
+        finally:
+            worker.request_stop()
+            thread.join(30)
+            app.close()
+    finally:
+        cluster.destroy()
