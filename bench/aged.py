@@ -36,9 +36,10 @@ Conditions, each repetition in this order:
    enqueued for it, back to back on one autocommit connection: pgq's own ``job_claim``
    statement through ``pgq.database.execute`` with the parameters ``Worker._claim``
    builds (queue ``default``, the task names of ``bench.app``, 30 s lease, database
-   clock); each claimed batch is then marked ``completed`` with ``job_finish_many`` on a
-   second connection, as the worker's completer does. A latency is the wall time of the
-   claim's ``execute`` (statement, commit, round trip, fetching rows);
+   clock, the start its ``pgq.claim_cursor`` gives); each claimed batch is then marked
+   ``completed`` with ``job_finish_many`` on a second connection, as the worker's
+   completer does. A latency is the wall time of the claim's ``execute`` (statement,
+   commit, round trip, fetching rows);
 6. ``aged+rr`` only: ``ROLLBACK`` of the snapshot's transaction (in a ``finally``, as is
    the worker's SIGTERM).
 
@@ -74,6 +75,7 @@ import psycopg
 import pgq
 from bench.prune import cpu_jiffies, percentile
 from bench.workloads import fresh_database
+from pgq.claim_cursor import ClaimCursors
 from pgq.database import connect, execute
 
 DATABASE = "pgq_bench_aged"
@@ -323,13 +325,15 @@ def _probe(settings: pgq.Settings, probes: int) -> list[float]:
     tasks = [t.name for t in bench_app.registry]
     worker_id = f"bench-aged-probe-{os.getpid()}"
     samples: list[float] = []
+    cursors = ClaimCursors()
     with connect(settings, autocommit=True) as conn, connect(settings, autocommit=True) as flush:
         for i in range(PROBE_WARMUP + probes):
             t0 = time.perf_counter()
             rows = execute(conn, "job_claim", {
                 "queues": ["default"], "limits": [CLAIM], "tasks": tasks, "worker": worker_id,
-                "lease_seconds": 30.0, "now": None})
+                "lease_seconds": 30.0, "now": None, **cursors.bounds(["default"])})
             elapsed = time.perf_counter() - t0
+            cursors.claimed((r[1], r[9], r[10], r[0]) for r in rows)
             if len(rows) != CLAIM:
                 raise RuntimeError(f"claim {i} returned {len(rows)} jobs, expected {CLAIM}")
             if i >= PROBE_WARMUP:

@@ -220,7 +220,8 @@ def pgbench_script(owner: str = "pgbench") -> str:
     tasks = ", ".join(f"'{t.name}'" for t in bench_app.registry)
     claim = _bind(QUERIES["job_claim"], {
         "queues": "ARRAY['default']", "limits": f"ARRAY[{BATCH}]", "tasks": f"ARRAY[{tasks}]",
-        "worker": f"'{owner}'", "lease_seconds": "30", "now": "NULL"})
+        "worker": f"'{owner}'", "lease_seconds": "30", "now": "NULL",
+        "start_priorities": "NULL", "start_run_ats": "NULL", "start_ids": "NULL"})
     # A data-modifying statement must sit at the top level of a WITH: the claim's UPDATE
     # becomes one more CTE of its own WITH, and the aggregate reads its RETURNING rows.
     head, update = claim.split("\nUPDATE ", 1)

@@ -49,6 +49,7 @@ import psycopg
 import redis
 
 import pgq
+from pgq.claim_cursor import FULL_SCAN
 from pgq.queries import QUERIES
 
 REDIS_URL = os.environ.get("PGQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -289,7 +290,8 @@ def floor_worker(url: str) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     claim = QUERIES["job_claim"]
     params = {"queues": ["default"], "limits": [10], "tasks": ["bench.pickup"],
-              "worker": f"floor:{os.getpid()}", "lease_seconds": 30.0, "now": None}
+              "worker": f"floor:{os.getpid()}", "lease_seconds": 30.0, "now": None,
+              **FULL_SCAN}
     with psycopg.connect(url, autocommit=True) as listen, \
             psycopg.connect(url, autocommit=True) as work:
         listen.execute("LISTEN pgq_wakeup")

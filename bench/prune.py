@@ -62,6 +62,7 @@ from typing import Any
 import psycopg
 
 import pgq
+from pgq.claim_cursor import FULL_SCAN
 from pgq.database import connect, execute
 from pgq.maintenance import Maintenance
 from pgq.maintenance import prune as prune_jobs
@@ -437,7 +438,7 @@ class _Claimers:
                 rows = execute(conn, "job_claim", {
                     "queues": list(wanted), "limits": list(wanted.values()),
                     "tasks": self.tasks, "worker": worker, "lease_seconds": 30.0,
-                    "now": None})
+                    "now": None, **FULL_SCAN})
                 samples.append((t0, time.monotonic() - t0))
                 if len(rows) < sum(wanted.values()):
                     raise RuntimeError(f"{worker}: a claim came back short, the supply of "

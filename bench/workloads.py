@@ -189,12 +189,14 @@ def drain(url: str, n: int = 50_000, runs: int = 3, processes: int = 2,
 def ceiling_loop(url: str, task: str, batch: int, async_commit: bool = False) -> None:
     """The database's ceiling for draining: claim ``batch`` jobs with pgq's ``job_claim``,
     record them completed with ``job_finish_many``, repeat until a claim finds nothing.
-    Same statements, parameters and connection setup (autocommit, prepared) as a worker,
-    on two connections like the worker's claim and flush connections; no Python task
-    handling, no asyncio, no threads."""
+    Same statements, parameters (claim cursors included) and connection setup (autocommit,
+    prepared) as a worker, on two connections like the worker's claim and flush
+    connections; no Python task handling, no asyncio, no threads."""
+    from pgq.claim_cursor import ClaimCursors
     from pgq.database import connect, execute
 
     settings = pgq.Settings(database_url=url)
+    cursors = ClaimCursors()
     worker = f"ceiling:{__import__('os').getpid()}"
     with connect(settings, autocommit=True) as claim, connect(settings, autocommit=True) as flush:
         if async_commit:
@@ -203,9 +205,10 @@ def ceiling_loop(url: str, task: str, batch: int, async_commit: bool = False) ->
         while True:
             rows = execute(claim, "job_claim", {
                 "queues": ["default"], "limits": [batch], "tasks": [task], "worker": worker,
-                "lease_seconds": 30.0, "now": None})
+                "lease_seconds": 30.0, "now": None, **cursors.bounds(["default"])})
             if not rows:
                 return
+            cursors.claimed((r[1], r[9], r[10], r[0]) for r in rows)
             n = len(rows)
             execute(flush, "job_finish_many", {
                 "ids": [r[0] for r in rows], "attempts": [r[4] for r in rows],

@@ -140,9 +140,20 @@ FROM STDIN;
 -- hashed a sequential scan of all of it for every claim (27 ms at 50,000 rows). Scheduled
 -- and retryable jobs are claimed directly once due: no promotion step is needed for a
 -- job to run on time. Tasks this worker does not know are left for a worker that does.
+--
+-- Each queue's walk may start at a position (priority, run_at, id) instead of the index's
+-- beginning: the start_* arrays, one element per queue, NULL (or the whole array NULL)
+-- for the beginning. Claimed jobs leave dead entries at the head of the index that an
+-- open snapshot keeps there, and a walk from the beginning visits every one of them;
+-- pgq.claim_cursor says where a queue's claimable jobs start and when to walk it all
+-- again (issue 12, defect 2). The start is a row comparison on the index's own columns,
+-- so the scan begins there rather than filtering. RETURNING ends with each job's
+-- priority and run_at, which pgq.claim_cursor keeps.
 WITH wanted AS (
-    SELECT w.queue, w.n
-    FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS w(queue, n)
+    SELECT w.queue, w.n, w.priority, w.run_at, w.id
+    FROM unnest(%(queues)s::text[], %(limits)s::int[], %(start_priorities)s::smallint[],
+                %(start_run_ats)s::timestamptz[], %(start_ids)s::bigint[])
+         AS w(queue, n, priority, run_at, id)
     WHERE w.n > 0
 ), picked AS MATERIALIZED (
     SELECT c.id
@@ -150,6 +161,9 @@ WITH wanted AS (
     CROSS JOIN LATERAL (
         SELECT id FROM pgq_jobs
         WHERE queue = w.queue
+          AND (priority, run_at, id) >= (coalesce(w.priority, -32768),
+                                         coalesce(w.run_at, '-infinity'),
+                                         coalesce(w.id, 0))
           AND state IN ('available', 'retryable', 'scheduled')
           AND run_at <= coalesce(%(now)s::timestamptz, now())
           AND task = ANY(%(tasks)s::text[])
@@ -171,7 +185,8 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.timeout_se
           j.lease_expires_at,
           (SELECT count(*) FROM jsonb_array_elements(j.errors) AS e
            WHERE e->>'type' = 'pgq.WorkerLost'
-             AND (e->>'charged') IS DISTINCT FROM 'false')::int AS lost;
+             AND (e->>'charged') IS DISTINCT FROM 'false')::int AS lost,
+          j.priority, j.run_at;
 
 -- name: job_isolated_due
 -- Does a job that must run alone wait in these queues? pgq_jobs_isolated_idx is nearly

@@ -45,6 +45,7 @@ from typing import Any, Literal, overload
 import psycopg
 
 from pgq.app import App
+from pgq.claim_cursor import ClaimCursors
 from pgq.context import Context, LeaseLost
 from pgq.coordination import WakeupListener
 from pgq.database import connect, connect_async, execute, execute_async
@@ -213,6 +214,8 @@ class Worker:
         of all locking (and skipping) the same rows at the same moment."""
         self._turns = Turns()
         """Whose turn it is to get slots, carried from one claim round to the next."""
+        self._cursors = ClaimCursors()
+        """Where each queue's claimable jobs start, so claims skip the index's dead head."""
         self._stopping = False
         self._abandoned = 0
         self._exit_code = EXIT_OK
@@ -441,13 +444,15 @@ class Worker:
         rows = await self._safely(execute_async(self._conn, "job_claim", {
             "queues": list(wanted), "limits": list(wanted.values()), "tasks": tasks,
             "worker": self.id, "lease_seconds": self.config.lease_seconds,
-            "now": self.app.clock.now()}, binary=True))
+            "now": self.app.clock.now(), **self._cursors.bounds(list(wanted))}, binary=True))
         if rows is None:
             return False
+        # job_claim's last two columns are each job's place in its queue (claim cursors).
+        self._cursors.claimed((row[1], row[9], row[10], row[0]) for row in rows)
         got: dict[str, int] = {}
         for row in rows:
             got[row[1]] = got.get(row[1], 0) + 1
-            self._start(row)
+            self._start(row[:9])
         self.stats.claimed += len(rows)
         full = False
         woken = self._wake is not None and self._wake.is_set()  # during the claim

@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from pgq.claim_cursor import FULL_SCAN
 from pgq.queries import QUERIES
 
 ROWS = 30_000
@@ -50,7 +51,7 @@ def plan(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> st
 def test_claim_heartbeat_and_finish_use_indexes(analyzed: psycopg.Connection[Any]) -> None:
     conn = analyzed
     claim = {"queues": ["default"], "limits": [64], "tasks": ["plan.noop"], "worker": "w",
-             "lease_seconds": 30.0, "now": None}
+             "lease_seconds": 30.0, "now": None, **FULL_SCAN}
     claim_plan = plan(conn, "job_claim", claim)
     assert "Seq Scan on pgq_jobs" not in claim_plan, claim_plan
     # Claim for real (committed) so the heartbeat and finish plans see running jobs.
@@ -72,6 +73,7 @@ def test_claim_heartbeat_and_finish_use_indexes(analyzed: psycopg.Connection[Any
 
 FINISHED = 20_000
 RUNNING = 64
+AVAILABLE = 200
 OWNER = "w"
 
 
@@ -81,8 +83,8 @@ def snapshot_bloated(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], lis
     holds a REPEATABLE READ snapshot: every job went available -> running -> completed
     under owner OWNER, and none of the old versions can be removed, so the claim index
     and the running-jobs index keep an entry for each; RUNNING jobs of OWNER are running
-    now. Analyzed, with the snapshot still open. Yields the connection and the running
-    jobs' ids."""
+    now, and AVAILABLE jobs wait behind them. Analyzed, with the snapshot still open.
+    Yields the connection and the running jobs' ids."""
     conn = psycopg.connect(db_url, autocommit=True)
     hold = psycopg.connect(db_url, autocommit=True)
     try:
@@ -96,6 +98,8 @@ def snapshot_bloated(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], lis
                      [OWNER])
         conn.execute("UPDATE pgq_jobs SET state = 'completed', finished_at = now() "
                      "WHERE id <= (SELECT min(id) + %s - 1 FROM pgq_jobs)", [FINISHED])
+        conn.execute("INSERT INTO pgq_jobs (queue, task) "
+                     "SELECT 'default', 'plan.noop' FROM generate_series(1, %s)", [AVAILABLE])
         conn.execute("ANALYZE pgq_jobs")
         ids = [r[0] for r in conn.execute(
             "SELECT id FROM pgq_jobs WHERE state = 'running' ORDER BY id").fetchall()]
@@ -176,3 +180,42 @@ def test_fenced_writes_reach_rows_by_primary_key(
         stale = {**params, "attempts": [2] * len(ids)}
         with conn.transaction(force_rollback=True):
             assert conn.execute(QUERIES[name], stale).fetchall() == []
+
+
+def claim_index_blocks(conn: psycopg.Connection[Any], params: dict[str, Any]) -> tuple[int, list[int]]:
+    """Buffers job_claim's walk of pgq_jobs_claim_idx touched, and the ids it claimed
+    (in a rolled-back transaction)."""
+    def blocks(node: dict[str, Any]) -> int:
+        own = (node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
+               if node.get("Index Name") == "pgq_jobs_claim_idx" else 0)
+        return own + sum(blocks(child) for child in node.get("Plans", []))
+
+    with conn.transaction(force_rollback=True):
+        row = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {QUERIES['job_claim']}",
+                           params).fetchone()
+    assert row is not None
+    (doc,) = row
+    with conn.transaction(force_rollback=True):
+        ids = sorted(r[0] for r in conn.execute(QUERIES["job_claim"], params).fetchall())
+    return blocks(doc[0]["Plan"]), ids
+
+
+def test_claim_from_a_start_skips_the_dead_head(
+        snapshot_bloated: tuple[psycopg.Connection[Any], list[int]]) -> None:
+    """The claim index still holds an entry for each of the FINISHED + RUNNING jobs
+    claimed under the snapshot; a claim from the beginning walks them all, a claim from
+    where the live jobs start (what pgq.claim_cursor remembers) does not, and both take
+    the same jobs."""
+    conn, _ = snapshot_bloated
+    first = conn.execute("SELECT priority, run_at, id FROM pgq_jobs WHERE state = 'available' "
+                         "ORDER BY priority, run_at, id LIMIT 1").fetchone()
+    assert first is not None
+    claim = {"queues": ["default"], "limits": [64], "tasks": ["plan.noop"], "worker": "w2",
+             "lease_seconds": 30.0, "now": None}
+    full, full_ids = claim_index_blocks(conn, {**claim, **FULL_SCAN})
+    bounded, bounded_ids = claim_index_blocks(conn, {
+        **claim, "start_priorities": [first[0]], "start_run_ats": [first[1]],
+        "start_ids": [first[2]]})
+    assert len(full_ids) == 64 and bounded_ids == full_ids
+    assert full > 50, full  # the dead head: FINISHED + RUNNING entries
+    assert bounded * 10 < full, (bounded, full)

@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 
 import pgq
 from pgq.backoff import Backoff
+from pgq.claim_cursor import FULL_SCAN
 from pgq.database import execute
 from pgq.failure import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
 from pgq.queues import parse_queues
@@ -538,7 +539,7 @@ def test_finish_and_heartbeat_are_fenced_on_owner_and_attempt(
         def claim(worker: str) -> list[Any]:
             return execute(c, "job_claim", {
                 "queues": ["default"], "limits": [1], "tasks": ["w.fenced"], "worker": worker,
-                "lease_seconds": 30, "now": None})
+                "lease_seconds": 30, "now": None, **FULL_SCAN})
 
         def finish(owner: str, attempt: int, state: str = "completed") -> list[Any]:
             error = json.dumps({"attempt": attempt, "type": "X", "message": owner})
