@@ -683,6 +683,10 @@ class Worker:
             self._log(running, "completed", "in its transaction")
             self._forget(running, "completed")
             return None
+        if running.lost:
+            # Given up while it returned (its heartbeat judged the lease gone): the result
+            # is not this worker's to store; lease_lost forgets the job.
+            return None
         try:
             encoded = encode_result(result)
         except InvalidArgsError as exc:
