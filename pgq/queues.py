@@ -60,42 +60,67 @@ def parse_queues(text: str) -> list[QueueSpec]:
     return specs
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What allocation derives from the queue specs alone, worked out once per worker."""
+
+    specs: tuple[QueueSpec, ...]
+    concurrency: int
+    tick: int
+    """Virtual time of one turn of weight 1: ``lcm`` of the weights, so every weight's
+    turn is a whole number of ticks and no rounding can hand anyone an extra turn."""
+    ticks: dict[str, int]
+    shares: dict[str, int]
+    """Each queue's whole share: ``concurrency * weight // total weight``."""
+    by_name: dict[str, QueueSpec]
+
+
 @dataclass(slots=True)
 class Turns:
     """What weighted allocation remembers from one claim round to the next: whose turn
     it is. One per worker process (its producer), created empty.
 
-    Each queue has a *virtual time* that a turn advances by ``1/weight`` (kept in whole
-    ticks of ``1/lcm(weights)``, so that no rounding can hand anyone an extra turn);
-    the next turn goes to the queue whose virtual time is lowest, ties to the queue
-    served longest ago. ``clock`` is the virtual time of the latest turn: a queue never
-    competes below it, so one that was idle or at its cap banks no credit, and a queue
-    served only by turns is never more than one turn ahead of it: what bounds its wait
-    (``allocate``'s docstring)."""
+    Each queue has a *virtual time* that a turn advances by ``1/weight``; the next turn
+    goes to the queue whose virtual time is lowest, ties to the queue served longest ago
+    (queues never served: in the order given, from the ``rotation`` of the first round).
+    ``clock`` is the virtual time of the latest turn: a queue never competes below it,
+    so one that was idle or at its cap banks no credit, and a queue served only by turns
+    is never more than one turn ahead of it: what bounds its wait (``allocate``)."""
 
     clock: int = 0
     vtime: dict[str, int] = field(default_factory=dict)
     last: dict[str, int] = field(default_factory=dict)
     """Sequence number of each queue's latest slot (turn, whole share or probe)."""
     seq: int = 0
-    tick: int = 0
-    """``lcm`` of the weights the times were counted for; other weights start afresh."""
+    plan: _Plan | None = None
+
+    def planned(self, specs: Sequence[QueueSpec], concurrency: int, rotation: int) -> _Plan:
+        plan = self.plan
+        if plan is not None and plan.concurrency == concurrency and (
+                plan.specs is specs or plan.specs == tuple(specs)):
+            return plan
+        weights = [s.weight for s in specs]
+        tick, total = math.lcm(*weights), sum(weights)
+        if plan is None or plan.tick != tick:
+            self.vtime.clear()  # times counted in other ticks
+            self.clock = 0
+        n = len(specs)
+        for i, spec in enumerate(specs):  # never served: in order, from ``rotation``
+            self.last.setdefault(spec.name, (i - rotation) % n - n)
+        self.plan = _Plan(tuple(specs), concurrency, tick,
+                          {s.name: tick // s.weight for s in specs} | {_PROBE: tick},
+                          {s.name: concurrency * s.weight // total for s in specs},
+                          {s.name: s for s in specs})
+        return self.plan
 
     def when(self, key: str) -> int:
         """The virtual time ``key`` competes at: its own, or the clock if that is later."""
-        return max(self.vtime.get(key, 0), self.clock)
+        vtime = self.vtime.get(key, 0)
+        return vtime if vtime > self.clock else self.clock
 
     def served(self, key: str) -> None:
         self.seq += 1
         self.last[key] = self.seq
-
-    def counting_for(self, weights: Sequence[int]) -> int:
-        """Ticks per turn of weight 1 (``lcm(weights)``); other weights start afresh."""
-        tick = math.lcm(*weights)
-        if tick != self.tick:
-            self.vtime.clear()
-            self.clock, self.tick = 0, tick
-        return tick
 
     def charge(self, key: str, ticks: int) -> None:
         """``key`` got slots out of turn (its whole share): they count as its turns."""
@@ -103,23 +128,24 @@ class Turns:
         self.served(key)
 
     def deal(self, slots: int, players: Sequence[str], ticks: Mapping[str, int],
-             order: Mapping[str, int], takes: Callable[[str], bool]) -> Iterator[str]:
-        """Up to ``slots`` turns among ``players``, lowest virtual time first (ties:
-        served longest ago, then ``order``). ``takes(key)`` says whether a player still
-        takes a slot (room under its cap); one that does not is passed over."""
+             takes: Callable[[str], bool]) -> Iterator[str]:
+        """Up to ``slots`` turns among ``players``, lowest virtual time first, ties to
+        the one served longest ago. ``takes(key)`` says whether a player still takes a
+        slot (room under its cap); one that does not is passed over."""
         # Every player competes at the clock or later, and the clock only rises to the
         # time of the turn just given, which no player is below: so the heap's order is
         # the order of ``when``.
-        heap = [(self.when(k), self.last.get(k, 0), order.get(k, -1), k) for k in players]
+        last, vtime, clock = self.last, self.vtime, self.clock
+        heap = [(max(vtime.get(k, 0), clock), last.get(k, 0), k) for k in players]
         heapq.heapify(heap)
         while slots > 0 and heap:
-            time, _, rank, key = heapq.heappop(heap)
+            time, _, key = heapq.heappop(heap)
             if not takes(key):
                 continue
             self.clock = time
             self.vtime[key] = time + ticks[key]
             self.served(key)
-            heapq.heappush(heap, (self.vtime[key], self.seq, rank, key))
+            heapq.heappush(heap, (self.vtime[key], self.seq, key))
             slots -= 1
             yield key
 
@@ -211,9 +237,7 @@ def allocate(
                 free -= 1
         return out
     turns = turns if turns is not None else Turns()
-    tick = turns.counting_for([s.weight for s in specs])
-    ticks = {s.name: tick // s.weight for s in specs} | {_PROBE: tick}  # probes: weight 1
-    order = {s.name: (i - rotation) % len(specs) for i, s in enumerate(specs)}
+    plan = turns.planned(specs, concurrency, rotation)
     idle = [s for s in specs if not hungry.get(s.name, True)]
     busy = [s for s in specs if hungry.get(s.name, True)]
     scarce = len(idle) > 0 and free <= len(idle)
@@ -226,28 +250,26 @@ def allocate(
                 turns.served(spec.name)
     # Whole shares, less what each queue already runs. They come first, and count as
     # turns: the turns make up the fractional rest of each share.
-    total_weight = sum(s.weight for s in specs)
     for spec in busy:
-        share = concurrency * spec.weight // total_weight
-        take = min(max(0, share - running.get(spec.name, 0)), room(spec), free)
+        owed = plan.shares[spec.name] - running.get(spec.name, 0)
+        take = min(owed, room(spec), free) if owed > 0 else 0
         if take > 0:
             out[spec.name] += take
             free -= take
-            turns.charge(spec.name, take * ticks[spec.name])
+            turns.charge(spec.name, take * plan.ticks[spec.name])
     # Turns, one slot at a time.
     probes = sorted((s for s in idle if out[s.name] == 0) if scarce else (),
-                    key=lambda s: (turns.last.get(s.name, 0), order[s.name]))
-    by_name = {s.name: s for s in specs}
+                    key=lambda s: turns.last[s.name])
 
     def takes(key: str) -> bool:
         if key != _PROBE:
-            return room(by_name[key]) > 0
+            return room(plan.by_name[key]) > 0
         while probes and room(probes[0]) <= 0:
             probes.pop(0)
         return bool(probes)
 
     players = [s.name for s in busy] + ([_PROBE] if probes else [])
-    for player in turns.deal(free, players, ticks, order, takes):
+    for player in turns.deal(free, players, plan.ticks, takes):
         name = player
         if player == _PROBE:
             name = probes.pop(0).name
