@@ -24,9 +24,14 @@ starts are taken again from what it found. How often: a full scan may begin once
 ``1 / share`` times the duration of the previous one has passed since that one began
 (``share`` 5 %: full scans take at most about a twentieth of the claim connection's
 time). On a healthy table a full scan costs what any claim costs, a few milliseconds, so
-it comes every few tens of milliseconds and order is as strict as without cursors. Under
-an open snapshot it grows with the dead head and comes less often: a job that appeared
-before a start waits at most that long, while every other claim skips the head.
+it comes every few tens of milliseconds: a job that appears before a start waits about
+that long. Under an open snapshot a full scan grows with the dead head and comes less
+often (a dead head that takes 20 ms to walk: every 0.4 s), and such a job waits that
+long, while every other claim skips the head.
+
+A claim from a start that comes back short therefore proves nothing about what waits
+before it: a worker told to stop once nothing is due (``stop_when="due"``) forgets the
+starts before its last look at every queue.
 
 Nothing here touches the database; ``pgq.worker`` asks for the bounds before each
 ``job_claim`` and reports what it claimed.
@@ -105,6 +110,12 @@ class ClaimCursors:
             if queue not in firsts or key < firsts[queue]:
                 firsts[queue] = key
         self._starts.update(firsts)
+
+    def forget(self) -> None:
+        """Walk every queue from its beginning until a claim of it takes jobs again: a
+        claim from a start that comes back short does not prove a queue has nothing due
+        (a worker asked to stop once nothing is due makes sure with this)."""
+        self._starts.clear()
 
     def start(self, queue: str) -> Key | None:
         """Where ``queue``'s next bounded claim starts (None: from its beginning)."""

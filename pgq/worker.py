@@ -374,6 +374,7 @@ class Worker:
                     # A queue found empty earlier may have work due now, and with fewer
                     # slots than idle queues a round probes only some: ask each again.
                     self._hungry.update(dict.fromkeys(queues, True))
+                    self._cursors.forget()  # and from their beginnings (pgq.claim_cursor)
                     rechecked = self.stats.claimed
                     continue
                 if stop_when == "done" and not await self._active_jobs(queues, tasks):

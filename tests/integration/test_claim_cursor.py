@@ -18,6 +18,7 @@ import pytest
 
 import pgq
 import pgq.worker as worker_module
+from pgq.claim_cursor import ClaimCursors
 from pgq.database import execute_async
 from pgq.settings import Settings
 from pgq.worker import WorkerConfig
@@ -122,3 +123,28 @@ def test_a_job_before_the_start_is_taken_by_the_next_full_scan(
         "SELECT count(*) FROM pgq_jobs WHERE task = 'c.backlog' "
         "AND started_at > (SELECT started_at FROM pgq_jobs WHERE id = %s)", [job_id]).fetchone()
     assert started is not None and started[0] > 200, started
+
+
+def test_a_worker_stopping_once_nothing_is_due_looks_before_the_starts(
+        make_app: Callable[..., pgq.App], conn: psycopg.Connection[Any]) -> None:
+    """stop_when="due" must not stop on a claim from a start that came back empty while
+    a due job waits before that start. Full scans are made to never come by time here,
+    so only the last look (which forgets the starts) can find it."""
+    app = make_app()
+    producer = make_app(strict=False)
+    urgent: list[int] = []
+
+    @app.task(name="c.backlog")
+    def backlog(i: int) -> None:
+        if i == 9:
+            urgent.append(producer.enqueue("c.urgent", priority=-50).id)
+
+    app.task(name="c.urgent")(lambda: None)
+    app.enqueue_many([pgq.JobSpec("c.backlog", {"i": i}) for i in range(10)])
+    worker = pgq.Worker(app, WorkerConfig(concurrency=1, poll_seconds=0.05))
+    worker._cursors = ClaimCursors(share=1e-9)  # a full scan only when no start is known
+    asyncio.run(asyncio.wait_for(worker.run_async(stop_when="due"), 60))
+    (job_id,) = urgent
+    states = dict(conn.execute("SELECT id, state FROM pgq_jobs").fetchall())
+    assert set(states.values()) == {"completed"}, states
+    assert states[job_id] == "completed"

@@ -113,3 +113,12 @@ def test_a_failed_claim_reports_nothing() -> None:
 def test_share_must_be_a_fraction(share: float) -> None:
     with pytest.raises(ValueError, match="share"):
         ClaimCursors(share=share)
+
+
+def test_forget_walks_every_queue_from_its_beginning_until_it_takes_jobs() -> None:
+    clock = Clock()
+    c = ClaimCursors(clock=clock)
+    claim(c, clock, ["a", "b"], 0.001, [("a", 0, T0, 3), ("b", 0, T0, 4)])
+    c.forget()
+    assert claim(c, clock, ["a", "b"], 0.001, [("b", 0, T0, 9)]) is FULL_SCAN
+    assert c.start("a") is None and c.start("b") == (0, T0, 9)
