@@ -925,6 +925,12 @@ class Worker:
         if running is None or running.ctx.completed_in_transaction or (
                 running.lost and not judged):
             return
+        if running.decided and not judged:
+            # Its outcome is being stored: a heartbeat that ran while that commit landed
+            # no longer finds it running. The fenced write itself says whether it was
+            # still ours (and logs lease-lost if not); calling it lost here was a false
+            # alarm that also dropped a completed job from the stats.
+            return
         running.lost = True
         running.ctx.cancelled.set()
         if not judged:

@@ -681,3 +681,26 @@ def test_outcome_messages() -> None:
 def test_unstorable_delay_rejected(delay: Any) -> None:
     with pytest.raises(ValueError):
         Retry(delay)
+
+
+def test_a_heartbeat_miss_for_a_job_whose_outcome_is_being_stored_is_not_a_lost_lease() -> None:
+    """The heartbeat that runs while a job's outcome commits no longer finds the job
+    running; that is the outcome landing, not the lease lost (it logged "lease lost" and
+    forgot completed jobs). The fenced write decides instead."""
+    import time as _time
+
+    from pgq.context import Context
+    from pgq.worker import Worker, _Running
+
+    app = pgq.App(pgq.Settings(database_url="postgresql://localhost/x"), strict=False)
+    task = app.task(name="unit.noop")(lambda: None)
+    worker = Worker(app)
+    ctx = Context(7, task.name, "default", 1, 25, None, worker.id, _transaction=None)
+    running = _Running(7, 1, task, ctx, _time.monotonic())
+    worker._held[7] = running
+    running.decided = True
+    worker.lease_lost(7)
+    assert worker._held.get(7) is running and not running.lost
+    running.decided = False
+    worker.lease_lost(7)
+    assert 7 not in worker._held and running.lost and ctx.cancelled.is_set()
