@@ -30,10 +30,19 @@ checkpointed and ``JOBS`` (20,000) jobs are enqueued with one ``App.enqueue_many
   on a refilled table, make one measurement: jobs/s = Σ jobs / Σ (transactions / tps),
   tps being pgbench's "without initial connection time".
 * **Order**: each repetition measures the ceiling and every chosen drain once, the order
-  rotating between repetitions, so drift on the shared machine hits all alike. Figures
+  rotating between repetitions, so drift on the shared machine hits all alike. Before
+  each measurement the bench waits (up to ``QUIET_WAIT``, 30 s) for a second in which
+  the CPUs are at most ``QUIET_BUSY`` (50 %) busy, so a burst of someone else's work is
+  less likely to land in one measurement only; that second's busy share is reported. Figures
   are medians over ``runs`` repetitions (default 3); a drain's ratio is its median over the
   ceiling's median, and each repetition's own ratio is listed too. CPU busy is the share
   of both CPUs busy during each drain (``/proc/stat``).
+* **CPU per job** of each drain, which other work on the machine hardly changes (unlike
+  its throughput): the CPU time (``/proc/<pid>/stat``, user + system) spent between the
+  enqueue and the last completion by the worker's processes (supervisor and children)
+  and by the PostgreSQL backends connected to the database, over ``JOBS``. The drains
+  saturate both CPUs, so a CPU-per-job ratio predicts their throughput ratio on a quiet
+  machine; it is printed next to the sync/async and INFO/WARNING throughput ratios.
 
 The ceiling's completion is not pgq's ``job_finish_many``: the ceiling is what the
 database can do for claim + complete at all, so a slow plan in pgq's statements shows in
@@ -76,6 +85,8 @@ AIM_2P = 0.35
 TARGET_SYNC = 0.80
 TARGET_LOG = 0.90
 DRAIN_TIMEOUT = 600.0
+QUIET_BUSY = 0.50
+QUIET_WAIT = 30.0
 PGBENCH = shutil.which("pgbench") or "/usr/bin/pgbench"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,8 +113,20 @@ class Series:
     rates: list[float] = field(default_factory=list)
     """jobs/s, one per repetition."""
     cpu_busy: list[float] = field(default_factory=list)
+    busy_before: list[float] = field(default_factory=list)
+    """CPU busy share in the second before each measurement (``_wait_quiet``)."""
+    worker_cpu: list[float] = field(default_factory=list)
+    """CPU µs per job of the worker's processes (supervisor and children) in the drain."""
+    db_cpu: list[float] = field(default_factory=list)
+    """CPU µs per job of the PostgreSQL backends serving the worker in the drain."""
     lines_per_job: list[float] = field(default_factory=list)
     """Per-job log lines (``outcome=``) in the worker's log, per job."""
+
+    @property
+    def cpu_per_job(self) -> float:
+        """Median of (worker + database) CPU µs per job."""
+        ordered = sorted(w + d for w, d in zip(self.worker_cpu, self.db_cpu, strict=True))
+        return ordered[len(ordered) // 2] if ordered else float("nan")
 
     @property
     def rate(self) -> float:
@@ -125,6 +148,13 @@ class ComparisonResult:
         return [a / b for a, b in zip(self.series[name].rates, self.series[over].rates,
                                       strict=True)]
 
+    def cpu_ratio(self, name: str, over: str) -> float | None:
+        """``over``'s CPU per job (worker + database) over ``name``'s: the throughput ratio
+        the two would have on a machine whose CPUs they saturate, as the drains do here."""
+        if over == CEILING or name not in self.series or over not in self.series:
+            return None
+        return self.series[over].cpu_per_job / self.series[name].cpu_per_job
+
     def checks(self) -> list[tuple[str, str, str, float, float]]:
         """(figure, numerator, denominator, ratio, target) of each target that applies."""
         out = []
@@ -140,9 +170,11 @@ class ComparisonResult:
     def lines(self) -> list[str]:
         ceiling = self.series[CEILING]
         out = [f"{'comparison':<22} {'jobs/s':>9} {'ratio':>6}  median; each repetition's "
-               "jobs/s (ratio to its ceiling); CPU busy; per-job log lines per job",
+               "jobs/s (ratio to its ceiling); CPU busy during; worker + database CPU µs per "
+               "job; per-job log lines per job; CPU busy in the second before",
                f"{CEILING + ' (pgbench)':<22} {ceiling.rate:>9,.0f} {'1.00':>6}  "
-               + " / ".join(f"{r:,.0f}" for r in ceiling.rates)]
+               + " / ".join(f"{r:,.0f}" for r in ceiling.rates) + "; busy before "
+               + ", ".join(f"{b:.0%}" for b in ceiling.busy_before)]
         for name, s in self.series.items():
             if name == CEILING:
                 continue
@@ -150,14 +182,19 @@ class ComparisonResult:
                                                                     strict=True))
             cpu = ", ".join(f"{b:.0%}" for b in s.cpu_busy)
             logs = ", ".join(f"{n:.2f}" for n in s.lines_per_job)
+            before = ", ".join(f"{b:.0%}" for b in s.busy_before)
+            spent = ", ".join(f"{w:.0f}+{d:.0f}" for w, d in zip(s.worker_cpu, s.db_cpu,
+                                                                 strict=True))
             out.append(f"{name:<22} {s.rate:>9,.0f} {self.ratio(name) or 0:>6.2f}  {each}; "
-                       f"{cpu}; {logs}")
+                       f"{cpu}; {spent}; {logs}; {before}")
         for figure, num, den, value, target in self.checks():
             verdict = "pass" if value >= target else "FAIL"
             each = " / ".join(f"{q:.2f}" for q in self.each(num, den))
             aim = f", aim {AIM_2P:.2f}" if num == "drain_cmp_2p" and den == CEILING else ""
+            by_cpu = self.cpu_ratio(num, den)
+            cpu = f"; by CPU per job {by_cpu:.2f}" if by_cpu is not None else ""
             out.append(f"  {figure:<20} {value:>6.2f}  (each: {each}) target >= {target:.2f}"
-                       f"{aim}: {verdict}")
+                       f"{aim}: {verdict}{cpu}")
         return out
 
     def json(self) -> list[dict[str, Any]]:
@@ -165,7 +202,8 @@ class ComparisonResult:
         out: list[dict[str, Any]] = [{
             "workload": "drain_cmp_ceiling", "unit": "jobs/s", "pgq": None,
             "baseline": round(ceiling.rate, 1), "baseline_name": "pgbench claim+complete SQL",
-            "baselines": [round(r, 1) for r in ceiling.rates], "jobs": JOBS, "batch": BATCH,
+            "baselines": [round(r, 1) for r in ceiling.rates],
+            "busy_before": [round(b, 3) for b in ceiling.busy_before], "jobs": JOBS, "batch": BATCH,
             "clients": CLIENTS, "segments": SEGMENTS}]
         for name, s in self.series.items():
             if name == CEILING:
@@ -178,12 +216,17 @@ class ComparisonResult:
                         "runs": [round(r, 1) for r in s.rates],
                         "ratios": [round(q, 3) for q in self.each(name)],
                         "cpu_busy": [round(b, 3) for b in s.cpu_busy],
+                        "busy_before": [round(b, 3) for b in s.busy_before],
+                        "worker_cpu_us_per_job": [round(c, 1) for c in s.worker_cpu],
+                        "db_cpu_us_per_job": [round(c, 1) for c in s.db_cpu],
                         "log_lines_per_job": [round(n, 3) for n in s.lines_per_job],
                         "processes": shape.processes, "concurrency": CONCURRENCY,
                         "task": shape.task, "log_level": shape.log_level, "jobs": JOBS})
         for figure, num, den, value, target in self.checks():
             out.append({"workload": "drain_cmp", "figure": figure, "ratio": round(value, 3),
                         "ratios": [round(q, 3) for q in self.each(num, den)],
+                        "cpu_ratio": (round(c, 3) if (c := self.cpu_ratio(num, den)) is not None
+                                      else None),
                         "target": target, "pass": value >= target})
         return out
 
@@ -200,6 +243,7 @@ def comparison(url: str, names: list[str], runs: int = 3) -> ComparisonResult:
             for r in range(runs):
                 for i in range(len(order)):
                     name = order[(r + i) % len(order)]
+                    result.series[name].busy_before.append(_wait_quiet())
                     if name == CEILING:
                         result.series[name].rates.append(_ceiling(app, script))
                     else:
@@ -280,6 +324,11 @@ def _drain(app: pgq.App, shape: Shape, into: Series, log_path: Path) -> None:
         _wait_listening(conn, None, 0)  # the previous worker's sessions have ended
         with _worker(url, shape, log_path) as proc:
             _wait_listening(conn, proc, shape.processes)
+            workers = [proc.pid, *descendants(proc.pid)]
+            backends = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()")]
+            worker0, backend0 = process_cpu(workers), process_cpu(backends)
             cpu0 = cpu_jiffies()
             app.enqueue_many([pgq.JobSpec(shape.task) for _ in range(JOBS)])
             deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -290,14 +339,56 @@ def _drain(app: pgq.App, shape: Shape, into: Series, log_path: Path) -> None:
                     raise RuntimeError(f"the jobs were not done after {DRAIN_TIMEOUT:g} s")
                 time.sleep(0.1)
             cpu1 = cpu_jiffies()
+            worker1, backend1 = process_cpu(workers), process_cpu(backends)
         count, first, last = _one(conn, "SELECT count(*), min(started_at), max(finished_at) "
                                   "FROM pgq_jobs")
     if count != JOBS:
         raise RuntimeError(f"{count} jobs in the table, expected {JOBS}")
     into.rates.append(JOBS / (last - first).total_seconds())
     into.cpu_busy.append(busy(cpu0, cpu1))
+    into.worker_cpu.append(_spent(worker0, worker1) / JOBS * 1e6)
+    into.db_cpu.append(_spent(backend0, backend1) / JOBS * 1e6)
     with open(log_path, encoding="utf-8", errors="replace") as f:
         into.lines_per_job.append(sum(" outcome=" in line for line in f) / JOBS)
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], children(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children(p)
+    return out
+
+
+def process_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system, ``/proc/<pid>/stat``) of each of ``pids`` still there."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(after[pid] - before[pid] for pid in after if pid in before)
+
+
+def _wait_quiet() -> float:
+    """Wait for a second with the CPUs at most ``QUIET_BUSY`` busy (at most ``QUIET_WAIT``);
+    returns the busy share of the last second measured."""
+    deadline = time.monotonic() + QUIET_WAIT
+    while True:
+        before = cpu_jiffies()
+        time.sleep(1.0)
+        share = busy(before, cpu_jiffies())
+        if share <= QUIET_BUSY or time.monotonic() > deadline:
+            return share
 
 
 def _fill(app: pgq.App, task: str | None) -> None:
