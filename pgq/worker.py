@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
 import psycopg
+from psycopg.types.array import ListBinaryDumper
 
 from pgq.app import App
 from pgq.claim_cursor import ClaimCursors
@@ -818,6 +819,11 @@ class Worker:
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         """A claim or flush connection (autocommit: each statement commits at once)."""
         conn = await connect_async(self.settings, autocommit=True)
+        # The hot-path statements take one array per column; psycopg dumps a list as
+        # text by default, quoting element by element in Python: 150 us per claim of ten
+        # queues (most of it the claim cursors' timestamps), 100 us per flush of ten
+        # outcomes. Binary lists cost a third of that, and the same for any queue count.
+        conn.adapters.register_dumper(list, ListBinaryDumper)
         if self.config.async_commit:
             try:
                 await conn.execute("SET synchronous_commit = off")
