@@ -37,12 +37,14 @@ checkpointed and ``JOBS`` (20,000) jobs are enqueued with one ``App.enqueue_many
   are medians over ``runs`` repetitions (default 3); a drain's ratio is its median over the
   ceiling's median, and each repetition's own ratio is listed too. CPU busy is the share
   of both CPUs busy during each drain (``/proc/stat``).
-* **CPU per job** of each drain, which other work on the machine hardly changes (unlike
-  its throughput): the CPU time (``/proc/<pid>/stat``, user + system) spent between the
-  enqueue and the last completion by the worker's processes (supervisor and children)
-  and by the PostgreSQL backends connected to the database, over ``JOBS``. The drains
-  saturate both CPUs, so a CPU-per-job ratio predicts their throughput ratio on a quiet
-  machine; it is printed next to the sync/async and INFO/WARNING throughput ratios.
+* **CPU per job** of each drain, which other work on the machine changes less than its
+  throughput (contention still inflates it, up to ~1.5x here): the CPU time
+  (``/proc/<pid>/stat``, user + system) spent between the enqueue and the last
+  completion by the worker's processes (supervisor and children) and by the PostgreSQL
+  backends connected to the database, over ``JOBS``. As far as the drains are CPU-bound
+  (both CPUs were 75-100 % busy during them here; the rest is waiting for commits), a
+  CPU-per-job ratio estimates their throughput ratio on a quiet machine; it is printed
+  next to the sync/async and INFO/WARNING throughput ratios.
 
 The ceiling's completion is not pgq's ``job_finish_many``: the ceiling is what the
 database can do for claim + complete at all, so a slow plan in pgq's statements shows in
@@ -150,7 +152,7 @@ class ComparisonResult:
 
     def cpu_ratio(self, name: str, over: str) -> float | None:
         """``over``'s CPU per job (worker + database) over ``name``'s: the throughput ratio
-        the two would have on a machine whose CPUs they saturate, as the drains do here."""
+        the two would have where CPU is what limits them (see the module docstring)."""
         if over == CEILING or name not in self.series or over not in self.series:
             return None
         return self.series[over].cpu_per_job / self.series[name].cpu_per_job
