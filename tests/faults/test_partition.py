@@ -85,7 +85,8 @@ class Workers:
         log_path = self.tmp / f"worker-{name}.log"
         cmd = [sys.executable, "-m", "pgq", "worker", "--app", "tests.faults.partition_app:app",
                "--concurrency", "2", "--poll-interval", "0.2", "--lease", str(LEASE),
-               "--shutdown-timeout", "2", "--no-maintenance"]
+               "--shutdown-timeout", "2", "--no-maintenance",
+               "--log-level", "DEBUG"]  # per-job success lines are DEBUG; one is checked below
         with open(log_path, "w") as log:
             self.procs.append(subprocess.Popen(
                 wrap(cmd) if wrap else cmd, cwd=ROOT, env=env, stdout=log,

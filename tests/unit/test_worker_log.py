@@ -41,12 +41,12 @@ def _running(worker: Worker) -> _Running:
     return _Running(7, 2, task, ctx, time.monotonic() - 0.25)
 
 
-def test_a_completed_job_is_one_info_record_as_logger_log_made_it(
+def test_a_completed_job_is_one_debug_record_as_logger_log_made_it(
         worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
     worker._log(_running(worker), "completed")
     (record,) = [r for r in caplog.records if r.name == LOGGER]
-    assert record.levelno == logging.INFO
+    assert record.levelno == logging.DEBUG
     assert re.fullmatch(r"job=7 task=t\.job queue=mail attempt=2/5 outcome=completed "
                         r"duration=0\.2\d\ds", record.getMessage())
     assert (record.job_id, record.task, record.queue, record.attempt, record.outcome) == (  # type: ignore[attr-defined]
@@ -69,11 +69,14 @@ def test_failures_are_warnings_with_their_detail(
 
 
 def test_levels_and_filters_still_apply(worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger=LOGGER)
-    worker._log(_running(worker), "completed")
-    assert not [r for r in caplog.records if r.name == LOGGER]
-
     caplog.set_level(logging.INFO, logger=LOGGER)
+    worker._log(_running(worker), "completed")
+    assert not [r for r in caplog.records if r.name == LOGGER], "a success is DEBUG"
+    worker._log(_running(worker), "retryable", "retry_in=30.0s")
+    assert [r.levelno for r in caplog.records if r.name == LOGGER] == [logging.INFO]
+    caplog.clear()
+
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
     logger = logging.getLogger(LOGGER)
     drop = logging.Filter("somebody.else")
     logger.addFilter(drop)
