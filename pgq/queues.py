@@ -170,8 +170,9 @@ def allocate(
 
     ``running``: jobs of each queue running in this process. ``hungry``: whether the
     queue's last claim came back full or it was woken since (it has more work);
-    unknown counts as hungry, never as empty. ``rotation`` breaks ties between queues
-    never served (the caller's round counter). Weighted, in three steps:
+    unknown counts as hungry, never as empty. ``rotation`` orders the queues never
+    served, from that index on (the caller's round counter; ``turns`` keeps the order
+    of its first round). Weighted, in three steps:
 
     1. **Probes.** An idle (not hungry) queue is offered one probe slot, so new work in
        it starts at once. When free slots are scarce (no more than idle queues), the
