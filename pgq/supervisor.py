@@ -124,8 +124,9 @@ class Supervisor:
 
     def _spawn(self, slot: int, quick_deaths: int = 0) -> None:
         worker_id = f"{self.id}/{slot}.{int(time.time() * 1000) % 100000}"
-        # Running jobs plus those whose outcome waits to be stored, and a margin.
-        leases = LeaseTable.create(self._mp, 2 * self.config.concurrency + 4)
+        # Every job the child may hold (running, or its outcome waiting to be stored),
+        # and a margin.
+        leases = LeaseTable.create(self._mp, self.config.max_held + 4)
         process = self._mp.Process(
             target=_child_main, name=f"pgq-worker-{slot}",
             args=(self.load, self.app_args, self.config, worker_id, self.log_level, leases))

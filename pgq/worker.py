@@ -147,6 +147,14 @@ class WorkerConfig:
     def heartbeat_interval(self) -> float:
         return self.heartbeat_seconds or self.lease_seconds / 3
 
+    @property
+    def max_held(self) -> int:
+        """Jobs a worker holds at most (leases it owns): ``concurrency`` running and up
+        to as many again whose outcomes wait to be stored. One batch of outcomes deeper
+        than the running jobs lets the next claim run while the last outcomes are being
+        written; a database that stops storing outcomes still stops the claims."""
+        return 2 * self.concurrency
+
 
 @dataclass(eq=False)
 class _Running:
@@ -427,15 +435,19 @@ class Worker:
     async def _claim(self, tasks: list[str]) -> bool:
         """Claim for the free slots. A slot is free once its task has finished, before
         its outcome is stored, so claiming overlaps with writing outcomes; but no more
-        than ``concurrency`` outcomes may wait to be stored: a lagging database then
-        stops claiming instead of letting the jobs' leases expire."""
+        than ``concurrency`` outcomes may wait to be stored when a claim starts, so a
+        worker holds at most ``max_held`` (2 x concurrency) jobs: a lagging database
+        then stops claiming instead of letting the jobs' leases expire. A full batch of
+        outcomes waiting still claims (the bound was ``< concurrency`` before): with
+        quick tasks the next batch is claimed while the last one's outcomes are written,
+        where claims and flushes of 10 no-op jobs used to run strictly in turn."""
         with self._held_lock:
             running: dict[str, int] = {}
             for r in self._held.values():
                 if not r.decided:
                     running[r.ctx.queue] = running.get(r.ctx.queue, 0) + 1
             waiting = len(self._held) - sum(running.values())
-        if waiting >= self.config.concurrency:
+        if waiting > self.config.concurrency:  # max-held: claimed + waiting <= 2 x concurrency
             return False  # _forget wakes the producer when the outcomes are stored
         self._round += 1
         limits = allocate(self.config.queues, self.config.concurrency, running, self._hungry,
@@ -734,11 +746,14 @@ class Worker:
     async def _completer(self) -> None:
         """Writes outcomes in batches. A batch waits for more outcomes at most
         ``completion_window`` seconds, and not at all once every held job has its outcome
-        (nothing more is coming, and the slots they hold are what the producer waits for)."""
+        (nothing more is coming, and the slots they hold are what the producer waits for),
+        nor once ``concurrency`` outcomes wait (a batch as large as a claim: the producer,
+        which may claim while one such batch is written, would wait on it)."""
         assert self._flush_now is not None and self._all_decided is not None
         while True:
             await self._flush_now.wait()
             if self._outcomes and not self._stopping and \
+                    len(self._outcomes) < self.config.concurrency and \
                     len(self._outcomes) + self._storing < len(self._held):
                 self._all_decided.clear()
                 with suppress(TimeoutError):

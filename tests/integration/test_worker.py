@@ -831,6 +831,67 @@ def test_wakeup_during_an_empty_claim_is_not_lost(make_app: Callable[..., pgq.Ap
         background.join()
 
 
+def test_claims_overlap_an_outcome_write_and_stop_at_max_held_when_it_stalls(
+        make_app: Callable[..., pgq.App], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instant tasks: the next batch is claimed while the last one's outcomes are being
+    written (when ``concurrency`` outcomes waiting stopped the claims, claim and write
+    ran strictly in turn: issue 12's drain profile). A write that does not return still
+    stops the claims once the worker holds ``max_held`` (2 x concurrency) jobs."""
+    import pgq.worker as worker_module
+
+    app = make_app()
+    app.task(name="w.instant")(lambda: None)
+    config = WorkerConfig(concurrency=4, poll_seconds=0.05, maintenance=False)
+    app.enqueue_many([pgq.JobSpec("w.instant") for _ in range(40)])
+    worker = pgq.Worker(app, config)
+    release, writing = threading.Event(), threading.Event()
+    statements: list[tuple[str, int]] = []  # (name, outcome writes in flight when issued)
+    in_flight = 0
+    real_execute = worker_module.execute_async
+
+    async def execute_async(conn: Any, name: str, params: Any, **options: Any) -> Any:
+        nonlocal in_flight
+        statements.append((name, in_flight))
+        if name != "job_finish_many":
+            return await real_execute(conn, name, params, **options)
+        in_flight += 1
+        try:
+            writing.set()
+            await asyncio.to_thread(release.wait, 20)  # the database stalls on outcomes
+            return await real_execute(conn, name, params, **options)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(worker_module, "execute_async", execute_async)
+    rounds = 0
+    real_claim = worker._claim
+
+    async def claim(tasks: list[str]) -> bool:
+        nonlocal rounds
+        rounds += 1
+        return await real_claim(tasks)
+
+    monkeypatch.setattr(worker, "_claim", claim)
+    background = Background(worker)
+    try:
+        assert writing.wait(10), "no outcome write began"
+        wait_until(lambda: len(worker._held) == config.max_held == 8
+                   and all(r.decided for r in worker._held.values()), 10,
+                   "the worker to hold 2 x concurrency decided jobs")
+        assert [n for n, flushing in statements if n == "job_claim" and flushing], \
+            "no claim while the outcome write was in flight"
+        claims = sum(1 for n, _ in statements if n == "job_claim")
+        seen = rounds
+        wait_until(lambda: rounds >= seen + 5, 10, "five more claim rounds")
+        assert sum(1 for n, _ in statements if n == "job_claim") == claims, \
+            "claimed past max_held while outcomes could not be stored"
+        assert len(worker._held) == config.max_held
+    finally:
+        release.set()
+    background.join()
+    assert worker.stats.finished.get("completed") == 40
+
+
 @pytest.mark.parametrize("async_commit", [False, True])
 def test_async_commit_is_opt_in_and_applies_to_claims_and_outcomes(
         make_app: Callable[..., pgq.App], async_commit: bool) -> None:
