@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import redis
 
+import pgq
 from pgq import migrate
 from pgq.settings import Settings
 
@@ -103,3 +105,18 @@ def conn(db_url: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection for looking at the database from outside."""
     with psycopg.connect(db_url, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture
+def make_app(settings: Settings) -> Iterator[Callable[..., pgq.App]]:
+    """Apps on the test database (``make_app(strict=False)``), closed afterwards."""
+    apps: list[pgq.App] = []
+
+    def make(**kwargs: Any) -> pgq.App:
+        app = pgq.App(settings, **kwargs)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()

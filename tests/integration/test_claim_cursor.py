@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -20,24 +20,9 @@ import pgq
 import pgq.worker as worker_module
 from pgq.claim_cursor import ClaimCursors
 from pgq.database import execute_async
-from pgq.settings import Settings
 from pgq.worker import WorkerConfig
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def make_app(settings: Settings) -> Iterator[Callable[..., pgq.App]]:
-    apps: list[pgq.App] = []
-
-    def make(**kwargs: Any) -> pgq.App:
-        app = pgq.App(settings, **kwargs)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
 
 
 class Claims:

@@ -28,7 +28,6 @@ from pgq.claim_cursor import FULL_SCAN
 from pgq.database import execute
 from pgq.failure import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
 from pgq.queues import parse_queues
-from pgq.settings import Settings
 from pgq.worker import WorkerConfig
 from tests.support.waiting import wait_until
 
@@ -37,20 +36,6 @@ pytestmark = pytest.mark.timeout(120)
 FAST = WorkerConfig(concurrency=4, poll_seconds=0.05)
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 MARKER = re.compile(r"\n… \[(\d+) characters cut\] …\n")
-
-
-@pytest.fixture
-def make_app(settings: Settings) -> Iterator[Callable[..., pgq.App]]:
-    apps: list[pgq.App] = []
-
-    def make(**kwargs: Any) -> pgq.App:
-        app = pgq.App(settings, **kwargs)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
 
 
 def run(app: pgq.App, config: WorkerConfig = FAST,
