@@ -19,16 +19,15 @@ about 4,600 rows/s (a million in under four minutes).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pgq.database import connect, execute
-from pgq.errors import PgqError
+from pgq.database import execute
 from pgq.leader import Leadership
+from pgq.leader_service import LeaderService
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -73,51 +72,27 @@ def prune_fires(conn: psycopg.Connection[Any], app: App, now: datetime) -> int:
     return len(execute(conn, "cron_fires_prune", {"before": now - longest - FIRE_RECORDS_KEPT}))
 
 
-class Maintenance:
+class Maintenance(LeaderService):
+    """The leader of the ``maintenance`` role prunes every ``every`` seconds (and, after a
+    failed pass, retries after as long); the rest only campaign."""
+
+    role = ROLE
+    logger = log
+
     def __init__(self, app: App, *, holder: str, every: float = 60.0, ttl: float = 30.0,
                  batch: int = BATCH, pause: float = PAUSE) -> None:
-        self.app = app
-        self.holder = holder
+        super().__init__(app, holder=holder, ttl=ttl, poll=1.0, retry=every)
         self.every = every
-        self.ttl = ttl
         self.batch = batch
         self.pause = pause
         self.runs = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._leadership: Leadership | None = None
 
-    def start(self) -> Maintenance:
-        self._thread = threading.Thread(target=self.run, name="pgq-maintenance", daemon=True)
-        self._thread.start()
-        return self
+    def run_round(self, conn: psycopg.Connection[Any], leadership: Leadership,
+                  term: int) -> None:
+        self.run_once(conn, leadership)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._leadership is not None:
-            self._leadership.stop()  # interrupts a wait for leadership
-        if self._thread is not None:
-            self._thread.join(timeout=self.ttl)
-
-    def run(self) -> None:
-        leadership = self._leadership = Leadership(self.app.coordinator, ROLE, self.holder,
-                                                   ttl=self.ttl).start()
-        conn: psycopg.Connection[Any] | None = None
-        try:
-            while not self._stop.is_set():
-                if not leadership.wait(1.0):
-                    continue
-                try:
-                    if conn is None or conn.closed or conn.broken:
-                        conn = connect(self.app.settings, autocommit=True)
-                    self.run_once(conn, leadership)
-                except (PgqError, psycopg.Error) as exc:  # e.g. cut inside a transaction
-                    log.error("maintenance: %s", exc)
-                self._stop.wait(self.every)
-        finally:
-            leadership.stop()
-            if conn is not None:
-                conn.close()
+    def next_wait(self, conn: psycopg.Connection[Any]) -> float:
+        return self.every
 
     def run_once(self, conn: psycopg.Connection[Any],
                  leadership: Leadership | None = None) -> dict[str, int]:

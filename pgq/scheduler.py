@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pgq.cron import CronEntry
-from pgq.database import connect, execute, run_plan
+from pgq.database import execute, run_plan
 from pgq.enqueue import Copy, Exec, JobRow, JobSpec, Step, job_copy_row
 from pgq.errors import PgqError
 from pgq.leader import Leadership
+from pgq.leader_service import LeaderService
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -50,12 +50,16 @@ class Fire:
     job_id: int
 
 
-class Scheduler:
+class Scheduler(LeaderService):
+    """The leader of the ``scheduler`` role fires due ticks, then sleeps until the next
+    (``tick`` seconds at most); the rest only campaign."""
+
+    role = ROLE
+    logger = log
+
     def __init__(self, app: App, *, holder: str, ttl: float = 15.0, tick: float = 1.0,
                  on_time: timedelta = ON_TIME) -> None:
-        self.app = app
-        self.holder = holder
-        self.ttl = ttl
+        super().__init__(app, holder=holder, ttl=ttl, poll=tick, retry=tick)
         self.tick = tick
         self.on_time = on_time
         self.entries: list[CronEntry] = list(app.schedules.values())
@@ -64,9 +68,7 @@ class Scheduler:
             e.name: app._prepare(JobSpec(e.task, dict(e.args), **e.options))
             for e in self.entries}
         self.fired = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._leadership: Leadership | None = None
+        self._upcoming: datetime | None = None
 
     # --- one pass (tests call it directly) ------------------------------------------------
 
@@ -116,45 +118,22 @@ class Scheduler:
 
     # --- the service ----------------------------------------------------------------------
 
-    def start(self) -> Scheduler:
-        self._thread = threading.Thread(target=self.run, name="pgq-scheduler", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._leadership is not None:
-            self._leadership.stop()  # interrupts a wait for leadership
-        if self._thread is not None:
-            self._thread.join(timeout=self.ttl)
+    @property
+    def label(self) -> str:
+        return f"scheduler {self.holder}"
 
     def run(self) -> None:
         """Campaign for the scheduler role and fire ticks while leader, until ``stop()``."""
         log.info("scheduler %s: %d cron entries: %s", self.holder, len(self.entries),
                  ", ".join(f"{e.name}={e.expression!r} {e.timezone}" for e in self.entries))
-        leadership = self._leadership = Leadership(self.app.coordinator, ROLE, self.holder,
-                                                   ttl=self.ttl).start()
-        conn: psycopg.Connection[Any] | None = None
-        try:
-            while not self._stop.is_set():
-                if not leadership.wait(self.tick):
-                    continue
-                term = leadership.term
-                if term is None:
-                    continue
-                try:
-                    if conn is None or conn.closed or conn.broken:
-                        conn = connect(self.app.settings, autocommit=True)
-                    _, upcoming = self.run_once(conn, term)
-                except (PgqError, psycopg.Error) as exc:  # e.g. cut inside a transaction
-                    log.error("scheduler %s: %s", self.holder, exc)
-                    self._stop.wait(self.tick)
-                    continue
-                self._stop.wait(self._until(conn, upcoming))
-        finally:
-            leadership.stop()
-            if conn is not None:
-                conn.close()
+        super().run()
+
+    def run_round(self, conn: psycopg.Connection[Any], leadership: Leadership,
+                  term: int) -> None:
+        _, self._upcoming = self.run_once(conn, term)
+
+    def next_wait(self, conn: psycopg.Connection[Any]) -> float:
+        return self._until(conn, self._upcoming)
 
     def _until(self, conn: psycopg.Connection[Any], upcoming: datetime | None) -> float:
         """Sleep until the next tick, but at most ``tick`` seconds (leadership can change,
