@@ -29,6 +29,12 @@ checkpointed and ``JOBS`` (20,000) jobs are enqueued with one ``App.enqueue_many
   100 x transactions rows completed, none left running); ``SEGMENTS`` (5) such runs, each
   on a refilled table, make one measurement: jobs/s = Σ jobs / Σ (transactions / tps),
   tps being pgbench's "without initial connection time".
+* **Ceiling in pgq's shape** (a second reference, no target): the same script with
+  ``CONCURRENCY`` (10) jobs per claim and a COMMIT between the claim and the completion,
+  as a worker process with 10 slots and its outcomes written on a second connection
+  must do; ``TRANSACTIONS`` scaled to take the same 19,000 jobs. It says how much of the
+  distance to the ceiling is the shape (10 jobs and two commits per cycle instead of
+  100 and one) rather than pgq's code.
 * **Order**: each repetition measures the ceiling and every chosen drain once, the order
   rotating between repetitions, so drift on the shared machine hits all alike. Before
   each measurement the bench waits (up to ``QUIET_WAIT``, 30 s) for a second in which
@@ -107,6 +113,9 @@ DRAINS = {
     "drain_cmp_2p_warning": Shape(2, "bench.anoop", "WARNING"),
 }
 CEILING = "ceiling"
+SHAPE = "ceiling_shape"
+"""The same SQL in the shape a worker of ``CONCURRENCY`` slots can use: a claim of
+``CONCURRENCY`` jobs committed, then their completion committed (see the docstring)."""
 
 
 @dataclass
@@ -177,8 +186,15 @@ class ComparisonResult:
                f"{CEILING + ' (pgbench)':<22} {ceiling.rate:>9,.0f} {'1.00':>6}  "
                + " / ".join(f"{r:,.0f}" for r in ceiling.rates) + "; busy before "
                + ", ".join(f"{b:.0%}" for b in ceiling.busy_before)]
+        if SHAPE in self.series:
+            ref = self.series[SHAPE]
+            out.append(f"{SHAPE + ' (pgbench)':<22} {ref.rate:>9,.0f} "
+                       f"{self.ratio(SHAPE) or 0:>6.2f}  "
+                       + " / ".join(f"{r:,.0f} ({q:.2f})"
+                                    for r, q in zip(ref.rates, self.each(SHAPE), strict=True))
+                       + f"; {CONCURRENCY} jobs per claim, claim and completion committed apart")
         for name, s in self.series.items():
-            if name == CEILING:
+            if name in (CEILING, SHAPE):
                 continue
             each = " / ".join(f"{r:,.0f} ({q:.2f})" for r, q in zip(s.rates, self.each(name),
                                                                     strict=True))
@@ -197,6 +213,10 @@ class ComparisonResult:
             cpu = f"; by CPU per job {by_cpu:.2f}" if by_cpu is not None else ""
             out.append(f"  {figure:<20} {value:>6.2f}  (each: {each}) target >= {target:.2f}"
                        f"{aim}: {verdict}{cpu}")
+        if (of_shape := self.ratio("drain_cmp_2p", SHAPE)) is not None:
+            each = " / ".join(f"{q:.2f}" for q in self.each("drain_cmp_2p", SHAPE))
+            out.append(f"  {'drain 2p / shape':<20} {of_shape:>6.2f}  (each: {each}) no target: "
+                       "the share of the SQL's own rate in pgq's shape that pgq reaches")
         return out
 
     def json(self) -> list[dict[str, Any]]:
@@ -207,8 +227,20 @@ class ComparisonResult:
             "baselines": [round(r, 1) for r in ceiling.rates],
             "busy_before": [round(b, 3) for b in ceiling.busy_before], "jobs": JOBS, "batch": BATCH,
             "clients": CLIENTS, "segments": SEGMENTS}]
+        if SHAPE in self.series:
+            ref = self.series[SHAPE]
+            out.append({"workload": "drain_cmp_ceiling_shape", "unit": "jobs/s", "pgq": None,
+                        "baseline": round(ref.rate, 1),
+                        "baselines": [round(r, 1) for r in ref.rates],
+                        "ratio_to_ceiling": round(ref.rate / ceiling.rate, 3),
+                        "batch": CONCURRENCY, "commits_per_batch": 2})
+            if "drain_cmp_2p" in self.series:
+                out.append({"workload": "drain_cmp", "figure": "drain 2p / shape",
+                            "ratio": round(self.ratio("drain_cmp_2p", SHAPE) or 0, 3),
+                            "ratios": [round(q, 3) for q in self.each("drain_cmp_2p", SHAPE)],
+                            "target": None})
         for name, s in self.series.items():
-            if name == CEILING:
+            if name in (CEILING, SHAPE):
                 continue
             shape = DRAINS[name]
             out.append({"workload": name, "unit": "jobs/s", "pgq": round(s.rate, 1),
@@ -235,19 +267,22 @@ class ComparisonResult:
 
 def comparison(url: str, names: list[str], runs: int = 3) -> ComparisonResult:
     """``runs`` repetitions of the ceiling and the drains ``names`` (module docstring)."""
-    order = [CEILING, *[n for n in DRAINS if n in names]]
+    order = [CEILING, SHAPE, *[n for n in DRAINS if n in names]]
     result = ComparisonResult({name: Series(name) for name in order})
     app = pgq.App(pgq.Settings(database_url=url), strict=False)
     try:
         with tempfile.TemporaryDirectory(prefix="pgq-bench-cmp-") as tmp:
-            script = Path(tmp) / "ceiling.sql"
-            script.write_text(pgbench_script(), encoding="utf-8")
+            scripts = {CEILING: (Path(tmp) / "ceiling.sql", BATCH),
+                       SHAPE: (Path(tmp) / "shape.sql", CONCURRENCY)}
+            scripts[CEILING][0].write_text(pgbench_script(), encoding="utf-8")
+            scripts[SHAPE][0].write_text(pgbench_script(batch=CONCURRENCY, split=True),
+                                         encoding="utf-8")
             for r in range(runs):
                 for i in range(len(order)):
                     name = order[(r + i) % len(order)]
                     result.series[name].busy_before.append(_wait_quiet())
-                    if name == CEILING:
-                        result.series[name].rates.append(_ceiling(app, script))
+                    if name in scripts:
+                        result.series[name].rates.append(_ceiling(app, *scripts[name]))
                     else:
                         _drain(app, DRAINS[name], result.series[name], Path(tmp) / f"{name}.log")
     finally:
@@ -257,15 +292,16 @@ def comparison(url: str, names: list[str], runs: int = 3) -> ComparisonResult:
 
 # --- the ceiling --------------------------------------------------------------------------
 
-def pgbench_script(owner: str = "pgbench") -> str:
-    """One pgbench transaction: pgq's ``job_claim`` for ``BATCH`` jobs (its RETURNING rows
+def pgbench_script(owner: str = "pgbench", batch: int = BATCH, split: bool = False) -> str:
+    """One pgbench transaction: pgq's ``job_claim`` for ``batch`` jobs (its RETURNING rows
     aggregated into ``:ids`` and ``:attempts``), then the completion of those rows by
-    primary key, then COMMIT."""
+    primary key, then COMMIT. With ``split``, the claim commits before the completion (two
+    transactions, as a worker's claim and outcome connections do)."""
     from bench.app import app as bench_app
 
     tasks = ", ".join(f"'{t.name}'" for t in bench_app.registry)
     claim = _bind(QUERIES["job_claim"], {
-        "queues": "ARRAY['default']", "limits": f"ARRAY[{BATCH}]", "tasks": f"ARRAY[{tasks}]",
+        "queues": "ARRAY['default']", "limits": f"ARRAY[{batch}]", "tasks": f"ARRAY[{tasks}]",
         "worker": f"'{owner}'", "lease_seconds": "30", "now": "NULL",
         "start_priorities": "NULL", "start_run_ats": "NULL", "start_ids": "NULL"})
     # A data-modifying statement must sit at the top level of a WITH: the claim's UPDATE
@@ -279,6 +315,7 @@ def pgbench_script(owner: str = "pgbench") -> str:
         f"{head},\nclaimed AS (\nUPDATE {update}\n)\n"
         "SELECT coalesce(array_agg(id), '{}') AS ids, coalesce(array_agg(attempt), '{}') "
         "AS attempts FROM claimed \\gset\n"
+        + ("COMMIT;\nBEGIN;\n" if split else "") +
         "UPDATE pgq_jobs SET state = 'completed', finished_at = now(), result = 'null'::jsonb\n"
         f"WHERE id = ANY (:ids::bigint[]) AND lease_owner = '{owner}' AND state = 'running';\n"
         "COMMIT;\n")
@@ -290,14 +327,14 @@ def _bind(sql: str, values: dict[str, str]) -> str:
     return re.sub(r"%\((\w+)\)s", lambda m: f"({values[m.group(1)]})", body)
 
 
-def _ceiling(app: pgq.App, script: Path) -> float:
+def _ceiling(app: pgq.App, script: Path, batch: int) -> float:
     url = app.settings.database_url
     jobs, seconds = 0, 0.0
     for _ in range(SEGMENTS):
         _fill(app, "bench.anoop")
         done = subprocess.run(
             [PGBENCH, "-n", "-M", "prepared", "-c", str(CLIENTS), "-j", str(CLIENTS),
-             "-t", str(TRANSACTIONS), "-f", str(script), url],
+             "-t", str(TRANSACTIONS * BATCH // batch), "-f", str(script), url],
             capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"pgbench failed ({done.returncode}): {done.stderr.strip()}")
@@ -309,10 +346,10 @@ def _ceiling(app: pgq.App, script: Path) -> float:
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute("SELECT count(*) FILTER (WHERE state = 'completed'), "
                                "count(*) FILTER (WHERE state = 'running') FROM pgq_jobs").fetchone()
-        if row is None or row[0] != n * BATCH or row[1]:
+        if row is None or row[0] != n * batch or row[1]:
             raise RuntimeError(f"pgbench ran {n} transactions but {row} jobs are completed/"
-                               f"running: a claim came back short of {BATCH}")
-        jobs += n * BATCH
+                               f"running: a claim came back short of {batch}")
+        jobs += n * batch
         seconds += n / float(tps.group(1))
     return jobs / seconds
 
