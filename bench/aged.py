@@ -36,7 +36,7 @@ Conditions, each repetition in this order:
    enqueued for it, back to back on one autocommit connection: pgq's own ``job_claim``
    statement through ``pgq.database.execute`` with the parameters ``Worker._claim``
    builds (queue ``default``, the task names of ``bench.app``, 30 s lease, database
-   clock, the start its ``pgq.claim_cursor`` gives); each claimed batch is then marked
+   clock, the start its ``pgq.worker.claim_cursor`` gives); each claimed batch is then marked
    ``completed`` with ``job_finish_many`` on a second connection, as the worker's
    completer does. A latency is the wall time of the claim's ``execute`` (statement,
    commit, round trip, fetching rows);
@@ -75,8 +75,8 @@ import psycopg
 import pgq
 from bench.prune import cpu_jiffies, percentile
 from bench.workloads import fresh_database
-from pgq.claim_cursor import ClaimCursors
 from pgq.database import connect, execute
+from pgq.worker.claim_cursor import ClaimCursors
 
 DATABASE = "pgq_bench_aged"
 EMPTY_DATABASE = "pgq_bench_aged_empty"

@@ -117,18 +117,17 @@ def parse(raw: str) -> list[tuple[int, list[Frame], int]]:
     return out
 
 
-_HEARTBEAT = {"_Heartbeat.run", "Worker.held_snapshot", "Worker.leases_renewed",
-              "Worker.held_locks"}
+_HEARTBEAT = {"Heartbeat.run", "HeldJobs.to_renew", "HeldJobs.renewed", "HeldJobs.locks"}
 _DECODE = ("fetchall", "fetchone", "fetchmany", "_load_rows", "load_rows", "load_row",
            "_make_row", "load_sequence")
-_START = {"Worker._start", "Worker._run_sync"}
-_BOOKKEEPING = {"Worker._success", "Worker._record", "Worker._slot_freed",
-                "Worker._outcome_or_internal_failure", "Worker._sync_done", "Worker._raised",
-                "Worker._failure"}
-_COMPLETION = {"Worker._completer", "Worker._flush", "Worker._store",
-               "Worker._finish_params", "Worker._forget"}
-_SERVICES = ("pgq/maintenance.py", "pgq/reclaim.py", "pgq/coordination.py", "pgq/leader.py",
-             "pgq/scheduler.py", "pgq/outage.py")
+_START = {"Executor.run", "Executor._run_sync"}
+_BOOKKEEPING = {"Executor._success", "Completer.record", "Producer.slot_freed",
+                "Executor._decide", "Executor._sync_done", "Executor._raised",
+                "Executor._failure"}
+_COMPLETION = {"Completer._run", "Completer._flush", "Completer._store",
+               "Completer._params", "HeldJobs.forget"}
+_SERVICES = ("pgq/maintenance.py", "pgq/worker/reclaim.py", "pgq/coordination.py",
+             "pgq/leader.py", "pgq/scheduler.py", "pgq/outage.py", "pgq/leader_service.py")
 
 
 _LOOP = {"BaseEventLoop._run_once", "Handle._run"}
@@ -147,13 +146,13 @@ def category(frames: list[Frame]) -> str:
             return "event loop"
     funcs = [f.func for f in frames]
     files = [f.file for f in frames]
-    if any(f.startswith("logging/") for f in files) or "Worker._log" in funcs:
+    if any(f.startswith("logging/") for f in files) or "log_job" in funcs:
         return "logging"
     if "encode_result" in funcs or "pgq/validation.py" in files:
         return "result encode"
     if _HEARTBEAT.intersection(funcs):
         return "heartbeat"
-    if "Worker._claim" in funcs:
+    if "Producer._claim" in funcs:
         if _START.intersection(funcs) or "Context.__init__" in funcs:
             return "job start"
         if any(f.endswith(_DECODE) for f in funcs):
@@ -161,17 +160,17 @@ def category(frames: list[Frame]) -> str:
         return "claim: statement"
     if _COMPLETION.intersection(funcs):
         return "completion write"
-    if "bench/app.py" in files or "Worker._call_async" in funcs or "Worker._middleware" in funcs:
+    if "bench/app.py" in files or "Executor._call_async" in funcs or "Executor._middleware" in funcs:
         return "task call"
     if _BOOKKEEPING.intersection(funcs):
         return "outcome bookkeeping"
-    if "pgq/executor.py" in files:
+    if "pgq/worker/threads.py" in files:
         return "sync hand-off"
-    if _START.intersection(funcs) or "Worker._execute" in funcs:
+    if _START.intersection(funcs) or "Executor._execute" in funcs:
         return "job start"
     if any(f.startswith(_SERVICES) for f in files):
         return "other services"
-    if "Worker._produce" in funcs or "Worker._wake_or_stop" in funcs:
+    if "Producer.run" in funcs or "Producer._wake_or_stop" in funcs:
         return "producer wait/wake"
     if any(f.startswith("pgq/") for f in files):
         return "other"

@@ -22,7 +22,7 @@ generate_series``, then ``VACUUM ANALYZE`` and ``CHECKPOINT``):
 Claimers: ``CLAIMERS`` threads, each like one worker process with ``--concurrency 10``
 over the queues ``q1,q2,q3``: it runs pgq's own ``job_claim`` statement through
 ``pgq.database.execute`` with the parameters ``Worker._claim`` builds (per-queue limits
-from ``pgq.queues.allocate``, the registered task names of ``bench.app``, a worker id,
+from ``pgq.worker.queues.allocate``, the registered task names of ``bench.app``, a worker id,
 the default 30 s lease, the database clock), on an autocommit connection from
 ``pgq.database.connect``; then records every claimed job ``completed`` with the
 worker's ``job_finish_many`` statement on a second connection (its flush connection),
@@ -62,11 +62,11 @@ from typing import Any
 import psycopg
 
 import pgq
-from pgq.claim_cursor import FULL_SCAN
 from pgq.database import connect, execute
 from pgq.maintenance import Maintenance
 from pgq.maintenance import prune as prune_jobs
-from pgq.queues import allocate, parse_queues
+from pgq.worker.claim_cursor import FULL_SCAN
+from pgq.worker.queues import allocate, parse_queues
 
 DATABASE = "pgq_bench_prune"
 FINISHED = 1_000_000

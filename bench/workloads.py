@@ -192,8 +192,8 @@ def ceiling_loop(url: str, task: str, batch: int, async_commit: bool = False) ->
     Same statements, parameters (claim cursors included) and connection setup (autocommit,
     prepared) as a worker, on two connections like the worker's claim and flush
     connections; no Python task handling, no asyncio, no threads."""
-    from pgq.claim_cursor import ClaimCursors
     from pgq.database import connect, execute
+    from pgq.worker.claim_cursor import ClaimCursors
 
     settings = pgq.Settings(database_url=url)
     cursors = ClaimCursors()

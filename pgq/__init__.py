@@ -9,7 +9,6 @@ from importlib.metadata import version as _version
 from pgq.app import App
 from pgq.backoff import Backoff
 from pgq.clock import Clock, DatabaseClock, ManualClock
-from pgq.context import Context
 from pgq.cron import CatchUp, CronEntry, ScheduleError
 from pgq.enqueue import Enqueued, EnqueueOptions, JobSpec
 from pgq.errors import (
@@ -29,11 +28,12 @@ from pgq.errors import (
     UnsupportedConnectionError,
 )
 from pgq.outcomes import Cancel, Fail, JobOutcome, Retry, Snooze
-from pgq.queues import QueueSpec, parse_queues
 from pgq.settings import Settings
 from pgq.states import JobState
 from pgq.tasks import Task, TaskRegistry
 from pgq.worker import Worker, WorkerConfig
+from pgq.worker.context import Context
+from pgq.worker.queues import QueueSpec, parse_queues
 
 try:
     __version__ = _version("pgq-jobs")

@@ -152,9 +152,9 @@ def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, pr
            no_maintenance: bool, no_wakeups: bool, async_commit: bool, crash_budget: int,
            log_level: str, database_url: str | None) -> None:
     """Run jobs. Stops gracefully on SIGTERM/SIGINT."""
-    from pgq.queues import parse_queues
-    from pgq.supervisor import Supervisor
     from pgq.worker import WorkerConfig
+    from pgq.worker.queues import parse_queues
+    from pgq.worker.supervisor import Supervisor
 
     if not app_path:
         raise ConfigError("pgq worker needs --app module:attribute (or PGQ_APP)")

@@ -466,3 +466,8 @@ WITH doomed AS (
     RETURNING 1
 )
 SELECT count(*)::int FROM deleted;
+
+-- name: session_async_commit
+-- A worker's claim and outcome connections with --async-commit: commits return before
+-- the WAL is flushed (docs/performance.md says what that risks). For the session.
+SELECT set_config('synchronous_commit', 'off', false);

@@ -27,7 +27,7 @@ Index budget (every index costs every insert and every state change):
 
 ``pgq_jobs_isolated_idx``
     ``(queue, priority, run_at, id) WHERE isolated AND state IN (claimable)``: the jobs
-    that must run alone (suspects of a worker crash, see ``pgq.reclaim``); nearly always
+    that must run alone (suspects of a worker crash, see ``pgq.worker.reclaim``); nearly always
     empty, so asking "does any wait?" costs one index page.
 
 ``lease_expires_at`` is deliberately unindexed, and ``lease_owner`` only changes at claim

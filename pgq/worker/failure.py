@@ -31,7 +31,7 @@ def error_entry(attempt: int, worker: str, exc: BaseException | None = None, *,
                 type_name: str | None = None, message: str | None = None,
                 charged: bool = True) -> str:
     """The JSON of one ``errors`` entry; the database adds ``at`` from its clock.
-    ``charged=False`` marks a lost worker the job is not blamed for (``pgq.reclaim``)."""
+    ``charged=False`` marks a lost worker the job is not blamed for (``pgq.worker.reclaim``)."""
     if exc is not None:
         type_name = type_name or f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix(
             "builtins.")

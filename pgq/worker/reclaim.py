@@ -39,10 +39,10 @@ import psycopg
 
 from pgq.backoff import Backoff
 from pgq.database import execute_async
-from pgq.failure import LOST_TYPE, error_entry
 from pgq.tasks import TaskRegistry
+from pgq.worker.failure import LOST_TYPE, error_entry
 
-log = logging.getLogger("pgq.reclaim")
+log = logging.getLogger("pgq.worker.reclaim")
 
 DEFAULT_CRASH_BUDGET = 3
 

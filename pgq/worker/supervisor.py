@@ -8,10 +8,10 @@ cannot:
   (``EXIT_RECYCLE``: too many abandoned sync threads), starts a replacement, backing off
   if children keep dying young;
 * it reclaims a dead child's jobs at once (no waiting for leases to expire) and decides
-  whom to blame (``pgq.reclaim``): the one job that was running, or, when several were,
+  whom to blame (``pgq.worker.reclaim``): the one job that was running, or, when several were,
   none yet: they become suspects that run alone;
 * it renews its children's leases from the table they share with it
-  (``pgq.leasetable``), so a task holding the GIL cannot make its job run twice at once;
+  (``pgq.worker.leasetable``), so a task holding the GIL cannot make its job run twice at once;
   it skips a child that is stopped (SIGSTOP), so a frozen process still loses its jobs;
 * it ends a child whose job is past its hard deadline (timeout plus a grace) — the only
   way to stop a sync task stuck in C — and charges the timeout to that job alone.
@@ -42,12 +42,13 @@ import psycopg
 from pgq.app import App
 from pgq.database import connect, connect_async, execute
 from pgq.errors import ConfigError, DatabaseUnavailable, MigrationError, PgqError
-from pgq.leasetable import LeaseTable
 from pgq.outage import Outage
-from pgq.reclaim import reclaim
-from pgq.worker import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, Worker, WorkerConfig, new_worker_id
+from pgq.worker.config import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, WorkerConfig, new_worker_id
+from pgq.worker.leasetable import LeaseTable
+from pgq.worker.process import Worker
+from pgq.worker.reclaim import reclaim
 
-log = logging.getLogger("pgq.supervisor")
+log = logging.getLogger("pgq.worker.supervisor")
 
 
 @dataclass

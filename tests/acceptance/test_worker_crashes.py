@@ -220,7 +220,7 @@ def test_a_jobs_timeout_comes_from_its_task_when_the_producer_did_not_know_it(
 def test_children_that_cannot_start_stop_the_supervisor(settings: pgq.Settings) -> None:
     """A child that cannot start (configuration, schema) is not restarted in a loop: the
     supervisor stops its other children and exits 1."""
-    from pgq.supervisor import Supervisor
+    from pgq.worker.supervisor import Supervisor
     from tests.support.jobs import app as jobs_app
     from tests.support.jobs import cannot_load
 

@@ -1,4 +1,4 @@
-"""Claim cursors in a running worker (pgq.claim_cursor): under an open snapshot its claims
+"""Claim cursors in a running worker (pgq.worker.claim_cursor): under an open snapshot its claims
 start where the live jobs start instead of walking the dead head of the claim index, and
 a job that appears before a queue's start is still claimed, by the next full scan.
 
@@ -17,10 +17,10 @@ import psycopg
 import pytest
 
 import pgq
-import pgq.worker as worker_module
-from pgq.claim_cursor import ClaimCursors
+import pgq.worker.producer as worker_module
 from pgq.database import execute_async
 from pgq.worker import WorkerConfig
+from pgq.worker.claim_cursor import ClaimCursors
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -127,7 +127,7 @@ def test_a_worker_stopping_once_nothing_is_due_looks_before_the_starts(
     app.task(name="c.urgent")(lambda: None)
     app.enqueue_many([pgq.JobSpec("c.backlog", {"i": i}) for i in range(10)])
     worker = pgq.Worker(app, WorkerConfig(concurrency=1, poll_seconds=0.05))
-    worker._cursors = ClaimCursors(share=1e-9)  # a full scan only when no start is known
+    worker.producer._cursors = ClaimCursors(share=1e-9)  # a full scan only when no start is known
     asyncio.run(asyncio.wait_for(worker.run_async(stop_when="due"), 60))
     (job_id,) = urgent
     states = dict(conn.execute("SELECT id, state FROM pgq_jobs").fetchall())

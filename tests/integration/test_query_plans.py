@@ -24,8 +24,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgq.claim_cursor import FULL_SCAN
 from pgq.queries import QUERIES
+from pgq.worker.claim_cursor import FULL_SCAN
 
 ROWS = 30_000
 
@@ -204,7 +204,7 @@ def test_claim_from_a_start_skips_the_dead_head(
         snapshot_bloated: tuple[psycopg.Connection[Any], list[int]]) -> None:
     """The claim index still holds an entry for each of the FINISHED + RUNNING jobs
     claimed under the snapshot; a claim from the beginning walks them all, a claim from
-    where the live jobs start (what pgq.claim_cursor remembers) does not, and both take
+    where the live jobs start (what pgq.worker.claim_cursor remembers) does not, and both take
     the same jobs."""
     conn, _ = snapshot_bloated
     first = conn.execute("SELECT priority, run_at, id FROM pgq_jobs WHERE state = 'available' "

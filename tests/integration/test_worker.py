@@ -24,11 +24,11 @@ from psycopg.rows import dict_row
 
 import pgq
 from pgq.backoff import Backoff
-from pgq.claim_cursor import FULL_SCAN
 from pgq.database import execute
-from pgq.failure import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
-from pgq.queues import parse_queues
 from pgq.worker import WorkerConfig
+from pgq.worker.claim_cursor import FULL_SCAN
+from pgq.worker.failure import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
+from pgq.worker.queues import parse_queues
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -592,8 +592,7 @@ def test_weighted_shares_under_saturation(make_app: Callable[..., pgq.App]) -> N
 
     @app.task(name="w.saturate")
     def saturate(ctx: pgq.Context) -> None:
-        with worker._held_lock:
-            held = [r.ctx.queue for r in worker._held.values()]
+        held = [r.ctx.queue for r in worker.held.values()]
         with lock:
             started[ctx.queue] += 1
             shares.append(held.count("a") / len(held))
@@ -774,7 +773,7 @@ def test_wakeup_during_an_empty_claim_is_not_lost(make_app: Callable[..., pgq.Ap
     """A job committed while the idle worker's claim is in flight (the claim finds
     nothing): its wake-up arrives during the claim and must survive it, or the job waits
     a whole poll interval (here 30 s). Found by the pickup-latency benchmark's review."""
-    import pgq.worker as worker_module
+    import pgq.worker.producer as worker_module
 
     app = make_app()
     started = threading.Event()
@@ -786,13 +785,13 @@ def test_wakeup_during_an_empty_claim_is_not_lost(make_app: Callable[..., pgq.Ap
     producer = make_app(strict=False)
     worker = pgq.Worker(app, WorkerConfig(poll_seconds=30, maintenance=False))
     woken = threading.Event()
-    real_woken = worker._woken
+    real_woken = worker.producer.woken
 
     def spy(queue: str) -> None:
         real_woken(queue)
         woken.set()
 
-    monkeypatch.setattr(worker, "_woken", spy)
+    monkeypatch.setattr(worker.producer, "woken", spy)
     real_execute = worker_module.execute_async
     armed = threading.Event()
 
@@ -807,9 +806,9 @@ def test_wakeup_during_an_empty_claim_is_not_lost(make_app: Callable[..., pgq.Ap
     monkeypatch.setattr(worker_module, "execute_async", execute_async)
     background = Background(worker, stop_when=None)  # type: ignore[arg-type]
     try:
-        wait_until(lambda: worker._wake is not None, 10, "the worker to start")
+        wait_until(lambda: worker._loop is not None, 10, "the worker to start")
         armed.set()
-        worker._loop.call_soon_threadsafe(worker._wake.set)  # type: ignore[union-attr]
+        worker._loop.call_soon_threadsafe(worker.producer.wake.set)  # type: ignore[union-attr]
         assert started.wait(10), "the job waited for the poll: its wake-up was lost"
     finally:
         worker.request_stop()
@@ -822,7 +821,8 @@ def test_claims_overlap_an_outcome_write_and_stop_at_max_held_when_it_stalls(
     written (when ``concurrency`` outcomes waiting stopped the claims, claim and write
     ran strictly in turn: issue 12's drain profile). A write that does not return still
     stops the claims once the worker holds ``max_held`` (2 x concurrency) jobs."""
-    import pgq.worker as worker_module
+    import pgq.worker.completer
+    import pgq.worker.producer
 
     app = make_app()
     app.task(name="w.instant")(lambda: None)
@@ -832,7 +832,7 @@ def test_claims_overlap_an_outcome_write_and_stop_at_max_held_when_it_stalls(
     release, writing = threading.Event(), threading.Event()
     statements: list[tuple[str, int]] = []  # (name, outcome writes in flight when issued)
     in_flight = 0
-    real_execute = worker_module.execute_async
+    real_execute = pgq.worker.producer.execute_async
 
     async def execute_async(conn: Any, name: str, params: Any, **options: Any) -> Any:
         nonlocal in_flight
@@ -847,21 +847,22 @@ def test_claims_overlap_an_outcome_write_and_stop_at_max_held_when_it_stalls(
         finally:
             in_flight -= 1
 
-    monkeypatch.setattr(worker_module, "execute_async", execute_async)
+    monkeypatch.setattr(pgq.worker.producer, "execute_async", execute_async)
+    monkeypatch.setattr(pgq.worker.completer, "execute_async", execute_async)
     rounds = 0
-    real_claim = worker._claim
+    real_claim = worker.producer._claim
 
     async def claim(tasks: list[str]) -> bool:
         nonlocal rounds
         rounds += 1
         return await real_claim(tasks)
 
-    monkeypatch.setattr(worker, "_claim", claim)
+    monkeypatch.setattr(worker.producer, "_claim", claim)
     background = Background(worker)
     try:
         assert writing.wait(10), "no outcome write began"
-        wait_until(lambda: len(worker._held) == config.max_held == 8
-                   and all(r.decided for r in worker._held.values()), 10,
+        wait_until(lambda: len(worker.held) == config.max_held == 8
+                   and all(r.decided for r in worker.held.values()), 10,
                    "the worker to hold 2 x concurrency decided jobs")
         # Holding 8 decided jobs with no outcome stored took a second claim while the
         # first batch's outcomes waited to be written (before or during their write: the
@@ -873,7 +874,7 @@ def test_claims_overlap_an_outcome_write_and_stop_at_max_held_when_it_stalls(
         wait_until(lambda: rounds >= seen + 5, 10, "five more claim rounds")
         assert sum(1 for n, _ in statements if n == "job_claim") == claims, \
             "claimed past max_held while outcomes could not be stored"
-        assert len(worker._held) == config.max_held
+        assert len(worker.held) == config.max_held
     finally:
         release.set()
     background.join()
@@ -888,7 +889,7 @@ def test_async_commit_is_opt_in_and_applies_to_claims_and_outcomes(
     worker = pgq.Worker(app, WorkerConfig(async_commit=async_commit))
 
     async def setting() -> str:
-        conn = await worker._connect()  # what the claim and flush connections are made with
+        conn = await worker.producer._connect()  # what the claim and flush connections are made with
         try:
             row = await (await conn.execute("SHOW synchronous_commit")).fetchone()
         finally:

@@ -1,4 +1,4 @@
-"""Claim cursors (pgq.claim_cursor): where each queue's next claim starts, and when a
+"""Claim cursors (pgq.worker.claim_cursor): where each queue's next claim starts, and when a
 claim walks every queue from its beginning again. No I/O: an injected clock."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-import pgq.claim_cursor
-from pgq.claim_cursor import FULL_SCAN, ClaimCursors
+import pgq.worker.claim_cursor
+from pgq.worker.claim_cursor import FULL_SCAN, ClaimCursors
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -32,7 +32,7 @@ def claim(cursors: ClaimCursors, clock: Clock, queues: list[str], took: float,
 
 
 def test_doctests() -> None:
-    assert doctest.testmod(pgq.claim_cursor).failed == 0
+    assert doctest.testmod(pgq.worker.claim_cursor).failed == 0
 
 
 def test_first_claim_scans_in_full_then_starts_at_the_smallest_key_taken() -> None:

@@ -15,8 +15,8 @@ import pytest
 import pgq
 from pgq.database import connection_params, liveness_params
 from pgq.settings import Settings
-from pgq.supervisor import Supervisor
 from pgq.worker import WorkerConfig
+from pgq.worker.supervisor import Supervisor
 
 PGQ = Path(pgq.__file__).parent
 

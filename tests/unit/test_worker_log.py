@@ -1,6 +1,6 @@
 """The worker's one log line per job: what an operator's handler receives.
 
-``Worker._log`` makes its record itself (no search of the call stack for the caller, a
+``log_job`` (pgq.worker.joblog) makes its record itself (no search of the call stack for the caller, a
 fifth of the line's cost): these tests pin that the record is the one ``Logger.log``
 made before, level, message, origin, extra fields, and that logger filters and levels
 still apply."""
@@ -16,8 +16,10 @@ from datetime import UTC, datetime
 import pytest
 
 import pgq
-from pgq.context import Context
-from pgq.worker import Worker, _Running
+from pgq.worker import Worker
+from pgq.worker.context import Context
+from pgq.worker.held import Running as _Running
+from pgq.worker.joblog import log_job
 
 LOGGER = "pgq.worker"
 
@@ -44,7 +46,7 @@ def _running(worker: Worker) -> _Running:
 def test_a_completed_job_is_one_debug_record_as_logger_log_made_it(
         worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    worker._log(_running(worker), "completed")
+    log_job(_running(worker), "completed")
     (record,) = [r for r in caplog.records if r.name == LOGGER]
     assert record.levelno == logging.DEBUG
     assert re.fullmatch(r"job=7 task=t\.job queue=mail attempt=2/5 outcome=completed "
@@ -52,9 +54,9 @@ def test_a_completed_job_is_one_debug_record_as_logger_log_made_it(
     assert (record.job_id, record.task, record.queue, record.attempt, record.outcome) == (  # type: ignore[attr-defined]
         7, "t.job", "mail", 2, "completed")
     # Where Logger.log's stack search pointed: the method that logs.
-    assert record.funcName == "_log"
-    assert record.pathname.endswith("pgq/worker.py")
-    first = Worker._log.__code__.co_firstlineno
+    assert record.funcName == "log_job"
+    assert record.pathname.endswith("pgq/worker/joblog.py")
+    first = log_job.__code__.co_firstlineno
     assert first <= record.lineno < first + 20
     assert record.exc_info is None
 
@@ -62,7 +64,7 @@ def test_a_completed_job_is_one_debug_record_as_logger_log_made_it(
 def test_failures_are_warnings_with_their_detail(
         worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
-    worker._log(_running(worker), "lease-lost", "outcome completed discarded")
+    log_job(_running(worker), "lease-lost", "outcome completed discarded")
     (record,) = [r for r in caplog.records if r.name == LOGGER]
     assert record.levelno == logging.WARNING
     assert record.getMessage().endswith("s outcome completed discarded")
@@ -70,9 +72,9 @@ def test_failures_are_warnings_with_their_detail(
 
 def test_levels_and_filters_still_apply(worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
-    worker._log(_running(worker), "completed")
+    log_job(_running(worker), "completed")
     assert not [r for r in caplog.records if r.name == LOGGER], "a success is DEBUG"
-    worker._log(_running(worker), "retryable", "retry_in=30.0s")
+    log_job(_running(worker), "retryable", "retry_in=30.0s")
     assert [r.levelno for r in caplog.records if r.name == LOGGER] == [logging.INFO]
     caplog.clear()
 
@@ -81,7 +83,7 @@ def test_levels_and_filters_still_apply(worker: Worker, caplog: pytest.LogCaptur
     drop = logging.Filter("somebody.else")
     logger.addFilter(drop)
     try:
-        worker._log(_running(worker), "completed")
+        log_job(_running(worker), "completed")
     finally:
         logger.removeFilter(drop)
     assert not [r for r in caplog.records if r.name == LOGGER]

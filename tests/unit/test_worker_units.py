@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 import pgq
 from pgq.backoff import DEFAULT_STEPS, Backoff
 from pgq.errors import ConfigError, PgqError
-from pgq.failure import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS, clean_text, error_entry
 from pgq.outcomes import Cancel, Fail, JobOutcome, Retry, Snooze
-from pgq.queues import QueueSpec, Turns, allocate, parse_queues
+from pgq.worker.failure import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS, clean_text, error_entry
+from pgq.worker.queues import QueueSpec, Turns, allocate, parse_queues
 
 # --- parse_queues ---------------------------------------------------------------------
 
@@ -405,10 +405,10 @@ def test_strict_mode_is_unchanged(inputs: tuple[Any, ...]) -> None:
 
 
 def test_queues_module_examples() -> None:
-    """The doctests of pgq.queues (allocate's examples included) hold."""
-    import pgq.queues
+    """The doctests of pgq.worker.queues (allocate's examples included) hold."""
+    import pgq.worker.queues
 
-    assert doctest.testmod(pgq.queues).failed == 0
+    assert doctest.testmod(pgq.worker.queues).failed == 0
 
 
 # --- Backoff --------------------------------------------------------------------------
@@ -689,18 +689,19 @@ def test_a_heartbeat_miss_for_a_job_whose_outcome_is_being_stored_is_not_a_lost_
     forgot completed jobs). The fenced write decides instead."""
     import time as _time
 
-    from pgq.context import Context
-    from pgq.worker import Worker, _Running
+    from pgq.worker import Worker
+    from pgq.worker.context import Context
+    from pgq.worker.held import Running as _Running
 
     app = pgq.App(pgq.Settings(database_url="postgresql://localhost/x"), strict=False)
     task = app.task(name="unit.noop")(lambda: None)
     worker = Worker(app)
     ctx = Context(7, task.name, "default", 1, 25, None, worker.id, _transaction=None)
     running = _Running(7, 1, task, ctx, _time.monotonic())
-    worker._held[7] = running
+    worker.held.add(running, None)
     running.decided = True
     worker.lease_lost(7)
-    assert worker._held.get(7) is running and not running.lost
+    assert worker.held.get(7) is running and not running.lost
     running.decided = False
     worker.lease_lost(7)
-    assert 7 not in worker._held and running.lost and ctx.cancelled.is_set()
+    assert 7 not in worker.held and running.lost and ctx.cancelled.is_set()

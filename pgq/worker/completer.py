@@ -1,0 +1,201 @@
+"""The completer: stores outcomes in batches, each row fenced on its lease.
+
+One ``job_finish_many`` statement per flush, on the worker's second connection, so
+claiming overlaps with storing. A batch waits for more outcomes at most
+``completion_window`` seconds, and not at all once every held job has its outcome
+(nothing more is coming, and the slots they hold are what the producer waits for), nor
+once ``concurrency`` outcomes wait (a batch as large as a claim: the producer, which may
+claim while one such batch is written, would wait on it). A job keeps its slot and its
+lease until its outcome is stored, so a lagging database slows claiming instead of
+letting leases expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import psycopg
+
+from pgq.clock import Clock
+from pgq.database import connect, execute, execute_async
+from pgq.errors import DatabaseError, DatabaseUnavailable, LeaseLost
+from pgq.outage import Outage
+from pgq.settings import Settings
+from pgq.worker.config import WorkerConfig
+from pgq.worker.connection import Conn, open_connection, reopen
+from pgq.worker.context import Context
+from pgq.worker.failure import error_entry
+from pgq.worker.held import HeldJobs, Outcome, Running
+from pgq.worker.joblog import detail, log, log_job
+
+
+class Completer:
+    def __init__(self, held: HeldJobs, config: WorkerConfig, settings: Settings, clock: Clock,
+                 worker_id: str) -> None:
+        self.held = held
+        self.config = config
+        self.settings = settings
+        self.clock = clock
+        self.worker_id = worker_id
+        self._outcomes: list[Outcome] = []
+        self._storing = 0
+        """Outcomes in the statement being written now (their jobs are still held)."""
+        self._stopping = False
+        self._outage = Outage(f"worker {worker_id}: outcome connection", logger=log)
+        self._flush_now = asyncio.Event()
+        self._all_decided = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: Conn | None = None
+
+    def bind(self) -> None:
+        """Fresh events for a run on the running loop (see ``Producer.bind``)."""
+        self._flush_now = asyncio.Event()
+        self._all_decided = asyncio.Event()
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._conn = await self._connect()
+        self._task = asyncio.create_task(self._run(), name="pgq-completer")
+
+    async def stop(self) -> None:
+        """Store every outcome recorded so far, then close."""
+        self._stopping = True
+        self._flush_now.set()
+        if self._task is not None:
+            await self._task
+        if self._conn is not None:
+            await self._conn.close()
+
+    def record(self, running: Running, outcome: Outcome) -> None:
+        """The job's outcome is decided: it frees its slot now and is stored soon."""
+        running.decided = True
+        self._outcomes.append(outcome)
+        self._flush_now.set()
+        self.held.on_freed()
+        if len(self._outcomes) + self._storing >= len(self.held):
+            self._all_decided.set()
+
+    def pending(self, job_id: int) -> bool:
+        """Is this job's outcome recorded and not yet taken for storing?"""
+        return any(o.job_id == job_id for o in self._outcomes)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._outcomes)
+
+    async def _run(self) -> None:
+        while True:
+            await self._flush_now.wait()
+            if self._outcomes and not self._stopping and \
+                    len(self._outcomes) < self.config.concurrency and \
+                    len(self._outcomes) + self._storing < len(self.held):
+                self._all_decided.clear()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._all_decided.wait(),
+                                           self.config.completion_window)
+            self._flush_now.clear()
+            batch, self._outcomes = self._outcomes, []
+            if batch:
+                self._storing = len(batch)
+                try:
+                    await self._flush(batch)
+                finally:
+                    self._storing = 0
+            if self._stopping and not self._outcomes:
+                return
+
+    async def _flush(self, batch: list[Outcome]) -> None:
+        rows = await self._store(batch)
+        stored = {row[0] for row in rows}
+        for outcome in batch:
+            running = self.held.get(outcome.job_id)
+            if running is None:
+                continue
+            if outcome.job_id in stored:
+                log_job(running, outcome.state, detail(outcome))
+                self.held.forget(running, outcome.state)
+            else:
+                log_job(running, "lease-lost", f"outcome {outcome.state} discarded: "
+                        "the job was reclaimed by another worker")
+                self.held.forget(running, "lease-lost")
+
+    async def _store(self, batch: list[Outcome]) -> list[Any]:
+        """Write ``batch``; returns the rows still owned (the others were fenced out).
+
+        A lost connection is retried until it comes back: the jobs keep their slots and
+        leases meanwhile, so claiming pauses instead of leases expiring. An outcome the
+        database refuses (a data error) must not poison its batch: the batch is split,
+        and a row that still fails is stored as ``failed`` with the reason instead."""
+        while True:
+            assert self._conn is not None
+            try:
+                rows = await execute_async(self._conn, "job_finish_many",
+                                           self._params(batch), binary=True)
+                self._outage.recovered()
+                return rows
+            except DatabaseError as exc:
+                if self._conn.closed or self._conn.broken or isinstance(exc, DatabaseUnavailable):
+                    conn = await self._reconnect(exc)
+                    if conn is None:
+                        log.error("worker %s: stopping without recording %d outcome(s): the "
+                                  "database stayed unavailable (%s); their leases will expire "
+                                  "and the jobs be reclaimed", self.worker_id, len(batch), exc)
+                        return []
+                    self._conn = conn
+                    continue
+                if len(batch) > 1:
+                    return [row for one in batch for row in await self._store([one])]
+                (bad,) = batch
+                log.error("job=%s: the database refused its outcome %s (%s); recording it as "
+                          "failed", bad.job_id, bad.state, exc)
+                if bad.state == "failed" and bad.result is None and bad.error is not None \
+                        and '"pgq.UnstorableOutcome"' in bad.error:
+                    return []  # even the fallback failed: the lease will expire and reclaim it
+                return await self._store([Outcome(bad.job_id, bad.attempt, "failed", error=error_entry(
+                    bad.attempt, self.worker_id, exc, type_name="pgq.UnstorableOutcome",
+                    message=f"outcome {bad.state} could not be stored: {exc}"))])
+
+    def _params(self, batch: list[Outcome]) -> dict[str, Any]:
+        return {
+            "ids": [o.job_id for o in batch], "attempts": [o.attempt for o in batch],
+            "owners": [self.worker_id] * len(batch), "states": [o.state for o in batch],
+            "delays": [o.delay for o in batch], "refunds": [o.refund for o in batch],
+            "results": [o.result for o in batch], "errors": [o.error for o in batch],
+            "now": self.clock.now(),
+        }
+
+    async def _connect(self) -> Conn:
+        return await open_connection(self.settings, async_commit=self.config.async_commit)
+
+    async def _reconnect(self, reason: Exception) -> Conn | None:
+        """Keep trying while the worker runs, and during a stop for the shutdown grace
+        period; then give up (None): the leases expire and the jobs are reclaimed."""
+        assert self._conn is not None
+        began = time.monotonic()
+
+        async def wait(delay: float) -> bool:
+            if self._stopping and time.monotonic() - began > self.config.shutdown_seconds:
+                return False
+            await asyncio.sleep(delay)
+            return True
+
+        return await reopen(self._conn, self._outage, reason, self._connect, wait)
+
+    @contextmanager
+    def transaction(self, ctx: Context) -> Iterator[psycopg.Connection[Any]]:
+        """``ctx.transaction()``: the task's writes and its completion commit together
+        (called on the task's thread)."""
+        with connect(self.settings) as conn, conn.transaction():
+            yield conn
+            rows = execute(conn, "job_finish_many", {
+                "ids": [ctx.job_id], "attempts": [ctx.attempt], "owners": [self.worker_id],
+                "states": ["completed"], "delays": [0.0], "refunds": [0],
+                "results": [ctx.encoded_result()], "errors": [None],
+                "now": self.clock.now()})
+            if not rows:
+                raise LeaseLost(f"job {ctx.job_id}: lease lost before the transaction "
+                                "committed; rolled back")

@@ -1,0 +1,297 @@
+"""The producer: claims jobs for the free slots and hands them to the executor.
+
+Claims are sized to free capacity, per queue by weight (in turns carried across rounds)
+or in strict order (``queues.allocate``), with one ``job_claim`` statement for all the
+queues, each walk starting where that queue's live jobs start (``claim_cursor``). It
+claims again at once when a queue came back full or when slots are left that a queue
+not asked this round may fill; otherwise it waits for a wake-up (Redis or NOTIFY), a
+freed slot or the poll interval. On its reclaim cadence it also returns expired leases
+to their queues (``reclaim``), and now and then reports due jobs whose task this worker
+does not know (they are never claimed, never failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+import psycopg
+
+from pgq.app import App
+from pgq.database import execute_async
+from pgq.errors import DatabaseUnavailable, MigrationError, PgqError
+from pgq.outage import Outage
+from pgq.revision import SCHEMA_REVISION
+from pgq.settings import Settings
+from pgq.worker.claim_cursor import ClaimCursors
+from pgq.worker.config import WorkerConfig
+from pgq.worker.connection import Conn, open_connection, reopen
+from pgq.worker.held import HeldJobs
+from pgq.worker.joblog import log
+from pgq.worker.queues import Turns, allocate
+from pgq.worker.reclaim import reclaim
+
+StopWhen = str | None
+"""``"due"``/``"done"`` (demos and tests, ``Worker.run_async``) or None: run until stopped."""
+
+
+class Producer:
+    def __init__(self, app: App, config: WorkerConfig, settings: Settings, worker_id: str,
+                 held: HeldJobs, run_job: Callable[[tuple[Any, ...]], None],
+                 outcomes_waiting: Callable[[], int]) -> None:
+        self.app = app
+        self.config = config
+        self.settings = settings
+        self.worker_id = worker_id
+        self.held = held
+        self.run_job = run_job
+        """Starts a claimed job (the executor)."""
+        self.outcomes_waiting = outcomes_waiting
+        """Outcomes recorded and not yet taken for storing (the completer)."""
+        self.wake = asyncio.Event()
+        """Set by a wake-up or a freed slot: claim now."""
+        self.stop_requested = asyncio.Event()
+        self.stopping = False
+        """The worker is shutting down (every freed slot wakes the waiting drain)."""
+        self.stop_when: StopWhen = None
+        self._hungry: dict[str, bool] = dict.fromkeys((q.name for q in config.queues), True)
+        """Per queue: may it have due work (its last claim came back full, or it was woken
+        since, or it was never asked)? Unknown is hungry, never empty."""
+        self._round = random.randrange(1 << 16)
+        """Claim rounds, from a random start: it orders the queues' first turns, so worker
+        processes serving the same queues start their rounds at different queues instead
+        of all locking (and skipping) the same rows at the same moment."""
+        self._turns = Turns()
+        """Whose turn it is to get slots, carried from one claim round to the next."""
+        self._cursors = ClaimCursors()
+        """Where each queue's claimable jobs start, so claims skip the index's dead head."""
+        self._isolated_due = True
+        """Jobs that must run alone may be due (asked at start and every reclaim round)."""
+        self._outage = Outage(f"worker {worker_id}: claim connection", logger=log)
+        self._conn: Conn | None = None
+
+    def bind(self) -> None:
+        """Fresh events for a run on the running loop (a worker may be run again, on
+        another loop, as tests do)."""
+        self.wake = asyncio.Event()
+        self.stop_requested = asyncio.Event()
+        self.stopping = False
+
+    async def start(self) -> None:
+        """Open the claim connection and check the database's schema on it."""
+        self._conn = await self._connect()
+        try:
+            rows = await execute_async(self._conn, "schema_version", {})
+        except MigrationError:
+            rows = []
+        current, wanted = (rows[0][0] if rows else None), SCHEMA_REVISION
+        if current != wanted:
+            await self._conn.close()
+            raise MigrationError(f"the database's pgq schema is at {current or 'nothing'}, "
+                                 f"this pgq needs {wanted}: run `pgq migrate` first")
+
+    async def stop(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def run(self) -> None:
+        """Claim until a stop is requested (or, with ``stop_when``, the work is done)."""
+        loop = asyncio.get_running_loop()
+        next_reclaim = loop.time()
+        next_report = loop.time() + 5
+        tasks = [t.name for t in self.app.registry]
+        queues = [q.name for q in self.config.queues]
+        stop_when = self.stop_when
+        rechecked = -1  # stop_when="due": jobs claimed when every queue was last re-asked
+        while not self.stop_requested.is_set():
+            now = loop.time()
+            if now >= next_reclaim:
+                assert self._conn is not None
+                await self._safely(reclaim(self._conn, self.app.registry,
+                                           reclaimer=self.worker_id,
+                                           crash_budget=self.config.crash_budget,
+                                           now=self.app.clock.now()))
+                due = await self._safely(self._execute("job_isolated_due", {
+                    "queues": queues, "tasks": tasks, "now": self.app.clock.now()}))
+                self._isolated_due = self._isolated_due or bool(due and due[0][0])
+                next_reclaim = now + self.config.reclaim_seconds
+            if now >= next_report:
+                await self._safely(self._report_unknown(queues, tasks))
+                next_report = now + 60
+            # Cleared before the claim, not after: a wake-up arriving while the claim is
+            # in flight must survive it, or an idle worker sleeps a whole poll interval.
+            self.wake.clear()
+            if self._isolated_due and await self._claim_alone(queues, tasks):
+                pass  # isolation owns this process until no isolated job is due
+            elif await self._claim(tasks):
+                continue  # a queue has more work: claim again at once
+            if stop_when and not self.held and not self.outcomes_waiting():
+                if stop_when == "due" and not self._isolated_due and not any(
+                        self._hungry.get(q.name, True) for q in self.config.queues):
+                    if rechecked == self.held.stats.claimed:
+                        return  # every queue was asked since the last job was claimed
+                    # A queue found empty earlier may have work due now, and with fewer
+                    # slots than idle queues a round probes only some: ask each again.
+                    self._hungry.update(dict.fromkeys(queues, True))
+                    self._cursors.forget()  # and from their beginnings (claim_cursor)
+                    rechecked = self.held.stats.claimed
+                    continue
+                if stop_when == "done" and not await self._active_jobs(queues, tasks):
+                    return
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_or_stop(), self.config.poll_seconds)
+
+    async def _claim_alone(self, queues: list[str], tasks: list[str]) -> bool:
+        """Jobs marked ``isolated`` (suspects of a worker crash, see ``reclaim``) run
+        alone: claim one only when this process runs nothing else, and nothing else while
+        it runs. Returns True while isolation owns the producer; False once none is due.
+        A busy process stops claiming until its jobs end: the price, paid only while
+        isolated jobs wait, of telling an innocent job from the one that crashes."""
+        if self.held:
+            return True
+        rows = await self._safely(self._execute("job_claim_isolated", {
+            "queues": queues, "tasks": tasks, "worker": self.worker_id,
+            "lease_seconds": self.config.lease_seconds, "now": self.app.clock.now()},
+            binary=True))
+        if rows is None:
+            return True  # the database is in trouble; try again next round
+        if not rows:
+            self._isolated_due = False
+            return False
+        self.held.stats.claimed += 1
+        self.run_job(rows[0])
+        return True
+
+    def woken(self, queue: str) -> None:
+        """A wake-up for ``queue`` (Redis or NOTIFY): it has work; claim now."""
+        self._hungry[queue] = True
+        self.wake.set()
+
+    def slot_freed(self) -> None:
+        """Claim now, if that can find anything: a queue whose last claim came back full
+        (or was woken since) has more work. A queue that came back short is claimed again
+        on its next wake-up or poll; claiming it at every freed slot cost two empty claims
+        per job at low rates. Stopping, and the demo/test modes, always want to know."""
+        if (self.stopping or self.stop_when is not None or self.stop_requested.is_set()
+                or self._isolated_due or any(self._hungry.values())):
+            self.wake.set()
+
+    async def _wake_or_stop(self) -> None:
+        wake = asyncio.ensure_future(self.wake.wait())
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        try:
+            await asyncio.wait({wake, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            stop.cancel()
+
+    async def _active_jobs(self, queues: list[str], tasks: list[str]) -> int:
+        rows = await self._execute("job_count_active", {"queues": queues, "tasks": tasks})
+        return int(rows[0][0])
+
+    async def _claim(self, tasks: list[str]) -> bool:
+        """Claim for the free slots. A slot is free once its task has finished, before
+        its outcome is stored, so claiming overlaps with writing outcomes; but no more
+        than ``concurrency`` outcomes may wait to be stored when a claim starts, so a
+        worker holds at most ``max_held`` (2 x concurrency) jobs: a lagging database
+        then stops claiming instead of letting the jobs' leases expire. A full batch of
+        outcomes waiting still claims (the bound was ``< concurrency`` before): with
+        quick tasks the next batch is claimed while the last one's outcomes are written,
+        where claims and flushes of 10 no-op jobs used to run strictly in turn."""
+        running, waiting = self.held.running_by_queue()
+        if waiting > self.config.concurrency:  # max-held: claimed + waiting <= 2 x concurrency
+            return False  # a forgotten job wakes the producer when the outcomes are stored
+        self._round += 1
+        limits = allocate(self.config.queues, self.config.concurrency, running, self._hungry,
+                          strict=self.config.strict, rotation=self._round, turns=self._turns)
+        wanted = {q: n for q, n in limits.items() if n > 0}
+        if not wanted:
+            return False
+        rows = await self._safely(self._execute("job_claim", {
+            "queues": list(wanted), "limits": list(wanted.values()), "tasks": tasks,
+            "worker": self.worker_id, "lease_seconds": self.config.lease_seconds,
+            "now": self.app.clock.now(), **self._cursors.bounds(list(wanted))}, binary=True))
+        if rows is None:
+            return False
+        # job_claim's last two columns are each job's place in its queue (claim cursors).
+        self._cursors.claimed((row[1], row[9], row[10], row[0]) for row in rows)
+        got: dict[str, int] = {}
+        for row in rows:
+            got[row[1]] = got.get(row[1], 0) + 1
+            self.run_job(row[:9])
+        self.held.stats.claimed += len(rows)
+        full = False
+        woken = self.wake.is_set()  # during the claim
+        for queue, n in wanted.items():
+            hit = got.get(queue, 0) >= n
+            self._hungry[queue] = hit or woken
+            full = full or hit
+        if full:
+            return True
+        # Slots are still free and a queue that may have work was not asked this round
+        # (more such queues than free slots): its turn is next, now, not after a poll
+        # interval. Each such round asks at least one of them or fills the slots, so
+        # this ends within as many rounds as there are queues.
+        free = self.config.concurrency - sum(running.values()) - len(rows)
+        return free > 0 and any(
+            self._hungry.get(q.name, True) and q.name not in wanted
+            and (q.cap is None or running.get(q.name, 0) + got.get(q.name, 0) < q.cap)
+            for q in self.config.queues)
+
+    async def _execute(self, name: str, params: dict[str, Any], *,
+                       binary: bool = False) -> list[Any]:
+        assert self._conn is not None
+        return await execute_async(self._conn, name, params, binary=binary)
+
+    async def _safely(self, awaitable: Any) -> Any:
+        """Database trouble in a loop step is logged and retried next round, never fatal.
+        A lost or unusable server (restart, failover, a demoted primary, a cut
+        connection) is an outage: reconnect with backoff, one log line each way."""
+        assert self._conn is not None
+        try:
+            result = await awaitable
+        except (DatabaseUnavailable, psycopg.OperationalError) as exc:
+            # psycopg's own errors too: a step that opens a transaction itself (reclaim)
+            # can be cut before pgq's error wrapping sees it.
+            await self._reconnect(exc)
+            return None
+        except (PgqError, psycopg.Error) as exc:
+            log.error("worker %s: %s", self.worker_id, exc)
+            if self._conn.closed or self._conn.broken:
+                await self._reconnect(exc)
+            else:
+                await self._pause(min(self.config.poll_seconds, 1.0))  # back off, then retry
+            return None
+        self._outage.recovered()
+        return result
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once for a stop request."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.stop_requested.wait(), seconds)
+
+    async def _report_unknown(self, queues: list[str], tasks: list[str]) -> None:
+        for queue, task, count in await self._execute(
+                "job_unknown_tasks", {"queues": queues, "tasks": tasks}):
+            log.warning("%d due job(s) of task %r in queue %r are waiting for a worker that "
+                        "knows that task; this worker does not (rolling deploy?)",
+                        count, task, queue)
+
+    async def _connect(self) -> Conn:
+        return await open_connection(self.settings, async_commit=self.config.async_commit)
+
+    async def _reconnect(self, reason: Exception) -> None:
+        """Stop waiting when a stop is requested (the closed connection stays: the
+        producer is about to exit)."""
+        assert self._conn is not None
+
+        async def wait(delay: float) -> bool:
+            await self._pause(delay)
+            return not self.stop_requested.is_set()
+
+        conn = await reopen(self._conn, self._outage, reason, self._connect, wait)
+        if conn is not None:
+            self._conn = conn
