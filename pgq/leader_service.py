@@ -1,7 +1,7 @@
 """LeaderService: the loop shared by everything that runs only while holding a role.
 
 Maintenance, the cron scheduler and the periodic jobs (stats, metrics, alerts) each do
-their work in rounds, and only in the one process that leads their role (``pgq.leader``).
+their work in rounds, and only in the one process that leads their role (``pgq.coordination.leader``).
 Every process that may do the work runs the service; all but one just campaign.
 
 The loop, in a background thread until ``stop()``: wait for leadership, read the fencing
@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import psycopg
 
+from pgq.coordination.leader import Leadership
 from pgq.database import connect
 from pgq.errors import PgqError
-from pgq.leader import Leadership
 
 if TYPE_CHECKING:
     from pgq.app import App

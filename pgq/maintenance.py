@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from pgq.coordination.leader import Leadership
 from pgq.database import execute
-from pgq.leader import Leadership
 from pgq.leader_service import LeaderService
 
 if TYPE_CHECKING:

@@ -471,3 +471,12 @@ SELECT count(*)::int FROM deleted;
 -- A worker's claim and outcome connections with --async-commit: commits return before
 -- the WAL is flushed (docs/performance.md says what that risks). For the session.
 SELECT set_config('synchronous_commit', 'off', false);
+
+-- name: session_statement_timeout
+-- Coordination's PostgreSQL connections: a statement blocked this long fails, so
+-- coordination never hangs its caller. For the session.
+SELECT set_config('statement_timeout', %(ms)s::text, false);
+
+-- name: wakeup_listen
+-- A worker's wake-up listener (coordination.wakeups); queue_notify sends on this channel.
+LISTEN pgq_wakeup;

@@ -3,7 +3,7 @@
 Run as many schedulers as you like (``pgq scheduler``, or ``pgq worker --scheduler``).
 Two layers keep a tick from firing twice:
 
-1. **Leadership** (``pgq.leader``): only the leader of the ``scheduler`` role looks at the
+1. **Leadership** (``pgq.coordination.leader``): only the leader of the ``scheduler`` role looks at the
    schedule, so normally one process does the work.
 2. **The fire record**: a tick's job is written in the same transaction as its
    ``pgq_cron_fires`` row, whose primary key is (entry, tick). Two leaders at once (a
@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from pgq.coordination.leader import Leadership
 from pgq.cron import CronEntry
 from pgq.database import execute, run_plan
 from pgq.enqueue import Copy, Exec, JobRow, JobSpec, Step, job_copy_row
 from pgq.errors import PgqError
-from pgq.leader import Leadership
 from pgq.leader_service import LeaderService
 
 if TYPE_CHECKING:

@@ -174,7 +174,7 @@ locks = Table(
 )
 
 leader_terms = Sequence("pgq_leader_terms", metadata=metadata)
-"""Fencing tokens for leaderships (see ``pgq.leader``)."""
+"""Fencing tokens for leaderships (see ``pgq.coordination.leader``)."""
 
 leaders = Table(
     "pgq_leaders",

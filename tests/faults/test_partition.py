@@ -35,7 +35,7 @@ import pytest
 import pgq
 from pgq import migrate
 from pgq.settings import Settings
-from pgq.worker import LEASE_MARGIN_SECONDS
+from pgq.worker.heartbeat import LEASE_MARGIN_SECONDS
 from tests.faults.harness import REPORTS, FaultReport
 from tests.support.netns import BlackHole, port_is_free
 from tests.support.pgcluster import PgCluster

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 import pgq
-from pgq.leader import Leadership
+from pgq.coordination.leader import Leadership
 from pgq.leader_service import LeaderService
 from tests.conftest import Databases, url_for
 from tests.support.waiting import wait_until

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 
 import pgq
-from pgq.leader import Leadership
+from pgq.coordination.leader import Leadership
 
 DDL = """
 CREATE TABLE IF NOT EXISTS leader_events (

@@ -108,7 +108,7 @@ def test_queries_catalogue() -> None:
     for name, sql in QUERIES.items():
         assert re.fullmatch(r"[a-z_][a-z0-9_]*", name)
         assert sql and not sql.endswith(";"), name
-        assert re.search(r"^(SELECT|INSERT|UPDATE|DELETE|WITH|COPY)\b", sql, re.MULTILINE), name
+        assert re.search(r"^(SELECT|INSERT|UPDATE|DELETE|WITH|COPY|LISTEN)\b", sql, re.MULTILINE), name
     with pytest.raises(TypeError):
         QUERIES["x"] = "SELECT 1"  # type: ignore[index]
 

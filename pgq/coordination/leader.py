@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from pgq.coordination import Coordinator
+from pgq.coordination.coordinator import Coordinator
 
 log = logging.getLogger("pgq.leader")
 
