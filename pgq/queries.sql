@@ -474,9 +474,11 @@ SELECT set_config('synchronous_commit', 'off', false);
 
 -- name: session_statement_timeout
 -- Coordination's PostgreSQL connections: a statement blocked this long fails, so
--- coordination never hangs its caller. For the session.
+-- coordination never hangs its caller. For the session. (The next statement,
+-- wakeup_listen, a worker's wake-up listener, carries no comment of its own: its
+-- text in pg_stat_activity is exactly "LISTEN pgq_wakeup", which is how operators,
+-- tests and benchmarks find the listening workers.)
 SELECT set_config('statement_timeout', %(ms)s::text, false);
 
 -- name: wakeup_listen
--- A worker's wake-up listener (coordination.wakeups); queue_notify sends on this channel.
 LISTEN pgq_wakeup;
