@@ -42,7 +42,7 @@ from pgq.database import execute_async
 from pgq.tasks import TaskRegistry
 from pgq.worker.failure import LOST_TYPE, error_entry
 
-log = logging.getLogger("pgq.worker.reclaim")
+log = logging.getLogger("pgq.reclaim")
 
 DEFAULT_CRASH_BUDGET = 3
 

@@ -48,7 +48,7 @@ from pgq.worker.leasetable import LeaseTable
 from pgq.worker.process import Worker
 from pgq.worker.reclaim import reclaim
 
-log = logging.getLogger("pgq.worker.supervisor")
+log = logging.getLogger("pgq.supervisor")
 
 
 @dataclass
