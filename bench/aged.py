@@ -75,7 +75,7 @@ import psycopg
 import pgq
 from bench.prune import cpu_jiffies, percentile
 from bench.workloads import fresh_database
-from pgq.database import connect, execute
+from pgq.store.database import connect, execute
 from pgq.worker.claim_cursor import ClaimCursors
 
 DATABASE = "pgq_bench_aged"

@@ -78,7 +78,7 @@ import psycopg
 import pgq
 from bench.aged import busy, children
 from bench.prune import cpu_jiffies
-from pgq.queries import QUERIES
+from pgq.store.queries import QUERIES
 
 DATABASE = "pgq_bench_cmp"
 JOBS = 20_000

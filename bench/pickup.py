@@ -49,7 +49,7 @@ import psycopg
 import redis
 
 import pgq
-from pgq.queries import QUERIES
+from pgq.store.queries import QUERIES
 from pgq.worker.claim_cursor import FULL_SCAN
 
 REDIS_URL = os.environ.get("PGQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")

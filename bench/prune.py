@@ -62,9 +62,9 @@ from typing import Any
 import psycopg
 
 import pgq
-from pgq.database import connect, execute
-from pgq.maintenance import Maintenance
-from pgq.maintenance import prune as prune_jobs
+from pgq.scheduling.maintenance import Maintenance
+from pgq.scheduling.maintenance import prune as prune_jobs
+from pgq.store.database import connect, execute
 from pgq.worker.claim_cursor import FULL_SCAN
 from pgq.worker.queues import allocate, parse_queues
 

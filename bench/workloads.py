@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import psycopg
 
 import pgq
-from pgq import migrate
+from pgq.store import migrate
 
 
 @dataclass
@@ -192,7 +192,7 @@ def ceiling_loop(url: str, task: str, batch: int, async_commit: bool = False) ->
     Same statements, parameters (claim cursors included) and connection setup (autocommit,
     prepared) as a worker, on two connections like the worker's claim and flush
     connections; no Python task handling, no asyncio, no threads."""
-    from pgq.database import connect, execute
+    from pgq.store.database import connect, execute
     from pgq.worker.claim_cursor import ClaimCursors
 
     settings = pgq.Settings(database_url=url)

@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 import pgq
-from pgq import migrate
-from pgq.embedded import demo_database_url
-from pgq.settings import redact_url
+from pgq.core.settings import redact_url
+from pgq.store import migrate
+from pgq.store.embedded import demo_database_url
 
 warnings.filterwarnings("ignore", module="platformdirs")  # pgserver's harmless XDG notice
 logging.getLogger("pgserver").setLevel(logging.ERROR)

@@ -12,9 +12,9 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from pgq.migrate import VERSION_TABLE, include_pgq_objects
-from pgq.schema import metadata
-from pgq.settings import Settings
+from pgq.core.settings import Settings
+from pgq.store.migrate import VERSION_TABLE, include_pgq_objects
+from pgq.store.schema import metadata
 
 config = context.config
 opts = {

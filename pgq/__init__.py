@@ -6,12 +6,12 @@ The public surface is what this module exports; ``tests/unit/test_public_api.py`
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from pgq.app import App
-from pgq.backoff import Backoff
-from pgq.clock import Clock, DatabaseClock, ManualClock
-from pgq.cron import CatchUp, CronEntry, ScheduleError
-from pgq.enqueue import Enqueued, EnqueueOptions, JobSpec
-from pgq.errors import (
+from pgq.client.app import App
+from pgq.client.enqueue import Enqueued, EnqueueOptions, JobSpec
+from pgq.core.backoff import Backoff
+from pgq.core.clock import Clock, DatabaseClock, ManualClock
+from pgq.core.cron import CatchUp, CronEntry, ScheduleError
+from pgq.core.errors import (
     ConfigError,
     DatabaseError,
     DatabaseUnavailable,
@@ -27,10 +27,10 @@ from pgq.errors import (
     UnknownTaskError,
     UnsupportedConnectionError,
 )
-from pgq.outcomes import Cancel, Fail, JobOutcome, Retry, Snooze
-from pgq.settings import Settings
-from pgq.states import JobState
-from pgq.tasks import Task, TaskRegistry
+from pgq.core.outcomes import Cancel, Fail, JobOutcome, Retry, Snooze
+from pgq.core.settings import Settings
+from pgq.core.states import JobState
+from pgq.core.tasks import Task, TaskRegistry
 from pgq.worker import Worker, WorkerConfig
 from pgq.worker.context import Context
 from pgq.worker.queues import QueueSpec, parse_queues

@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 import click
 
 import pgq
-from pgq.app import App
-from pgq.errors import ConfigError, PgqError
-from pgq.settings import Settings
-from pgq.validation import parse_json
+from pgq.client.app import App
+from pgq.core.errors import ConfigError, PgqError
+from pgq.core.settings import DEFAULT_DATABASE_URL, Settings
+from pgq.core.validation import parse_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,7 +28,7 @@ def database_option(fn: F) -> F:
     return click.option(
         "--database-url", envvar="PGQ_DATABASE_URL", show_envvar=True, metavar="URL",
         help="PostgreSQL URL (postgresql://, postgres:// or postgresql+psycopg://). "
-        f"Default: {pgq.settings.DEFAULT_DATABASE_URL}",
+        f"Default: {DEFAULT_DATABASE_URL}",
     )(fn)
 
 
@@ -59,7 +59,7 @@ def migrate(database_url: str | None, as_sql: bool, revision: str,
     """Create or upgrade the pgq tables. Safe to run again: at the latest revision it
     changes nothing. Uses its own version table, so a host app's Alembic history is
     untouched."""
-    from pgq import migrate as migrations  # Alembic and SQLAlchemy: not in every command
+    from pgq.store import migrate as migrations  # Alembic and SQLAlchemy: not in every command
 
     if as_sql:
         click.echo(migrations.upgrade_sql(revision), nl=False)
@@ -186,8 +186,8 @@ def scheduler(app_path: str | None, log_level: str, database_url: str | None) ->
     import signal
     import threading
 
-    from pgq.maintenance import Maintenance
-    from pgq.scheduler import Scheduler
+    from pgq.scheduling.maintenance import Maintenance
+    from pgq.scheduling.scheduler import Scheduler
     from pgq.worker import new_worker_id
 
     app = load_app(_need_app(app_path), database_url)
@@ -249,9 +249,9 @@ def _need_app(app_path: str | None) -> str:
 
 
 def _check_schema(app: App) -> None:
-    from pgq.database import connect, execute
-    from pgq.errors import MigrationError
-    from pgq.revision import SCHEMA_REVISION
+    from pgq.core.errors import MigrationError
+    from pgq.store.database import connect, execute
+    from pgq.store.revision import SCHEMA_REVISION
 
     with connect(app.settings, autocommit=True) as conn:
         try:

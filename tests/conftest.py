@@ -19,8 +19,8 @@ import pytest
 import redis
 
 import pgq
-from pgq import migrate
-from pgq.settings import Settings
+from pgq.core.settings import Settings
+from pgq.store import migrate
 
 ADMIN_URL = os.environ.get("PGQ_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PGQ_REDIS_URL", "redis://127.0.0.1:6379/0")

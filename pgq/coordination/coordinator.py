@@ -48,9 +48,9 @@ import psycopg
 import redis
 
 from pgq.coordination.wakeups import REDIS_ERRORS, Publisher
-from pgq.database import connect, execute
-from pgq.errors import DatabaseUnavailable, PgqError
-from pgq.settings import Settings, redact_url
+from pgq.core.errors import DatabaseUnavailable, PgqError
+from pgq.core.settings import Settings, redact_url
+from pgq.store.database import connect, execute
 
 log = logging.getLogger("pgq.coordination")
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import psycopg
 import redis
 
-from pgq.database import connect, execute
-from pgq.errors import PgqError
-from pgq.outage import Outage
+from pgq.core.errors import PgqError
+from pgq.core.outage import Outage
+from pgq.store.database import connect, execute
 
 if TYPE_CHECKING:
     from pgq.coordination.coordinator import Coordinator

@@ -20,11 +20,11 @@ from typing import Any
 
 import psycopg
 
-from pgq.clock import Clock
-from pgq.database import connect, execute, execute_async
-from pgq.errors import DatabaseError, DatabaseUnavailable, LeaseLost
-from pgq.outage import Outage
-from pgq.settings import Settings
+from pgq.core.clock import Clock
+from pgq.core.errors import DatabaseError, DatabaseUnavailable, LeaseLost
+from pgq.core.outage import Outage
+from pgq.core.settings import Settings
+from pgq.store.database import connect, execute, execute_async
 from pgq.worker.config import WorkerConfig
 from pgq.worker.connection import Conn, open_connection, reopen
 from pgq.worker.context import Context

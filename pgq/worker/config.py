@@ -7,7 +7,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-from pgq.errors import ConfigError
+from pgq.core.errors import ConfigError
 from pgq.worker.queues import QueueSpec
 from pgq.worker.reclaim import DEFAULT_CRASH_BUDGET
 

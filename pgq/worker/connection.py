@@ -9,10 +9,10 @@ from contextlib import suppress
 import psycopg
 from psycopg.types.array import ListBinaryDumper
 
-from pgq.database import connect_async, execute_async
-from pgq.errors import DatabaseUnavailable, PgqError
-from pgq.outage import Outage
-from pgq.settings import Settings
+from pgq.core.errors import DatabaseUnavailable, PgqError
+from pgq.core.outage import Outage
+from pgq.core.settings import Settings
+from pgq.store.database import connect_async, execute_async
 
 Conn = psycopg.AsyncConnection[object]
 

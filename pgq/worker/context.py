@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pgq.errors import LeaseLost, PgqError
-from pgq.validation import encode_json_object
+from pgq.core.errors import LeaseLost, PgqError
+from pgq.core.validation import encode_json_object
 
 if TYPE_CHECKING:
     import psycopg

@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from pgq.app import App
+from pgq.client.app import App
 from pgq.coordination import Coordinator
-from pgq.errors import InvalidArgsError, LeaseLost, PgqError
-from pgq.outcomes import Cancel, Fail, Retry, Snooze
-from pgq.tasks import Task
-from pgq.validation import encode_result
+from pgq.core.errors import InvalidArgsError, LeaseLost, PgqError
+from pgq.core.outcomes import Cancel, Fail, Retry, Snooze
+from pgq.core.tasks import Task
+from pgq.core.validation import encode_result
 from pgq.worker.config import WorkerConfig
 from pgq.worker.context import Context
 from pgq.worker.failure import error_entry

@@ -27,14 +27,26 @@ def clean_text(text: str, limit: int) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+_MOVED = (("pgq.core.outcomes.", "pgq.outcomes."), ("pgq.core.errors.", "pgq.errors."))
+"""pgq's own exceptions are recorded under the names they had before issue 13 moved the
+vocabulary into pgq.core: errors entries are an audit trail, and queries match them."""
+
+
+def _stable(name: str) -> str:
+    name = name.removeprefix("builtins.")
+    for moved, recorded in _MOVED:
+        if name.startswith(moved):
+            return recorded + name[len(moved):]
+    return name
+
+
 def error_entry(attempt: int, worker: str, exc: BaseException | None = None, *,
                 type_name: str | None = None, message: str | None = None,
                 charged: bool = True) -> str:
     """The JSON of one ``errors`` entry; the database adds ``at`` from its clock.
     ``charged=False`` marks a lost worker the job is not blamed for (``pgq.worker.reclaim``)."""
     if exc is not None:
-        type_name = type_name or f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix(
-            "builtins.")
+        type_name = type_name or _stable(f"{type(exc).__module__}.{type(exc).__qualname__}")
         try:
             message = message if message is not None else str(exc)
         except Exception:  # a broken __str__ must not break failure recording

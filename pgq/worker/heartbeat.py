@@ -22,12 +22,12 @@ from typing import Any
 
 import psycopg
 
-from pgq.clock import Clock
 from pgq.coordination import Coordinator
-from pgq.database import connect, execute
-from pgq.errors import DatabaseUnavailable, PgqError
-from pgq.outage import Outage
-from pgq.settings import Settings
+from pgq.core.clock import Clock
+from pgq.core.errors import DatabaseUnavailable, PgqError
+from pgq.core.outage import Outage
+from pgq.core.settings import Settings
+from pgq.store.database import connect, execute
 from pgq.worker.config import WorkerConfig
 from pgq.worker.held import HeldJobs
 from pgq.worker.joblog import log

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgq.tasks import Task
+from pgq.core.tasks import Task
 from pgq.worker.context import Context
 from pgq.worker.leasetable import LeaseTable
 

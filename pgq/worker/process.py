@@ -25,12 +25,12 @@ import os
 import signal
 from typing import Literal
 
-from pgq.app import App
+from pgq.client.app import App
 from pgq.coordination import Coordinator, WakeupListener
-from pgq.errors import ConfigError, PgqError
-from pgq.leader_service import LeaderService
-from pgq.maintenance import Maintenance
-from pgq.scheduler import Scheduler
+from pgq.core.errors import ConfigError, PgqError
+from pgq.scheduling.maintenance import Maintenance
+from pgq.scheduling.scheduler import Scheduler
+from pgq.scheduling.service import LeaderService
 from pgq.worker.completer import Completer
 from pgq.worker.config import EXIT_OK, EXIT_RECYCLE, WorkerConfig, new_worker_id
 from pgq.worker.executor import Executor

@@ -20,12 +20,12 @@ from typing import Any
 
 import psycopg
 
-from pgq.app import App
-from pgq.database import execute_async
-from pgq.errors import DatabaseUnavailable, MigrationError, PgqError
-from pgq.outage import Outage
-from pgq.revision import SCHEMA_REVISION
-from pgq.settings import Settings
+from pgq.client.app import App
+from pgq.core.errors import DatabaseUnavailable, MigrationError, PgqError
+from pgq.core.outage import Outage
+from pgq.core.settings import Settings
+from pgq.store.database import execute_async
+from pgq.store.revision import SCHEMA_REVISION
 from pgq.worker.claim_cursor import ClaimCursors
 from pgq.worker.config import WorkerConfig
 from pgq.worker.connection import Conn, open_connection, reopen

@@ -22,8 +22,8 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pgq.errors import ConfigError
-from pgq.validation import QUEUE_PATTERN
+from pgq.core.errors import ConfigError
+from pgq.core.validation import QUEUE_PATTERN
 
 _SPEC = re.compile(rf"^(?P<name>{QUEUE_PATTERN.pattern})(?:=(?P<weight>\d+))?(?::(?P<cap>\d+))?$")
 

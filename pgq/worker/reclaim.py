@@ -37,9 +37,9 @@ from typing import Any
 
 import psycopg
 
-from pgq.backoff import Backoff
-from pgq.database import execute_async
-from pgq.tasks import TaskRegistry
+from pgq.core.backoff import Backoff
+from pgq.core.tasks import TaskRegistry
+from pgq.store.database import execute_async
 from pgq.worker.failure import LOST_TYPE, error_entry
 
 log = logging.getLogger("pgq.reclaim")

@@ -39,10 +39,10 @@ from typing import Any
 
 import psycopg
 
-from pgq.app import App
-from pgq.database import connect, connect_async, execute
-from pgq.errors import ConfigError, DatabaseUnavailable, MigrationError, PgqError
-from pgq.outage import Outage
+from pgq.client.app import App
+from pgq.core.errors import ConfigError, DatabaseUnavailable, MigrationError, PgqError
+from pgq.core.outage import Outage
+from pgq.store.database import connect, connect_async, execute
 from pgq.worker.config import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, WorkerConfig, new_worker_id
 from pgq.worker.leasetable import LeaseTable
 from pgq.worker.process import Worker

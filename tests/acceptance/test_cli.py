@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgq import migrate
+from pgq.store import migrate
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pgq.cron import CronEntry
+from pgq.core.cron import CronEntry
 
 UNREACHABLE = "postgresql://nobody:hunter2@127.0.0.1:1/nothing"
 """Commands that must not touch the database get this URL: connecting would fail loudly."""

@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 import pgq
-from pgq import migrate
+from pgq.store import migrate
 from tests.faults.harness import Run
 from tests.faults.soak_app import EXPECTED_ATTEMPTS
 from tests.support.redisserver import RedisServer

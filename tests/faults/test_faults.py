@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 import pgq
-from pgq import migrate
+from pgq.store import migrate
 from tests.faults.harness import Run
 from tests.support import ledger
 from tests.support.pgcluster import PgCluster

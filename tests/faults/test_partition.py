@@ -33,8 +33,8 @@ import psycopg
 import pytest
 
 import pgq
-from pgq import migrate
-from pgq.settings import Settings
+from pgq.core.settings import Settings
+from pgq.store import migrate
 from pgq.worker.heartbeat import LEASE_MARGIN_SECONDS
 from tests.faults.harness import REPORTS, FaultReport
 from tests.support.netns import BlackHole, port_is_free

@@ -18,7 +18,7 @@ import pytest
 
 import pgq
 import pgq.worker.producer as worker_module
-from pgq.database import execute_async
+from pgq.store.database import execute_async
 from pgq.worker import WorkerConfig
 from pgq.worker.claim_cursor import ClaimCursors
 

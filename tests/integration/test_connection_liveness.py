@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 
 import pgq
-from pgq import migrate
-from pgq.database import Pools, connect, connect_async, liveness_params
-from pgq.settings import Settings
+from pgq.core.settings import Settings
+from pgq.store import migrate
+from pgq.store.database import Pools, connect, connect_async, liveness_params
 from pgq.worker import WorkerConfig
 from tests.integration.test_worker import Background
 from tests.support.waiting import wait_until

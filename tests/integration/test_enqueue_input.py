@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 import pgq
-from pgq.validation import MAX_JSON_DEPTH, encode_result
+from pgq.core.validation import MAX_JSON_DEPTH, encode_result
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 
 import pgq
 from pgq.coordination.leader import Leadership
-from pgq.leader_service import LeaderService
+from pgq.scheduling.service import LeaderService
 from tests.conftest import Databases, url_for
 from tests.support.waiting import wait_until
 

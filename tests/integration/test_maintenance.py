@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 import pgq
-from pgq.maintenance import Maintenance, prune, prune_fires
-from pgq.settings import Settings
+from pgq.core.settings import Settings
+from pgq.scheduling.maintenance import Maintenance, prune, prune_fires
 from tests.integration.test_worker import Background
 from tests.support.waiting import wait_until
 

@@ -17,9 +17,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 import pgq
-from pgq import migrate
-from pgq.schema import metadata
-from pgq.settings import sqlalchemy_url
+from pgq.core.settings import sqlalchemy_url
+from pgq.store import migrate
+from pgq.store.schema import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,7 +109,7 @@ def test_schema_module_mirrors_the_migrations_exactly(empty_db_url: str, db_url:
 
 
 def test_the_revision_workers_check_is_alembics_head() -> None:
-    from pgq.revision import SCHEMA_REVISION
+    from pgq.store.revision import SCHEMA_REVISION
 
     assert migrate.head() == SCHEMA_REVISION
 

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgq.queries import QUERIES
+from pgq.store.queries import QUERIES
 from pgq.worker.claim_cursor import FULL_SCAN
 
 ROWS = 30_000

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 import pgq
-from pgq.scheduler import Scheduler
-from pgq.settings import Settings
+from pgq.core.settings import Settings
+from pgq.scheduling.scheduler import Scheduler
 
 T0 = datetime(2030, 1, 7, 9, 0, 30, tzinfo=UTC)  # 30 s after an hourly tick
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import pgq
-from pgq.settings import sqlalchemy_url
+from pgq.core.settings import sqlalchemy_url
 
 
 def count_jobs(conn: psycopg.Connection) -> int:

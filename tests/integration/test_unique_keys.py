@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 import pgq
-from pgq import migrate
+from pgq.store import migrate
 from tests.support.pgcluster import PgCluster
 
 

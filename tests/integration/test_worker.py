@@ -23,8 +23,8 @@ import pytest
 from psycopg.rows import dict_row
 
 import pgq
-from pgq.backoff import Backoff
-from pgq.database import execute
+from pgq.core.backoff import Backoff
+from pgq.store.database import execute
 from pgq.worker import WorkerConfig
 from pgq.worker.claim_cursor import FULL_SCAN
 from pgq.worker.failure import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS

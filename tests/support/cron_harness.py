@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 import pgq
-from pgq.scheduler import Scheduler
+from pgq.scheduling.scheduler import Scheduler
 
 TTL = 1.0
 TICK = 0.02

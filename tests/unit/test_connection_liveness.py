@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import pgq
-from pgq.database import connection_params, liveness_params
-from pgq.settings import Settings
+from pgq.core.settings import Settings
+from pgq.store.database import connection_params, liveness_params
 from pgq.worker import WorkerConfig
 from pgq.worker.supervisor import Supervisor
 

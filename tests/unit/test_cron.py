@@ -18,8 +18,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import pgq
-from pgq.cron import MAX_BACKFILL, CatchUp, CronEntry, ScheduleError, parse_expression, wall_to_instant
-from pgq.errors import ConfigError
+from pgq.core.cron import MAX_BACKFILL, CatchUp, CronEntry, ScheduleError, parse_expression, wall_to_instant
+from pgq.core.errors import ConfigError
 
 MINUTE = timedelta(minutes=1)
 ON_TIME = timedelta(seconds=60)

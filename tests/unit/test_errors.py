@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-from pgq import errors
+from pgq.core import errors
 
 BRANCH = "── "
 INDENT = 4

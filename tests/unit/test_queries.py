@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from pgq import enqueue
-from pgq.enqueue import (
+from pgq.client import enqueue
+from pgq.client.enqueue import (
     Copy,
     Enqueued,
     Exec,
@@ -27,9 +27,9 @@ from pgq.enqueue import (
     plan_notify,
     prepare,
 )
-from pgq.errors import DatabaseError
-from pgq.queries import QUERIES, parse
-from pgq.tasks import TaskRegistry
+from pgq.core.errors import DatabaseError
+from pgq.core.tasks import TaskRegistry
+from pgq.store.queries import QUERIES, parse
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")

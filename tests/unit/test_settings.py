@@ -9,8 +9,8 @@ import math
 import psycopg.conninfo
 import pytest
 
-from pgq.errors import ConfigError
-from pgq.settings import (
+from pgq.core.errors import ConfigError
+from pgq.core.settings import (
     DEFAULT_DATABASE_URL,
     Settings,
     normalize_database_url,

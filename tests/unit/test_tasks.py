@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 import pgq
-from pgq.errors import InvalidArgsError, TaskDefinitionError
-from pgq.tasks import (
+from pgq.core.errors import InvalidArgsError, TaskDefinitionError
+from pgq.core.tasks import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
     DEFAULT_QUEUE,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pgq.enqueue import JobRow, JobSpec, prepare
-from pgq.errors import (
+from pgq.client.enqueue import JobRow, JobSpec, prepare
+from pgq.core.errors import (
     InvalidArgsError,
     InvalidIdentifierError,
     InvalidJobError,
@@ -20,8 +20,8 @@ from pgq.errors import (
     PayloadTooLargeError,
     UnknownTaskError,
 )
-from pgq.tasks import TaskRegistry
-from pgq.validation import MAX_JSON_DEPTH, encode_result, parse_json
+from pgq.core.tasks import TaskRegistry
+from pgq.core.validation import MAX_JSON_DEPTH, encode_result, parse_json
 
 MiB = 1024 * 1024
 

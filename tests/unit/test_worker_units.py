@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pgq
-from pgq.backoff import DEFAULT_STEPS, Backoff
-from pgq.errors import ConfigError, PgqError
-from pgq.outcomes import Cancel, Fail, JobOutcome, Retry, Snooze
+from pgq.core.backoff import DEFAULT_STEPS, Backoff
+from pgq.core.errors import ConfigError, PgqError
+from pgq.core.outcomes import Cancel, Fail, JobOutcome, Retry, Snooze
 from pgq.worker.failure import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS, clean_text, error_entry
 from pgq.worker.queues import QueueSpec, Turns, allocate, parse_queues
 

@@ -4,7 +4,7 @@ from alembic import context
 from sqlalchemy import Column, Integer, MetaData, Table, create_engine
 from sqlalchemy.pool import NullPool
 
-from pgq.migrate import exclude_pgq_objects, upgrade
+from pgq.store.migrate import exclude_pgq_objects, upgrade
 
 host_metadata = MetaData()
 Table("users", host_metadata, Column("id", Integer, primary_key=True))

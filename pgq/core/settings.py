@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import psycopg.conninfo
 
-from pgq.errors import ConfigError
+from pgq.core.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@localhost:5432/postgres"
 """Where pgq looks when ``PGQ_DATABASE_URL`` is unset: the usual local development server."""

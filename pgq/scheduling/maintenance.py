@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pgq.coordination.leader import Leadership
-from pgq.database import execute
-from pgq.leader_service import LeaderService
+from pgq.scheduling.service import LeaderService
+from pgq.store.database import execute
 
 if TYPE_CHECKING:
-    from pgq.app import App
+    from pgq.client.app import App
 
 log = logging.getLogger("pgq.maintenance")
 

@@ -29,5 +29,5 @@ def parse(source: str) -> dict[str, str]:
 
 
 QUERIES: Final = MappingProxyType(
-    parse(resources.files("pgq").joinpath("queries.sql").read_text(encoding="utf-8"))
+    parse(resources.files("pgq.store").joinpath("queries.sql").read_text(encoding="utf-8"))
 )

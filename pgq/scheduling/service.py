@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import psycopg
 
 from pgq.coordination.leader import Leadership
-from pgq.database import connect
-from pgq.errors import PgqError
+from pgq.core.errors import PgqError
+from pgq.store.database import connect
 
 if TYPE_CHECKING:
-    from pgq.app import App
+    from pgq.client.app import App
 
 
 class LeaderService(ABC):

@@ -19,15 +19,15 @@ import psycopg.conninfo
 import psycopg_pool
 from psycopg import errors as pg_errors
 
-from pgq.enqueue import Copy, Exec, Plan
-from pgq.errors import (
+from pgq.core.errors import (
     DatabaseError,
     DatabaseUnavailable,
     MigrationError,
     UnsupportedConnectionError,
 )
-from pgq.queries import QUERIES
-from pgq.settings import Settings, redact_url
+from pgq.core.settings import Settings, redact_url
+from pgq.store.plan import Copy, Exec, Plan
+from pgq.store.queries import QUERIES
 
 T = TypeVar("T")
 

@@ -9,20 +9,20 @@ drives a plan on a sync or an async connection, so the two paths cannot drift ap
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypedDict
 
-from pgq.errors import DatabaseError, InvalidOptionError, UnknownTaskError
-from pgq.tasks import (
+from pgq.core.errors import DatabaseError, InvalidOptionError, UnknownTaskError
+from pgq.core.tasks import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
     DEFAULT_QUEUE,
     Task,
     TaskRegistry,
 )
-from pgq.validation import (
+from pgq.core.validation import (
     MAX_UNIQUE_KEY_BYTES,
     check_free_text,
     check_max_attempts,
@@ -34,6 +34,7 @@ from pgq.validation import (
     check_timeout,
     encode_json_object,
 )
+from pgq.store.plan import Copy, Exec, Step
 
 _UNIQUE_RETRIES = 10
 """How often one enqueue re-tries a unique key whose holder vanished or lapsed between
@@ -211,26 +212,6 @@ def _as_timedelta(value: timedelta | float | None, what: str) -> timedelta | Non
 
 # --- plans: the algorithms, as SQL steps -----------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Exec:
-    """Run the named statement; the driver sends back its rows (``[]`` if none)."""
-
-    name: str
-    params: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Copy:
-    """COPY ``rows`` in with the named statement; the driver sends back ``None``. Each
-    row is its fields already in COPY text format (``_copy_text``, ``_NULL``); the rows
-    may be produced lazily, as the driver streams them."""
-
-    name: str
-    rows: Iterable[Sequence[str]]
-
-
-Step = Exec | Copy
-Plan = Generator[Step, Any, Any]
 
 
 def plan_notify(plan: Generator[Step, Any, Any], queues: Sequence[str]

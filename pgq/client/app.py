@@ -18,24 +18,22 @@ from typing import Any, Unpack, overload
 
 from psycopg.pq import TransactionStatus
 
-from pgq.backoff import Backoff
-from pgq.clock import Clock, DatabaseClock
-from pgq.coordination import Coordinator
-from pgq.cron import DEFAULT_BACKFILL_WINDOW, DEFAULT_CATCH_UP, CatchUp, CronEntry, ScheduleError
-from pgq.database import Pools, async_connection, run_plan, run_plan_async, sync_connection
-from pgq.enqueue import (
+from pgq.client.enqueue import (
     Enqueued,
     EnqueueOptions,
     JobRow,
     JobSpec,
-    Plan,
     plan_enqueue_many,
     plan_enqueue_one,
     prepare,
 )
-from pgq.errors import PgqError
-from pgq.settings import Settings
-from pgq.tasks import (
+from pgq.coordination import Coordinator
+from pgq.core.backoff import Backoff
+from pgq.core.clock import Clock, DatabaseClock
+from pgq.core.cron import DEFAULT_BACKFILL_WINDOW, DEFAULT_CATCH_UP, CatchUp, CronEntry, ScheduleError
+from pgq.core.errors import PgqError
+from pgq.core.settings import Settings
+from pgq.core.tasks import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
     DEFAULT_QUEUE,
@@ -43,6 +41,9 @@ from pgq.tasks import (
     Task,
     TaskRegistry,
 )
+from pgq.store.database import Pools, async_connection, run_plan, run_plan_async, sync_connection
+from pgq.store.plan import Plan
+from pgq.store.sessions import after_session_commit
 
 Middleware = Callable[[Any], AbstractContextManager[Any]]
 """``middleware(ctx) -> context manager`` wrapped around each task execution."""
@@ -295,14 +296,7 @@ class App:
             # Each statement commits at once (not inside ``with conn.transaction():``,
             # where an autocommit connection has an open transaction pgq cannot see end).
             return self.coordinator.publish
-        from sqlalchemy.orm import Session
-
-        # An AsyncSession's events live on its sync_session. Duck-typed: importing
-        # sqlalchemy.ext.asyncio needs greenlet, which a sync-only install lacks.
-        session = getattr(conn, "sync_session", conn)
-        if isinstance(session, Session):
-            return partial(_publish_after_commit, session, self.coordinator)
-        return None
+        return after_session_commit(conn, self.coordinator.publish)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -333,33 +327,3 @@ class App:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-_SESSION_KEY = "pgq_wakeup_queues"
-
-
-def _publish_after_commit(session: Any, coordinator: Coordinator, queues: list[str]) -> None:
-    """Remember ``queues`` on the session; publish them when it commits, forget them if
-    it rolls back. The listeners are registered once per session."""
-    from sqlalchemy import event
-
-    pending: set[str] | None = session.info.get(_SESSION_KEY)
-    if pending is None:
-        pending = session.info[_SESSION_KEY] = set()
-
-        def committed(s: Any) -> None:
-            # Also fired when a SAVEPOINT is released: the outer transaction is still
-            # open then, and the wake-up waits for its commit.
-            if pending and not s.in_nested_transaction():
-                coordinator.publish(list(pending))
-                pending.clear()
-
-        def rolled_back(s: Any, previous: Any) -> None:
-            # A rolled-back SAVEPOINT leaves the outer transaction's enqueues standing (an
-            # enqueue made inside it then costs at most one empty claim).
-            if not previous.nested:
-                pending.clear()
-
-        event.listen(session, "after_commit", committed)
-        event.listen(session, "after_soft_rollback", rolled_back)
-    pending.update(queues)

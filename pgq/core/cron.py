@@ -33,8 +33,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-from pgq.errors import ConfigError, PgqError
-from pgq.validation import check_task_name
+from pgq.core.errors import ConfigError, PgqError
+from pgq.core.validation import check_task_name
 
 MAX_EXPRESSION = 200
 FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")

@@ -8,7 +8,7 @@ the top-level ``migrations/`` of a checkout and are shipped inside the wheel as
 
 From a host app's ``env.py`` (before ``context.configure``)::
 
-    from pgq.migrate import exclude_pgq_objects, upgrade
+    from pgq.store.migrate import exclude_pgq_objects, upgrade
     with engine.connect() as connection:
         upgrade(connection)                 # pgq's history, in this transaction
         context.configure(connection=connection, target_metadata=my_metadata,
@@ -33,9 +33,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from pgq.database import connect_failure_reason, connection_params
-from pgq.errors import DatabaseUnavailable, MigrationError
-from pgq.settings import Settings, redact_url
+from pgq.core.errors import DatabaseUnavailable, MigrationError
+from pgq.core.settings import Settings, redact_url
+from pgq.store.database import connect_failure_reason, connection_params
 
 VERSION_TABLE = "pgq_alembic_version"
 _LOCK_KEY = 0x70677121  # "pgq!": serializes concurrent `pgq migrate` runs
@@ -44,7 +44,7 @@ _PREFIX = "pgq_"
 
 def script_location() -> Path:
     """Where the revisions are: inside the installed package, else in the checkout."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # pgq/, from pgq/store/migrate.py
     for candidate in (package / "_migrations", package.parent / "migrations"):
         if (candidate / "versions").is_dir():
             return candidate

@@ -55,7 +55,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from pgq.states import CLAIMABLE_STATES, JobState
+from pgq.core.states import CLAIMABLE_STATES, JobState
 
 metadata = MetaData()
 

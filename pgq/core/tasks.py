@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgq.backoff import Backoff
-from pgq.errors import InvalidArgsError, PgqError, TaskDefinitionError
-from pgq.validation import (
+from pgq.core.backoff import Backoff
+from pgq.core.errors import InvalidArgsError, PgqError, TaskDefinitionError
+from pgq.core.validation import (
     check_max_attempts,
     check_priority,
     check_queue,

@@ -20,7 +20,7 @@ from decimal import Decimal
 from itertools import accumulate
 from typing import Any
 
-from pgq.errors import (
+from pgq.core.errors import (
     InvalidArgsError,
     InvalidIdentifierError,
     InvalidOptionError,

@@ -26,15 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from pgq.client.enqueue import JobRow, JobSpec, job_copy_row
 from pgq.coordination.leader import Leadership
-from pgq.cron import CronEntry
-from pgq.database import execute, run_plan
-from pgq.enqueue import Copy, Exec, JobRow, JobSpec, Step, job_copy_row
-from pgq.errors import PgqError
-from pgq.leader_service import LeaderService
+from pgq.core.cron import CronEntry
+from pgq.core.errors import PgqError
+from pgq.scheduling.service import LeaderService
+from pgq.store.database import execute, run_plan
+from pgq.store.plan import Copy, Exec, Step
 
 if TYPE_CHECKING:
-    from pgq.app import App
+    from pgq.client.app import App
 
 log = logging.getLogger("pgq.scheduler")
 

@@ -18,8 +18,8 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 
-from pgq.errors import ConfigError
-from pgq.settings import ENV_DATABASE_URL
+from pgq.core.errors import ConfigError
+from pgq.core.settings import ENV_DATABASE_URL
 
 LOCAL_URL = "postgresql://postgres@localhost:5432/postgres"
 DEMO_DATABASE = "pgq_demo"

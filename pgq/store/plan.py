@@ -1,0 +1,33 @@
+"""Plans: an algorithm that needs the database, written once as a generator that yields
+SQL steps and receives their rows, so one body serves the sync and the async driver
+(``database.run_plan`` and ``run_plan_async``) and is unit-tested without a database.
+The client's enqueue algorithms are plans; the store is what runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Exec:
+    """Run the named statement; the driver sends back its rows (``[]`` if none)."""
+
+    name: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """COPY ``rows`` in with the named statement; the driver sends back ``None``. Each
+    row is its fields already in COPY text format (``_copy_text``, ``_NULL``); the rows
+    may be produced lazily, as the driver streams them."""
+
+    name: str
+    rows: Iterable[Sequence[str]]
+
+
+Step = Exec | Copy
+Plan = Generator[Step, Any, Any]
