@@ -26,6 +26,7 @@ from pgq.client.enqueue import (
     plan_enqueue_many,
     plan_enqueue_one,
     prepare,
+    prepare_defaults,
 )
 from pgq.coordination import Coordinator
 from pgq.core.backoff import Backoff
@@ -197,7 +198,7 @@ class App:
     ) -> Enqueued:
         """Enqueue one job; the options are ``JobSpec``'s. Invalid input raises an
         ``InvalidJobError`` before any SQL runs."""
-        row = self._prepare(JobSpec(task, {} if args is None else args, **options))
+        row = self._prepare_one(task, args, options)
         # One job's statements are each a consistent unit (the insert, or a release of
         # a lapsed unique hold before inserting again): no transaction around them.
         result: Enqueued = self._run(conn, partial(plan_enqueue_one, row, self.clock.now()),
@@ -224,7 +225,7 @@ class App:
         **options: Unpack[EnqueueOptions],
     ) -> Enqueued:
         """``enqueue`` for asyncio code and async connections."""
-        row = self._prepare(JobSpec(task, {} if args is None else args, **options))
+        row = self._prepare_one(task, args, options)
         result: Enqueued = await self._run_async(
             conn, partial(plan_enqueue_one, row, self.clock.now()), [row.queue], atomic=False)
         return result
@@ -244,6 +245,15 @@ class App:
     def _prepare(self, spec: JobSpec) -> JobRow:
         return prepare(spec, self.registry, strict=self.strict,
                        max_payload_bytes=self.settings.max_payload_bytes)
+
+    def _prepare_one(self, task: str | Task, args: Mapping[str, Any] | None,
+                     options: EnqueueOptions) -> JobRow:
+        if options:
+            return self._prepare(JobSpec(task, {} if args is None else args, **options))
+        # The same checks and the same row, without building a JobSpec (issue 12).
+        return prepare_defaults(task, {} if args is None else args, self.registry,
+                                strict=self.strict,
+                                max_payload_bytes=self.settings.max_payload_bytes)
 
     # Wake-ups. After a commit pgq sees (its own connection, an autocommit connection, a
     # SQLAlchemy Session's after_commit), it publishes through Redis. Where it cannot see
@@ -296,6 +306,10 @@ class App:
             # Each statement commits at once (not inside ``with conn.transaction():``,
             # where an autocommit connection has an open transaction pgq cannot see end).
             return self.coordinator.publish
+        if conn is pg:
+            # A psycopg connection in a transaction of the caller's: no session to ask
+            # (settled here, before after_session_commit's look at the type's classes).
+            return None
         return after_session_commit(conn, self.coordinator.publish)
 
     # --- lifecycle -------------------------------------------------------------------

@@ -112,30 +112,12 @@ class JobRow(NamedTuple):
 
 def prepare(spec: JobSpec, registry: TaskRegistry, *, strict: bool, max_payload_bytes: int) -> JobRow:
     """Validate ``spec`` completely, or raise an ``InvalidJobError``. No I/O."""
-    task: Task | None
-    if isinstance(spec.task, Task):
-        task = spec.task
-    else:
-        name = check_task_name(spec.task)
-        task = registry.get(name)
-        if task is None and strict:
-            known = ", ".join(t.name for t in registry) or "none"
-            raise UnknownTaskError(
-                f"unknown task {name!r} (registered: {known}); register it with @app.task "
-                "or create the App with strict=False to enqueue by name for another service"
-            )
-    args_json = encode_json_object(spec.args, "args")
-    if task is not None:
-        task.check_args(spec.args)
     if _takes_defaults(spec):
         # The common case (task and args only), worth a short path in bulk enqueues: the
         # task's defaults were validated when it was registered, pgq's are constants.
-        check_payload_size(args_json, "{}", max_payload_bytes)
-        if task is None:
-            return JobRow(DEFAULT_QUEUE, name, DEFAULT_PRIORITY, DEFAULT_MAX_ATTEMPTS,
-                          args_json, None, _NO_DELAY, None, None, None, [], "{}")
-        return JobRow(task.queue, task.name, task.priority, task.max_attempts, args_json,
-                      None, _NO_DELAY, task.timeout, None, None, [], "{}")
+        return prepare_defaults(spec.task, spec.args, registry, strict=strict,
+                                max_payload_bytes=max_payload_bytes)
+    task, _, args_json = _task_and_args(spec.task, spec.args, registry, strict)
     meta_json = encode_json_object(spec.meta, "meta") if spec.meta is not None else "{}"
     check_payload_size(args_json, meta_json, max_payload_bytes)
 
@@ -189,6 +171,41 @@ def prepare(spec: JobSpec, registry: TaskRegistry, *, strict: bool, max_payload_
     )
 
 
+def prepare_defaults(task: str | Task, args: Mapping[str, Any], registry: TaskRegistry, *,
+                     strict: bool, max_payload_bytes: int) -> JobRow:
+    """``prepare(JobSpec(task, args), ...)``, the same checks and the same row, without
+    building the ``JobSpec``: for ``App.enqueue`` called with no options."""
+    resolved, name, args_json = _task_and_args(task, args, registry, strict)
+    check_payload_size(args_json, "{}", max_payload_bytes)
+    if resolved is None:
+        return JobRow(DEFAULT_QUEUE, name, DEFAULT_PRIORITY, DEFAULT_MAX_ATTEMPTS,
+                      args_json, None, _NO_DELAY, None, None, None, [], "{}")
+    return JobRow(resolved.queue, resolved.name, resolved.priority, resolved.max_attempts,
+                  args_json, None, _NO_DELAY, resolved.timeout, None, None, [], "{}")
+
+
+def _task_and_args(task: str | Task, args: Mapping[str, Any], registry: TaskRegistry,
+                   strict: bool) -> tuple[Task | None, str, str]:
+    """The task (``None``: not registered, allowed when not ``strict``), its name, and
+    ``args`` encoded, checked against the task's signature."""
+    resolved: Task | None
+    if isinstance(task, Task):
+        resolved, name = task, task.name
+    else:
+        name = check_task_name(task)
+        resolved = registry.get(name)
+        if resolved is None and strict:
+            known = ", ".join(t.name for t in registry) or "none"
+            raise UnknownTaskError(
+                f"unknown task {name!r} (registered: {known}); register it with @app.task "
+                "or create the App with strict=False to enqueue by name for another service"
+            )
+    args_json = encode_json_object(args, "args")
+    if resolved is not None:
+        resolved.check_args(args)
+    return resolved, name, args_json
+
+
 _NO_DELAY = timedelta(0)
 
 
@@ -226,7 +243,9 @@ def plan_enqueue_one(row: JobRow, now: datetime | None, *, notify: bool = False
                      ) -> Generator[Step, Any, Enqueued]:
     """One job; with ``notify``, the PostgreSQL wake-up goes with the INSERT (one round
     trip for the common case instead of two)."""
-    params = {**row._asdict(), "now": now, "notify": notify}
+    params = row._asdict()  # a new dict, this plan's own
+    params["now"] = now
+    params["notify"] = notify
     for _ in range(_UNIQUE_RETRIES):
         inserted = yield Exec("job_insert", params)
         if inserted:

@@ -168,10 +168,12 @@ def encode_json_object(value: object, what: str) -> str:
     """Encode a mapping of JSON-native values, or raise ``InvalidArgsError`` naming the
     offending path. The fast path is one C-level dump/load/compare round trip; the slow
     walk runs only to explain a rejection."""
-    if not isinstance(value, Mapping):
-        raise InvalidArgsError(f"{what} must be a dict (a JSON object), got {type(value).__name__}")
-    if not isinstance(value, dict):
-        value = dict(value)
+    if type(value) is not dict:  # the usual case skips the two instance checks
+        if not isinstance(value, Mapping):
+            raise InvalidArgsError(
+                f"{what} must be a dict (a JSON object), got {type(value).__name__}")
+        if not isinstance(value, dict):
+            value = dict(value)
     try:
         text = _encode(value)
         text.encode("utf-8")
