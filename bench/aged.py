@@ -34,7 +34,7 @@ Conditions, each repetition in this order:
 5. **claim probe**, after the worker has stopped: 20 warm-up claims (discarded) then
    ``PROBES`` (2,000) claims of 10 jobs from a supply of ``(20 + PROBES) * 10`` jobs
    enqueued for it, back to back on one autocommit connection: pgq's own ``job_claim``
-   statement through ``pgq.database.execute`` with the parameters ``Worker._claim``
+   statement through ``pgq.store.database.execute`` with the parameters ``Worker._claim``
    builds (queue ``default``, the task names of ``bench.app``, 30 s lease, database
    clock, the start its ``pgq.worker.claim_cursor`` gives); each claimed batch is then marked
    ``completed`` with ``job_finish_many`` on a second connection, as the worker's

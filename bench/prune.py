@@ -21,16 +21,16 @@ generate_series``, then ``VACUUM ANALYZE`` and ``CHECKPOINT``):
 
 Claimers: ``CLAIMERS`` threads, each like one worker process with ``--concurrency 10``
 over the queues ``q1,q2,q3``: it runs pgq's own ``job_claim`` statement through
-``pgq.database.execute`` with the parameters ``Worker._claim`` builds (per-queue limits
+``pgq.store.database.execute`` with the parameters ``Worker._claim`` builds (per-queue limits
 from ``pgq.worker.queues.allocate``, the registered task names of ``bench.app``, a worker id,
 the default 30 s lease, the database clock), on an autocommit connection from
-``pgq.database.connect``; then records every claimed job ``completed`` with the
+``pgq.store.database.connect``; then records every claimed job ``completed`` with the
 worker's ``job_finish_many`` statement on a second connection (its flush connection),
 and waits for its next tick (``RATE`` claims per second per claimer, absolute
 deadlines). A claim's latency is the wall time of that ``execute`` call (the statement,
 its commit, the round trip and fetching the rows), as the worker sees it.
 
-Pruner: another process runs ``pgq.maintenance.prune`` on its own autocommit
+Pruner: another process runs ``pgq.scheduling.maintenance.prune`` on its own autocommit
 connection as the maintenance leader does: default retention, database clock, and
 ``Maintenance``'s defaults (read from its signature) for the batch size and the pause
 between batches, until every due row is gone.
@@ -471,7 +471,7 @@ class _Claimers:
 
 
 def _pruner(url: str, gate: Any, reports: Any) -> None:
-    """In its own process: ``pgq.maintenance.prune`` as the maintenance leader runs it,
+    """In its own process: ``pgq.scheduling.maintenance.prune`` as the maintenance leader runs it,
     with ``Maintenance``'s default batch and pause; held at a pause while ``gate`` is
     clear. Sends "ready", then its report."""
     defaults = inspect.signature(Maintenance).parameters

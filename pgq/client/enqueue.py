@@ -2,7 +2,7 @@
 
 ``JobSpec`` is the caller's request; ``prepare`` validates it into a ``JobRow`` (raising
 an ``InvalidJobError`` before anything touches the database); the ``plan_*`` generators
-are the enqueue algorithms written once, as a sequence of SQL steps. ``pgq.database``
+are the enqueue algorithms written once, as a sequence of SQL steps. ``pgq.store.database``
 drives a plan on a sync or an async connection, so the two paths cannot drift apart.
 """
 

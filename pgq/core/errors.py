@@ -21,7 +21,7 @@ cancel) are a separate family that arrives with the worker; they are not errors.
 
 Every ``InvalidJobError`` is raised before pgq sends anything to the database, so a
 rejected enqueue writes nothing. Driver exceptions are wrapped once, at the boundary
-(``pgq.database``), with the original attached as ``__cause__``.
+(``pgq.store.database``), with the original attached as ``__cause__``.
 """
 
 from __future__ import annotations

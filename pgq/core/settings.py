@@ -175,7 +175,7 @@ class Settings:
     network that silently drops packets (a failed switch, a cloud network blip) sends no
     reset: without this, such a connection waits out the kernel's retransmissions, about
     15 minutes. Every connection pgq opens sets TCP keepalives and ``tcp_user_timeout``
-    from it (``pgq.database.liveness_params``); a worker's own connections use at most a
+    from it (``pgq.store.database.liveness_params``); a worker's own connections use at most a
     quarter of its lease (:meth:`for_lease`). docs/resilience.md has the details."""
 
     retain_completed: float | None = 7 * DAY

@@ -12,7 +12,7 @@ Two layers keep a tick from firing twice:
 
 Ticks are computed from the database clock (``SELECT now()``), never the scheduler's.
 After downtime, each entry's ``catch_up`` policy decides which missed ticks fire
-(``pgq.cron.CatchUp``); a fire is never repeated.
+(``pgq.core.cron.CatchUp``); a fire is never repeated.
 """
 
 from __future__ import annotations

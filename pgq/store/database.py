@@ -1,10 +1,10 @@
 """The one module that executes pgq's runtime SQL.
 
-It drives the plans of ``pgq.enqueue`` (and, later, the worker's) on a psycopg 3
+It drives the plans of ``pgq.client.enqueue`` (and, later, the worker's) on a psycopg 3
 connection, sync or async; turns what callers pass as ``conn=`` (psycopg connections,
 SQLAlchemy sessions and connections) into the psycopg connection underneath, inside the
 caller's transaction; owns pgq's own connection pools; and wraps driver errors once,
-here, into ``pgq.errors`` with the original as ``__cause__``.
+here, into ``pgq.core.errors`` with the original as ``__cause__``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Runtime SQL is a first-class artifact: it lives in one file, each statement with a
 comment saying why it is shaped the way it is. This module only parses that file;
-``pgq.database`` is the one module that executes the statements.
+``pgq.store.database`` is the one module that executes the statements.
 """
 
 from __future__ import annotations

@@ -97,4 +97,4 @@ def stuck(ctx: pgq.Context, seconds: float) -> None:
 
 def cannot_load(*_args: object) -> pgq.App:
     """A loader for ``Supervisor`` whose children cannot start (a bad deploy)."""
-    raise pgq.errors.ConfigError("this app cannot be loaded here")
+    raise pgq.ConfigError("this app cannot be loaded here")

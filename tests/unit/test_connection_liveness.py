@@ -109,7 +109,7 @@ def _openers(path: Path) -> set[tuple[str, str, str]]:
 
 def test_every_place_pgq_opens_a_connection_is_known() -> None:
     """A new way of opening a connection must pass ``connection_params`` (or go through
-    ``pgq.database.connect``) and be added here; otherwise a silent network can hang it
+    ``pgq.store.database.connect``) and be added here; otherwise a silent network can hang it
     for the kernel's 15 minutes."""
     found = set().union(*(_openers(p) for p in sorted(PGQ.rglob("*.py"))))
     assert found == EXPECTED

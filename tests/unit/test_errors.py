@@ -1,4 +1,4 @@
-"""The error hierarchy is the tree drawn in ``pgq.errors``' docstring: the test reads the
+"""The error hierarchy is the tree drawn in ``pgq.core.errors``' docstring: the test reads the
 drawing, so the documentation and the classes cannot drift apart."""
 
 from __future__ import annotations

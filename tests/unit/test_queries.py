@@ -39,7 +39,7 @@ Respond = Callable[[Step], Any]
 
 def drive(plan: Generator[Step, Any, Any], respond: Respond, limit: int = 1000) -> tuple[list[Step], Any]:
     """Run ``plan`` to the end, answering each step with ``respond(step)``, the way
-    ``pgq.database.run_plan`` does; return the steps it took and its result."""
+    ``pgq.store.database.run_plan`` does; return the steps it took and its result."""
     steps: list[Step] = []
     reply: Any = None
     for _ in range(limit):
