@@ -30,6 +30,10 @@ Index budget (every index costs every insert and every state change):
     that must run alone (suspects of a worker crash, see ``pgq.worker.reclaim``); nearly always
     empty, so asking "does any wait?" costs one index page.
 
+``pgq_job_actions_job_idx``
+    ``(job_id, at)`` on ``pgq_job_actions``: "who did what to this job, when" is one
+    index range.
+
 ``lease_expires_at`` is deliberately unindexed, and ``lease_owner`` only changes at claim
 time, so heartbeat updates stay HOT (no index maintenance).
 """
@@ -37,6 +41,7 @@ time, so heartbeat updates stay HOT (no index maintenance).
 from __future__ import annotations
 
 from sqlalchemy import (
+    DDL,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -51,11 +56,13 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    event,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from pgq.core.states import CLAIMABLE_STATES, JobState
+from pgq.store.views import VIEWS
 
 metadata = MetaData()
 
@@ -216,3 +223,63 @@ instance = Table(
     CheckConstraint("one", name="pgq_instance_one_row"),
     comment="pgq's identity in this database.",
 )
+
+queues = Table(
+    "pgq_queues",
+    metadata,
+    Column("name", Text, primary_key=True, comment="Queue name."),
+    Column("paused", Boolean, nullable=False, server_default=text("false"),
+           comment="While true, no worker claims this queue's jobs."),
+    Column("paused_at", DateTime(timezone=True), comment="When the queue was last paused."),
+    Column("paused_by", Text, comment="Who paused it (free-text actor)."),
+    Column("pause_reason", Text, comment="Why it was paused."),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()"),
+           comment="Last change of this row."),
+    comment="pgq queues with settings of their own (paused; limits later). A queue "
+            "without a row has the defaults.",
+)
+
+job_actions = Table(
+    "pgq_job_actions",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True, comment="Action id."),
+    Column("job_id", BigInteger, nullable=False,
+           comment="The job acted on (no foreign key: the record outlives a "
+                   "deleted or pruned job)."),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=text("now()"),
+           comment="When the action was committed with its change (database clock)."),
+    Column("actor", Text, nullable=False,
+           comment="Who acted: free text (an OS user, a dashboard user)."),
+    Column("action", Text, nullable=False,
+           comment="retry | cancel | delete | reschedule | set_priority"),
+    Column("reason", Text, comment="Why, as the actor said."),
+    Column("detail", JSONB, comment="The action's parameters and the job's state before it."),
+    comment="pgq operator actions, one row per job changed, written in the same "
+            "statement as the change.",
+)
+Index("pgq_job_actions_job_idx", job_actions.c.job_id, job_actions.c.at)
+
+workers = Table(
+    "pgq_workers",
+    metadata,
+    Column("id", Text, primary_key=True, comment="Worker process id (host:pid:...)."),
+    Column("host", Text, nullable=False, comment="Host name."),
+    Column("pid", Integer, nullable=False, comment="Process id on that host."),
+    Column("queues", JSONB, nullable=False, server_default=text("'{}'::jsonb"),
+           comment="Queues served and their weights (JSON object)."),
+    Column("concurrency", Integer, nullable=False, comment="Job slots."),
+    Column("version", Text, nullable=False, comment="pgq version it runs."),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=text("now()"),
+           comment="Process start."),
+    Column("last_seen", DateTime(timezone=True), nullable=False, server_default=text("now()"),
+           comment="Latest heartbeat (database clock)."),
+    Column("running", Integer, nullable=False, server_default=text("0"),
+           comment="Jobs running at the latest heartbeat."),
+    comment="pgq worker processes, kept fresh by their heartbeats.",
+)
+
+# The audit views (pgq.store.views): created after the tables, dropped before them.
+for _name, _body in VIEWS.items():
+    event.listen(metadata, "after_create", DDL(f"CREATE VIEW {_name} AS{_body}"))  # type: ignore[no-untyped-call]
+for _name in reversed(VIEWS):
+    event.listen(metadata, "before_drop", DDL(f"DROP VIEW IF EXISTS {_name}"))  # type: ignore[no-untyped-call]
