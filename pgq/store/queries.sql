@@ -148,13 +148,15 @@ FROM STDIN;
 -- pgq.claim_cursor says where a queue's claimable jobs start and when to walk it all
 -- again (issue 12, defect 2). The start is a row comparison on the index's own columns,
 -- so the scan begins there rather than filtering. RETURNING ends with each job's
--- priority and run_at, which pgq.claim_cursor keeps.
+-- priority and run_at, which pgq.claim_cursor keeps. A paused queue (pgq_queues) is
+-- dropped from the wanted list: one primary-key probe of a tiny table per queue.
 WITH wanted AS (
     SELECT w.queue, w.n, w.priority, w.run_at, w.id
     FROM unnest(%(queues)s::text[], %(limits)s::int[], %(start_priorities)s::smallint[],
                 %(start_run_ats)s::timestamptz[], %(start_ids)s::bigint[])
          AS w(queue, n, priority, run_at, id)
     WHERE w.n > 0
+      AND NOT EXISTS (SELECT 1 FROM pgq_queues AS p WHERE p.name = w.queue AND p.paused)
 ), picked AS MATERIALIZED (
     SELECT c.id
     FROM wanted AS w
@@ -191,23 +193,28 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.timeout_se
 -- name: job_isolated_due
 -- Does a job that must run alone wait in these queues? pgq_jobs_isolated_idx is nearly
 -- always empty, so this is one index page; the producer asks it on its reclaim cadence.
+-- Paused queues are skipped, as in job_claim.
 SELECT EXISTS (
     SELECT 1 FROM pgq_jobs
     WHERE isolated AND queue = ANY(%(queues)s::text[])
       AND state IN ('available', 'retryable', 'scheduled')
       AND run_at <= coalesce(%(now)s::timestamptz, now())
-      AND task = ANY(%(tasks)s::text[]));
+      AND task = ANY(%(tasks)s::text[])
+      AND NOT EXISTS (SELECT 1 FROM pgq_queues AS p
+                      WHERE p.name = pgq_jobs.queue AND p.paused));
 
 -- name: job_claim_isolated
 -- Claim one job that must run alone (a suspect of a worker crash, see pgq.reclaim), for a
 -- worker process that runs nothing else until it ends. Same lease and RETURNING as
--- job_claim; found through pgq_jobs_isolated_idx.
+-- job_claim; found through pgq_jobs_isolated_idx. Paused queues are skipped, as in job_claim.
 WITH picked AS MATERIALIZED (
     SELECT id FROM pgq_jobs
     WHERE isolated AND queue = ANY(%(queues)s::text[])
       AND state IN ('available', 'retryable', 'scheduled')
       AND run_at <= coalesce(%(now)s::timestamptz, now())
       AND task = ANY(%(tasks)s::text[])
+      AND NOT EXISTS (SELECT 1 FROM pgq_queues AS p
+                      WHERE p.name = pgq_jobs.queue AND p.paused)
     ORDER BY priority, run_at, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
