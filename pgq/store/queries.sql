@@ -306,6 +306,89 @@ WHERE j.id = o.id AND j.attempt = o.attempt AND j.lease_owner = o.owner
   AND j.state = 'running' COLLATE "C"
 RETURNING j.id;
 
+
+-- name: job_finish_and_claim
+-- One statement, one commit: store a batch of outcomes (job_finish_many, verbatim) and
+-- claim the next batch (job_claim, verbatim). A worker process whose outcomes are waiting
+-- when it claims sends them with the claim, so a cycle of quick jobs costs one statement
+-- and one commit instead of two of each (issue 12: the claim and the flush of 10 no-op
+-- jobs were two statements and two commits per 10 jobs, where the SQL alone with one
+-- commit runs 1.1-1.5x faster). The two UPDATEs touch disjoint rows: both CTEs see the
+-- statement's snapshot, where the finished jobs are still running and so never picked.
+-- The rows back: the ids of the finished jobs still owned (finished = true, the rest
+-- NULL), then the claimed jobs as job_claim returns them (finished = false).
+-- tests/unit/test_queries.py checks that the two parts stay job_finish_many and
+-- job_claim word for word.
+WITH wanted AS (
+    SELECT w.queue, w.n, w.priority, w.run_at, w.id
+    FROM unnest(%(queues)s::text[], %(limits)s::int[], %(start_priorities)s::smallint[],
+                %(start_run_ats)s::timestamptz[], %(start_ids)s::bigint[])
+         AS w(queue, n, priority, run_at, id)
+    WHERE w.n > 0
+      AND NOT EXISTS (SELECT 1 FROM pgq_queues AS p WHERE p.name = w.queue AND p.paused)
+), picked AS MATERIALIZED (
+    SELECT c.id
+    FROM wanted AS w
+    CROSS JOIN LATERAL (
+        SELECT id FROM pgq_jobs
+        WHERE queue = w.queue
+          AND (priority, run_at, id) >= (coalesce(w.priority, -32768),
+                                         coalesce(w.run_at, '-infinity'),
+                                         coalesce(w.id, 0))
+          AND state IN ('available', 'retryable', 'scheduled')
+          AND run_at <= coalesce(%(now)s::timestamptz, now())
+          AND task = ANY(%(tasks)s::text[])
+          AND NOT isolated
+        ORDER BY priority, run_at, id
+        LIMIT w.n
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+),
+finished AS (
+    UPDATE pgq_jobs AS j
+    SET state = o.state,
+        attempt = j.attempt - o.refund,
+        run_at = CASE WHEN o.state IN ('completed', 'failed', 'cancelled') THEN j.run_at
+                      ELSE coalesce(%(now)s::timestamptz, now()) + make_interval(secs => o.delay) END,
+        finished_at = CASE WHEN o.state IN ('completed', 'failed', 'cancelled')
+                           THEN coalesce(%(now)s::timestamptz, now()) END,
+        result = CASE WHEN o.state = 'completed' THEN o.result::jsonb ELSE j.result END,
+        errors = CASE WHEN o.error IS NULL THEN j.errors
+                      ELSE j.errors || jsonb_build_array(o.error::jsonb
+                           || jsonb_build_object('at', coalesce(%(now)s::timestamptz, now()))) END
+    FROM (SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(owners)s::text[],
+                               %(states)s::text[], %(delays)s::float8[], %(refunds)s::int[],
+                               %(results)s::text[], %(errors)s::text[])
+                        AS u(id, attempt, owner, state, delay, refund, result, error)
+          ORDER BY u.id) AS o
+    WHERE j.id = o.id AND j.attempt = o.attempt AND j.lease_owner = o.owner
+      AND j.state = 'running' COLLATE "C"
+    RETURNING j.id
+),
+claimed AS (
+    UPDATE pgq_jobs AS j
+    SET state = 'running',
+        attempt = j.attempt + 1,
+        started_at = coalesce(%(now)s::timestamptz, now()),
+        lease_owner = %(worker)s,
+        lease_expires_at = coalesce(%(now)s::timestamptz, now())
+                           + make_interval(secs => %(lease_seconds)s)
+    WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
+    RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.timeout_seconds,
+              j.lease_expires_at,
+              (SELECT count(*) FROM jsonb_array_elements(j.errors) AS e
+               WHERE e->>'type' = 'pgq.WorkerLost'
+                 AND (e->>'charged') IS DISTINCT FROM 'false')::int AS lost,
+              j.priority, j.run_at
+)
+SELECT true AS finished, f.id, NULL::text, NULL::text, NULL::jsonb, NULL::int, NULL::int,
+       NULL::float8, NULL::timestamptz, NULL::int, NULL::smallint, NULL::timestamptz
+FROM finished AS f
+UNION ALL
+SELECT false, c.id, c.queue, c.task, c.args, c.attempt, c.max_attempts, c.timeout_seconds,
+       c.lease_expires_at, c.lost, c.priority, c.run_at
+FROM claimed AS c;
+
 -- name: job_lost_lock
 -- Running jobs whose lease expired (their worker died, hung, or was partitioned away),
 -- or whose owner is known dead (a supervisor saw its child exit). Locked with SKIP

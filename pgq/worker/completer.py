@@ -8,13 +8,21 @@ once ``concurrency`` outcomes wait (a batch as large as a claim: the producer, w
 claim while one such batch is written, would wait on it). A job keeps its slot and its
 lease until its outcome is stored, so a lagging database slows claiming instead of
 letting leases expire.
+
+**Outcomes ride with claims.** When the producer is about to claim, it takes the
+outcomes waiting here (``take``) and stores them in its claim's own statement
+(``job_finish_and_claim``): a cycle of quick jobs then costs one statement and one
+commit instead of two of each. ``record`` leaves them to the producer while a claim is
+coming; every path on which the producer does not claim hands them back or kicks this
+service (``kick``), and outcomes a combined statement could not store are stored here,
+alone, and never ride again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -45,6 +53,10 @@ class Completer:
         self._storing = 0
         """Outcomes in the statement being written now (their jobs are still held)."""
         self._stopping = False
+        self._solo = False
+        """Outcomes were handed back after a failed combined statement: store them here."""
+        self.claim_coming: Callable[[], bool] = lambda: False
+        """Is the producer about to claim (it then takes the outcomes waiting)?"""
         self._outage = Outage(f"worker {worker_id}: outcome connection", logger=log)
         self._flush_now = asyncio.Event()
         self._all_decided = asyncio.Event()
@@ -56,6 +68,7 @@ class Completer:
         self._flush_now = asyncio.Event()
         self._all_decided = asyncio.Event()
         self._stopping = False
+        self._solo = False
 
     async def start(self) -> None:
         self._conn = await self._connect()
@@ -71,13 +84,45 @@ class Completer:
             await self._conn.close()
 
     def record(self, running: Running, outcome: Outcome) -> None:
-        """The job's outcome is decided: it frees its slot now and is stored soon."""
+        """The job's outcome is decided: it frees its slot now and is stored soon, with
+        the producer's next claim if one is coming, else by this service."""
         running.decided = True
         self._outcomes.append(outcome)
-        self._flush_now.set()
         self.held.on_freed()
+        if not self.claim_coming() or self._solo:
+            self._flush_now.set()
         if len(self._outcomes) + self._storing >= len(self.held):
             self._all_decided.set()
+
+    def kick(self) -> None:
+        """The producer is not claiming now: store what waits without it."""
+        if self._outcomes:
+            self._flush_now.set()
+
+    def take(self) -> list[Outcome]:
+        """For the producer's claim: every outcome waiting (none after a failed ride)."""
+        if self._solo or not self._outcomes:
+            return []
+        batch, self._outcomes = self._outcomes, []
+        self._storing += len(batch)
+        return batch
+
+    def stored(self, batch: list[Outcome], owned: set[int]) -> None:
+        """The producer's statement stored ``batch``; ``owned``: the ids still ours."""
+        self._storing -= len(batch)
+        self._settle(batch, owned)
+
+    def give_back(self, batch: list[Outcome], *, failed: bool) -> None:
+        """The producer did not store ``batch``; with ``failed``, its statement failed,
+        so they are stored here, alone (split if one of them is the reason)."""
+        self._storing -= len(batch)
+        self._outcomes[:0] = batch
+        self._solo = self._solo or failed
+        self._flush_now.set()
+
+    def params(self, batch: list[Outcome]) -> dict[str, Any]:
+        """``job_finish_many``'s parameters for ``batch`` (also ``job_finish_and_claim``'s)."""
+        return self._params(batch)
 
     def pending(self, job_id: int) -> bool:
         """Is this job's outcome recorded and not yet taken for storing?"""
@@ -99,18 +144,22 @@ class Completer:
                                            self.config.completion_window)
             self._flush_now.clear()
             batch, self._outcomes = self._outcomes, []
+            self._solo = False
             if batch:
-                self._storing = len(batch)
+                self._storing += len(batch)
                 try:
                     await self._flush(batch)
                 finally:
-                    self._storing = 0
+                    self._storing -= len(batch)
             if self._stopping and not self._outcomes:
                 return
 
     async def _flush(self, batch: list[Outcome]) -> None:
         rows = await self._store(batch)
-        stored = {row[0] for row in rows}
+        self._settle(batch, {row[0] for row in rows})
+
+    def _settle(self, batch: list[Outcome], stored: set[int]) -> None:
+        """Log and forget the jobs of a stored batch (fenced out: lease lost)."""
         for outcome in batch:
             running = self.held.get(outcome.job_id)
             if running is None:

@@ -59,8 +59,9 @@ class Worker:
         self.executor = Executor(app, self.config, self.id, self.held, self.completer.record,
                                  self.completer.transaction, self.coordinator, self._recycle)
         self.producer = Producer(app, self.config, self.settings, self.id, self.held,
-                                 self.executor.run, lambda: self.completer.waiting)
+                                 self.executor.run, self.completer)
         self.held.on_freed = self.producer.slot_freed
+        self.completer.claim_coming = self.producer.claim_coming
         self._exit_code = EXIT_OK
         self._loop: asyncio.AbstractEventLoop | None = None
         self._signals = 0

@@ -16,7 +16,7 @@ import asyncio
 import random
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -29,7 +29,7 @@ from pgq.store.revision import SCHEMA_REVISION
 from pgq.worker.claim_cursor import ClaimCursors
 from pgq.worker.config import WorkerConfig
 from pgq.worker.connection import Conn, open_connection, reopen
-from pgq.worker.held import HeldJobs
+from pgq.worker.held import HeldJobs, Outcome
 from pgq.worker.joblog import log
 from pgq.worker.queues import Turns, allocate
 from pgq.worker.reclaim import reclaim
@@ -38,10 +38,23 @@ StopWhen = str | None
 """``"due"``/``"done"`` (demos and tests, ``Worker.run_async``) or None: run until stopped."""
 
 
+class Outcomes(Protocol):
+    """What the producer needs of the completer: the outcomes waiting, to send them with
+    a claim (``job_finish_and_claim``), and a kick when it will not claim."""
+
+    @property
+    def waiting(self) -> int: ...
+    def take(self) -> list[Outcome]: ...
+    def stored(self, batch: list[Outcome], owned: set[int]) -> None: ...
+    def give_back(self, batch: list[Outcome], *, failed: bool) -> None: ...
+    def params(self, batch: list[Outcome]) -> dict[str, Any]: ...
+    def kick(self) -> None: ...
+
+
 class Producer:
     def __init__(self, app: App, config: WorkerConfig, settings: Settings, worker_id: str,
                  held: HeldJobs, run_job: Callable[[tuple[Any, ...]], None],
-                 outcomes_waiting: Callable[[], int]) -> None:
+                 outcomes: Outcomes) -> None:
         self.app = app
         self.config = config
         self.settings = settings
@@ -49,8 +62,12 @@ class Producer:
         self.held = held
         self.run_job = run_job
         """Starts a claimed job (the executor)."""
-        self.outcomes_waiting = outcomes_waiting
-        """Outcomes recorded and not yet taken for storing (the completer)."""
+        self.outcomes = outcomes
+        """The completer: outcomes waiting ride with the next claim."""
+        self.claiming = False
+        """A claim statement is in flight."""
+        self._looping = False
+        """``run`` is claiming (not yet stopped)."""
         self.wake = asyncio.Event()
         """Set by a wake-up or a freed slot: claim now."""
         self.stop_requested = asyncio.Event()
@@ -99,6 +116,14 @@ class Producer:
 
     async def run(self) -> None:
         """Claim until a stop is requested (or, with ``stop_when``, the work is done)."""
+        self._looping = True
+        try:
+            await self._run()
+        finally:
+            self._looping = False
+            self.outcomes.kick()  # no claim will take what waits now
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_reclaim = loop.time()
         next_report = loop.time() + 5
@@ -128,7 +153,8 @@ class Producer:
                 pass  # isolation owns this process until no isolated job is due
             elif await self._claim(tasks):
                 continue  # a queue has more work: claim again at once
-            if stop_when and not self.held and not self.outcomes_waiting():
+            self.outcomes.kick()  # not claiming now: outcomes waiting are stored without us
+            if stop_when and not self.held and not self.outcomes.waiting:
                 if stop_when == "due" and not self._isolated_due and not any(
                         self._hungry.get(q.name, True) for q in self.config.queues):
                     if rechecked == self.held.stats.claimed:
@@ -164,6 +190,11 @@ class Producer:
         self.held.stats.claimed += 1
         self.run_job(rows[0])
         return True
+
+    def claim_coming(self) -> bool:
+        """Will a claim start soon (so outcomes recorded now can ride with it)?"""
+        return self.claiming or (self._looping and self.wake.is_set()
+                                 and not self.stop_requested.is_set())
 
     def woken(self, queue: str) -> None:
         """A wake-up for ``queue`` (Redis or NOTIFY): it has work; claim now."""
@@ -201,20 +232,36 @@ class Producer:
         outcomes waiting still claims (the bound was ``< concurrency`` before): with
         quick tasks the next batch is claimed while the last one's outcomes are written,
         where claims and flushes of 10 no-op jobs used to run strictly in turn."""
+        batch = self.outcomes.take()  # stored by this claim's statement, if it runs
         running, waiting = self.held.running_by_queue()
+        waiting -= len(batch)
         if waiting > self.config.concurrency:  # max-held: claimed + waiting <= 2 x concurrency
+            if batch:
+                self.outcomes.give_back(batch, failed=False)
             return False  # a forgotten job wakes the producer when the outcomes are stored
         self._round += 1
         limits = allocate(self.config.queues, self.config.concurrency, running, self._hungry,
                           strict=self.config.strict, rotation=self._round, turns=self._turns)
         wanted = {q: n for q, n in limits.items() if n > 0}
         if not wanted:
+            if batch:
+                self.outcomes.give_back(batch, failed=False)
             return False
-        rows = await self._safely(self._execute("job_claim", {
+        params = {
             "queues": list(wanted), "limits": list(wanted.values()), "tasks": tasks,
             "worker": self.worker_id, "lease_seconds": self.config.lease_seconds,
-            "now": self.app.clock.now(), **self._cursors.bounds(list(wanted))}, binary=True))
+            "now": self.app.clock.now(), **self._cursors.bounds(list(wanted))}
+        self.claiming = True
+        try:
+            if batch:
+                rows = await self._safely(self._finish_and_claim(batch, params))
+            else:
+                rows = await self._safely(self._execute("job_claim", params, binary=True))
+        finally:
+            self.claiming = False
         if rows is None:
+            if batch:
+                self.outcomes.give_back(batch, failed=True)
             return False
         # job_claim's last two columns are each job's place in its queue (claim cursors).
         self._cursors.claimed((row[1], row[9], row[10], row[0]) for row in rows)
@@ -240,6 +287,15 @@ class Producer:
             self._hungry.get(q.name, True) and q.name not in wanted
             and (q.cap is None or running.get(q.name, 0) + got.get(q.name, 0) < q.cap)
             for q in self.config.queues)
+
+    async def _finish_and_claim(self, batch: list[Outcome], params: dict[str, Any]
+                                ) -> list[Any]:
+        """Store ``batch`` and claim in one statement; returns the claimed rows (as
+        ``job_claim`` returns them) and tells the completer which outcomes were stored."""
+        rows = await self._execute("job_finish_and_claim",
+                                   {**self.outcomes.params(batch), **params}, binary=True)
+        self.outcomes.stored(batch, {row[1] for row in rows if row[0]})
+        return [row[1:] for row in rows if not row[0]]
 
     async def _execute(self, name: str, params: dict[str, Any], *,
                        binary: bool = False) -> list[Any]:

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class Claims:
-    """Every job_claim the worker runs: was it a full scan, and which jobs it took."""
+    """Every claim the worker runs (job_claim, or job_finish_and_claim with outcomes): was
+    it a full scan, and which jobs it took."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.seen: list[tuple[bool, list[int]]] = []
@@ -36,6 +37,8 @@ class Claims:
             rows = await real(conn, name, params, **options)
             if name == "job_claim" and rows is not None:
                 self.seen.append((params["start_ids"] is None, [r[0] for r in rows]))
+            if name == "job_finish_and_claim" and rows is not None:  # a claim with outcomes
+                self.seen.append((params["start_ids"] is None, [r[1] for r in rows if not r[0]]))
             return rows
 
         monkeypatch.setattr(worker_module, "execute_async", spy)

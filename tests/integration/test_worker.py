@@ -815,70 +815,107 @@ def test_wakeup_during_an_empty_claim_is_not_lost(make_app: Callable[..., pgq.Ap
         background.join()
 
 
-def test_claims_overlap_an_outcome_write_and_stop_at_max_held_when_it_stalls(
-        make_app: Callable[..., pgq.App], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Instant tasks: the next batch is claimed while the last one's outcomes are being
-    written (when ``concurrency`` outcomes waiting stopped the claims, claim and write
-    ran strictly in turn: issue 12's drain profile). A write that does not return still
-    stops the claims once the worker holds ``max_held`` (2 x concurrency) jobs."""
+def _spy_statements(monkeypatch: pytest.MonkeyPatch, around: Callable[..., Any] | None = None
+                    ) -> list[tuple[str, int]]:
+    """Every statement the producer and the completer send, as (name, outcomes in it);
+    ``around(name, call)`` may wrap the call (stall it, fail it)."""
     import pgq.worker.completer
     import pgq.worker.producer
 
+    real = pgq.worker.producer.execute_async
+    seen: list[tuple[str, int]] = []
+
+    async def execute_async(conn: Any, name: str, params: Any, **options: Any) -> Any:
+        seen.append((name, len(params.get("ids") or ())))
+        if around is None:
+            return await real(conn, name, params, **options)
+        return await around(name, lambda: real(conn, name, params, **options))
+
+    monkeypatch.setattr(pgq.worker.producer, "execute_async", execute_async)
+    monkeypatch.setattr(pgq.worker.completer, "execute_async", execute_async)
+    return seen
+
+
+def test_outcomes_ride_with_the_next_claim(
+        make_app: Callable[..., pgq.App], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instant tasks: the outcomes of one batch are stored by the statement that claims
+    the next (job_finish_and_claim): one statement and one commit per cycle, where a
+    claim and a flush each made their own (issue 12's drain profile)."""
+    app = make_app()
+    app.task(name="w.instant")(lambda: None)
+    app.enqueue_many([pgq.JobSpec("w.instant") for _ in range(40)])
+    seen = _spy_statements(monkeypatch)
+    worker = pgq.Worker(app, WorkerConfig(concurrency=4, poll_seconds=0.05, maintenance=False))
+    run(app, worker=worker)
+    assert worker.stats.finished.get("completed") == 40
+    rode = sum(n for name, n in seen if name == "job_finish_and_claim")
+    alone = sum(n for name, n in seen if name == "job_finish_many")
+    assert rode + alone == 40
+    assert rode >= 20, f"only {rode} of 40 outcomes rode with a claim: {seen}"
+
+
+def test_a_stalled_outcome_write_stops_the_claims_at_max_held(
+        make_app: Callable[..., pgq.App], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database that does not store outcomes stops the claiming: the write that stalls
+    is the claim that carries them (or the completer's, while the producer holds
+    ``max_held`` jobs), so the worker never holds more than 2 x concurrency jobs."""
     app = make_app()
     app.task(name="w.instant")(lambda: None)
     config = WorkerConfig(concurrency=4, poll_seconds=0.05, maintenance=False)
     app.enqueue_many([pgq.JobSpec("w.instant") for _ in range(40)])
     worker = pgq.Worker(app, config)
     release, writing = threading.Event(), threading.Event()
-    statements: list[tuple[str, int]] = []  # (name, outcome writes in flight when issued)
-    in_flight = 0
-    real_execute = pgq.worker.producer.execute_async
 
-    async def execute_async(conn: Any, name: str, params: Any, **options: Any) -> Any:
-        nonlocal in_flight
-        statements.append((name, in_flight))
-        if name != "job_finish_many":
-            return await real_execute(conn, name, params, **options)
-        in_flight += 1
-        try:
+    async def stall(name: str, call: Callable[[], Any]) -> Any:
+        if name in ("job_finish_many", "job_finish_and_claim"):
             writing.set()
             await asyncio.to_thread(release.wait, 20)  # the database stalls on outcomes
-            return await real_execute(conn, name, params, **options)
-        finally:
-            in_flight -= 1
+        return await call()
 
-    monkeypatch.setattr(pgq.worker.producer, "execute_async", execute_async)
-    monkeypatch.setattr(pgq.worker.completer, "execute_async", execute_async)
-    rounds = 0
-    real_claim = worker.producer._claim
-
-    async def claim(tasks: list[str]) -> bool:
-        nonlocal rounds
-        rounds += 1
-        return await real_claim(tasks)
-
-    monkeypatch.setattr(worker.producer, "_claim", claim)
+    seen = _spy_statements(monkeypatch, stall)
     background = Background(worker)
     try:
         assert writing.wait(10), "no outcome write began"
-        wait_until(lambda: len(worker.held) == config.max_held == 8
-                   and all(r.decided for r in worker.held.values()), 10,
-                   "the worker to hold 2 x concurrency decided jobs")
-        # Holding 8 decided jobs with no outcome stored took a second claim while the
-        # first batch's outcomes waited to be written (before or during their write: the
-        # order of the two is a race, so the test does not insist on "during").
-        assert sum(1 for n, _ in statements if n == "job_claim") >= 2, \
-            "no claim while the outcomes of the last batch waited"
-        claims = sum(1 for n, _ in statements if n == "job_claim")
-        seen = rounds
-        wait_until(lambda: rounds >= seen + 5, 10, "five more claim rounds")
-        assert sum(1 for n, _ in statements if n == "job_claim") == claims, \
-            "claimed past max_held while outcomes could not be stored"
-        assert len(worker.held) == config.max_held
+        wait_until(lambda: worker.held and all(r.decided for r in worker.held.values()), 10,
+                   "the worker's jobs to be decided")
+        claims = sum(1 for name, _ in seen if name.endswith("claim"))
+        # The producer is inside the stalled statement or refuses at max_held: no claim
+        # can add to what it holds until outcomes are stored.
+        assert worker.producer.claiming or len(worker.held) == config.max_held
+        assert len(worker.held) <= config.max_held
+        assert sum(1 for name, _ in seen if name.endswith("claim")) == claims
     finally:
         release.set()
     background.join()
     assert worker.stats.finished.get("completed") == 40
+
+
+def test_outcomes_a_combined_statement_could_not_store_are_stored_alone(
+        make_app: Callable[..., pgq.App], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job_finish_and_claim that fails (here: once, as a data error would) hands its
+    outcomes back to the completer, which stores them alone: nothing is lost and they
+    do not ride (and fail) again."""
+    app = make_app()
+    app.task(name="w.instant")(lambda: None)
+    app.enqueue_many([pgq.JobSpec("w.instant") for _ in range(12)])
+    failed: list[int] = []  # where in ``seen`` the failed statement is
+
+    async def fail_once(name: str, call: Callable[[], Any]) -> Any:
+        if name == "job_finish_and_claim" and not failed:
+            failed.append(len(seen) - 1)
+            raise pgq.DatabaseError("injected: the combined statement failed")
+        return await call()
+
+    seen = _spy_statements(monkeypatch, fail_once)
+    worker = pgq.Worker(app, WorkerConfig(concurrency=4, poll_seconds=0.05, maintenance=False))
+    run(app, worker=worker)
+    assert failed and worker.stats.finished.get("completed") == 12
+    (at,) = failed
+    handed_back = seen[at][1]
+    # The next statement that stores outcomes is the completer's, alone, with at least
+    # the handed-back ones: none rode with a claim again before it.
+    name, n = next((name, n) for name, n in seen[at + 1:] if n)
+    assert name == "job_finish_many" and n >= handed_back, seen
 
 
 @pytest.mark.parametrize("async_commit", [False, True])

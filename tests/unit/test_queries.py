@@ -416,3 +416,19 @@ def test_many_all_keys_free_needs_no_holder_lookup() -> None:
     assert "job_unique_holders_many" not in names(steps)
     assert [r.duplicate for r in result] == [False, False]
     assert result[0].id != result[1].id
+
+
+def _code(sql: str) -> str:
+    """The statement without comment lines, whitespace collapsed."""
+    return " ".join(" ".join(line for line in sql.splitlines()
+                             if not line.lstrip().startswith("--")).split())
+
+
+def test_finish_and_claim_is_the_two_statements_word_for_word() -> None:
+    """job_finish_and_claim must do exactly what job_finish_many then job_claim do: its
+    finished CTE is the former, its WITH head and claimed CTE the latter."""
+    combined = _code(QUERIES["job_finish_and_claim"])
+    finish = _code(QUERIES["job_finish_many"])
+    head, update = _code(QUERIES["job_claim"]).split(" UPDATE pgq_jobs AS j ", 1)
+    assert combined.startswith(head + ", finished AS ( " + finish + " ), claimed AS ( "
+                               + "UPDATE pgq_jobs AS j " + update + " ) SELECT ")
