@@ -154,7 +154,7 @@ def test_wheel_ships_the_migrations(tmp_path: Path, empty_db_url: str) -> None:
     (wheel,) = (tmp_path / "dist").glob("pgq_jobs-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "pgq/_migrations/versions/0001_jobs.py" in names
-    assert "pgq/queries.sql" in names
+    assert "pgq/store/queries.sql" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     # Run from the unpacked wheel, far from the checkout, so only shipped files are found.
