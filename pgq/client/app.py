@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import timedelta
-from functools import partial
+from functools import cached_property, partial
 from types import TracebackType
 from typing import Any, Unpack, overload
 
 from psycopg.pq import TransactionStatus
 
+from pgq.client.admin import Jobs, Queues
 from pgq.client.enqueue import (
     Enqueued,
     EnqueueOptions,
@@ -311,6 +312,15 @@ class App:
             # (settled here, before after_session_commit's look at the type's classes).
             return None
         return after_session_commit(conn, self.coordinator.publish)
+
+    @cached_property
+    def jobs(self) -> Jobs:
+        """Operations on jobs: get, list, retry, cancel, ... (docs/operations.md)."""
+        return Jobs(self._pools, self.clock)
+
+    @cached_property
+    def queues(self) -> Queues:  # pause, resume and list queues (docs/operations.md)
+        return Queues(self._pools, self.clock)
 
     # --- lifecycle -------------------------------------------------------------------
 

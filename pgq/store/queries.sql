@@ -429,6 +429,284 @@ FROM pgq_jobs
 WHERE queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[])
   AND state IN ('available', 'retryable', 'scheduled', 'running');
 
+-- name: job_get
+-- One job, every column (pgq.client.jobfilter.JobRecord, in this order).
+SELECT id, queue, task, state, priority, attempt, max_attempts, args, run_at, created_at,
+       started_at, finished_at, lease_owner, lease_expires_at, timeout_seconds, unique_key,
+       unique_until, unique_held, tags, meta, errors, result, progress, isolated
+FROM pgq_jobs
+WHERE id = %(id)s;
+
+-- name: job_list
+-- One page of jobs, newest first, by keyset on the primary key (id < before): no
+-- OFFSET, so a page costs the same at any depth and rows inserted meanwhile (larger ids)
+-- never shift the pages that follow.
+SELECT id, queue, task, state, priority, attempt, max_attempts, args, run_at, created_at,
+       started_at, finished_at, lease_owner, lease_expires_at, timeout_seconds, unique_key,
+       unique_until, unique_held, tags, meta, errors, result, progress, isolated
+FROM pgq_jobs
+WHERE (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+  AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+  AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+  AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
+  AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
+  AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: job_states_of
+-- The states of the given jobs (those an id-list action did not change: why not).
+SELECT id, state FROM pgq_jobs WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: job_retry_many
+-- Operations (issue 14): what pgq.client.admin runs for app.jobs and app.queues.
+--
+-- Every job action is one statement per batch of at most batch jobs, and each batch
+-- commits on its own (pgq's autocommit connection), so workers' claims keep flowing and
+-- an interrupted run leaves every batch done or not done. Shape of each:
+--   picked: the batch, walked in id order from after (the caller's keyset position),
+--     fenced on the source states of the action, locked FOR UPDATE SKIP LOCKED so a
+--     batch never waits on a row a worker or another operator holds (the rerun or the
+--     next pass takes it);
+--   changed: the UPDATE (or DELETE), fenced again on the state the row had when picked;
+--   logged: one pgq_job_actions row per changed job, in the same statement, so a change
+--     without its record (or the reverse) cannot commit.
+-- The selection is one id list (ids, at most one batch) or a filter: each filter
+-- parameter NULL means "any". With a custom plan (psycopg sends the values) the planner
+-- folds the NULL tests away; the plans on a 1M-row table are in docs/operations.md.
+-- The row back: how many jobs were picked, the largest id picked (the next keyset
+-- position), the ids changed, and the queues of the changed jobs (for wake-ups).
+-- Race rules (docs/operations.md): a worker's claim and finish are fenced on state
+-- too, so whichever commits first wins and the other statement matches nothing.
+--
+-- Retry: failed, cancelled, retryable or scheduled jobs become available now (or
+-- scheduled at run_at). The errors history is kept; finished_at is cleared. The job
+-- gets at least one more attempt (a dead letter has used all of its), or
+-- extra_attempts more than it has used. Never touches a running job.
+WITH picked AS MATERIALIZED (
+    SELECT id, state FROM pgq_jobs
+    WHERE id > %(after)s::bigint
+      AND state IN ('failed', 'cancelled', 'retryable', 'scheduled')
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+      AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
+      AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
+      AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+      AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
+    ORDER BY id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), changed AS (
+    UPDATE pgq_jobs AS j
+    SET state = CASE WHEN %(run_at)s::timestamptz > coalesce(%(now)s::timestamptz, now())
+                     THEN 'scheduled' ELSE 'available' END,
+        run_at = coalesce(%(run_at)s::timestamptz, coalesce(%(now)s::timestamptz, now())),
+        finished_at = NULL,
+        max_attempts = CASE WHEN %(extra_attempts)s::int IS NULL
+                            THEN greatest(j.max_attempts, j.attempt + 1)
+                            ELSE greatest(j.max_attempts, j.attempt) + %(extra_attempts)s::int END
+    FROM picked AS p
+    WHERE j.id = p.id AND j.state = p.state
+    RETURNING j.id, j.queue, p.state AS was
+), logged AS (
+    INSERT INTO pgq_job_actions (job_id, at, actor, action, reason, detail)
+    SELECT c.id, coalesce(%(now)s::timestamptz, now()), %(actor)s::text, 'retry', %(reason)s::text,
+           jsonb_build_object('from', c.was, 'run_at', %(run_at)s::timestamptz,
+                              'extra_attempts', %(extra_attempts)s::int)
+    FROM changed AS c
+    ORDER BY c.id
+)
+SELECT (SELECT count(*) FROM picked)::int, (SELECT max(id) FROM picked),
+       ARRAY(SELECT id FROM changed ORDER BY id),
+       ARRAY(SELECT DISTINCT queue FROM changed);
+
+-- name: job_cancel_many
+-- Cancel jobs that are not running: available, scheduled or retryable jobs become
+-- cancelled, with finished_at (so retention prunes them) and an errors entry naming
+-- who cancelled and why. A running job is not picked (its worker's cancel comes with
+-- issue 14's push to workers); a worker's claim that locked a row first wins.
+WITH picked AS MATERIALIZED (
+    SELECT id, state FROM pgq_jobs
+    WHERE id > %(after)s::bigint
+      AND state IN ('available', 'scheduled', 'retryable')
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+      AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
+      AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
+      AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+      AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
+    ORDER BY id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), changed AS (
+    UPDATE pgq_jobs AS j
+    SET state = 'cancelled',
+        finished_at = coalesce(%(now)s::timestamptz, now()),
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempt, 'at', coalesce(%(now)s::timestamptz, now()), 'type', 'pgq.Cancelled',
+            'message', coalesce(%(reason)s::text, 'cancelled by ' || %(actor)s::text),
+            'traceback', '', 'worker', NULL, 'actor', %(actor)s::text))
+    FROM picked AS p
+    WHERE j.id = p.id AND j.state = p.state
+    RETURNING j.id, j.queue, p.state AS was
+), logged AS (
+    INSERT INTO pgq_job_actions (job_id, at, actor, action, reason, detail)
+    SELECT c.id, coalesce(%(now)s::timestamptz, now()), %(actor)s::text, 'cancel', %(reason)s::text,
+           jsonb_build_object('from', c.was)
+    FROM changed AS c
+    ORDER BY c.id
+)
+SELECT (SELECT count(*) FROM picked)::int, (SELECT max(id) FROM picked),
+       ARRAY(SELECT id FROM changed ORDER BY id),
+       ARRAY(SELECT DISTINCT queue FROM changed);
+
+-- name: job_delete_many
+-- Delete finished jobs (completed, failed, cancelled) now, whatever retention says.
+-- The action row outlives the job, with its task and queue in detail.
+WITH picked AS MATERIALIZED (
+    SELECT id, state FROM pgq_jobs
+    WHERE id > %(after)s::bigint
+      AND state IN ('completed', 'failed', 'cancelled')
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+      AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
+      AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
+      AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+      AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
+    ORDER BY id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), changed AS (
+    DELETE FROM pgq_jobs AS j
+    USING picked AS p
+    WHERE j.id = p.id AND j.state = p.state
+    RETURNING j.id, j.queue, j.task, p.state AS was
+), logged AS (
+    INSERT INTO pgq_job_actions (job_id, at, actor, action, reason, detail)
+    SELECT c.id, coalesce(%(now)s::timestamptz, now()), %(actor)s::text, 'delete', %(reason)s::text,
+           jsonb_build_object('from', c.was, 'task', c.task, 'queue', c.queue)
+    FROM changed AS c
+    ORDER BY c.id
+)
+SELECT (SELECT count(*) FROM picked)::int, (SELECT max(id) FROM picked),
+       ARRAY(SELECT id FROM changed ORDER BY id),
+       ARRAY(SELECT DISTINCT queue FROM changed);
+
+-- name: job_reschedule_many
+-- Move waiting jobs (available, scheduled, retryable) to run at run_at: scheduled if
+-- that is in the future, available otherwise; a retryable job stays retryable.
+WITH picked AS MATERIALIZED (
+    SELECT id, state FROM pgq_jobs
+    WHERE id > %(after)s::bigint
+      AND state IN ('available', 'scheduled', 'retryable')
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+      AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
+      AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
+      AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+      AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
+    ORDER BY id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), changed AS (
+    UPDATE pgq_jobs AS j
+    SET state = CASE WHEN j.state = 'retryable' THEN 'retryable'
+                     WHEN %(run_at)s::timestamptz > coalesce(%(now)s::timestamptz, now()) THEN 'scheduled'
+                     ELSE 'available' END,
+        run_at = %(run_at)s::timestamptz
+    FROM picked AS p
+    WHERE j.id = p.id AND j.state = p.state
+    RETURNING j.id, j.queue, p.state AS was
+), logged AS (
+    INSERT INTO pgq_job_actions (job_id, at, actor, action, reason, detail)
+    SELECT c.id, coalesce(%(now)s::timestamptz, now()), %(actor)s::text, 'reschedule', %(reason)s::text,
+           jsonb_build_object('from', c.was, 'run_at', %(run_at)s::timestamptz)
+    FROM changed AS c
+    ORDER BY c.id
+)
+SELECT (SELECT count(*) FROM picked)::int, (SELECT max(id) FROM picked),
+       ARRAY(SELECT id FROM changed ORDER BY id),
+       ARRAY(SELECT DISTINCT queue FROM changed);
+
+-- name: job_set_priority_many
+-- Change the priority of waiting jobs (available, scheduled, retryable).
+WITH picked AS MATERIALIZED (
+    SELECT id, state FROM pgq_jobs
+    WHERE id > %(after)s::bigint
+      AND state IN ('available', 'scheduled', 'retryable')
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+      AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
+      AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
+      AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+      AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
+    ORDER BY id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), changed AS (
+    UPDATE pgq_jobs AS j
+    SET priority = %(priority)s::smallint
+    FROM picked AS p
+    WHERE j.id = p.id AND j.state = p.state
+    RETURNING j.id, j.queue, p.state AS was, j.priority
+), logged AS (
+    INSERT INTO pgq_job_actions (job_id, at, actor, action, reason, detail)
+    SELECT c.id, coalesce(%(now)s::timestamptz, now()), %(actor)s::text, 'set_priority', %(reason)s::text,
+           jsonb_build_object('from', c.was, 'priority', c.priority)
+    FROM changed AS c
+    ORDER BY c.id
+)
+SELECT (SELECT count(*) FROM picked)::int, (SELECT max(id) FROM picked),
+       ARRAY(SELECT id FROM changed ORDER BY id),
+       ARRAY(SELECT DISTINCT queue FROM changed);
+
+-- name: queue_pause
+-- Pause a queue: every worker's next claim skips it (job_claim's wanted list). Running
+-- jobs finish normally. Returns the row.
+INSERT INTO pgq_queues AS q (name, paused, paused_at, paused_by, pause_reason, updated_at)
+VALUES (%(name)s, true, coalesce(%(now)s::timestamptz, now()), %(actor)s::text, %(reason)s::text, coalesce(%(now)s::timestamptz, now()))
+ON CONFLICT (name) DO UPDATE
+SET paused = true, paused_at = excluded.paused_at, paused_by = excluded.paused_by,
+    pause_reason = excluded.pause_reason, updated_at = excluded.updated_at
+RETURNING q.name, q.paused, q.paused_at, q.paused_by, q.pause_reason;
+
+-- name: queue_resume
+-- Resume a queue; the row stays (with who paused it last, and when) for later settings.
+INSERT INTO pgq_queues AS q (name, paused, paused_by, updated_at)
+VALUES (%(name)s, false, %(actor)s::text, coalesce(%(now)s::timestamptz, now()))
+ON CONFLICT (name) DO UPDATE
+SET paused = false, updated_at = excluded.updated_at
+RETURNING q.name, q.paused, q.paused_at, q.paused_by, q.pause_reason;
+
+-- name: queue_list
+-- Every queue that has jobs or a pgq_queues row, with its paused flag. The distinct
+-- queues of pgq_jobs cost a scan of the table: an operator's call, not a dashboard's
+-- (the cached stats of issue 14 item 3 are for those).
+SELECT coalesce(j.queue, q.name), coalesce(q.paused, false), q.paused_at, q.paused_by,
+       q.pause_reason
+FROM (SELECT DISTINCT queue FROM pgq_jobs) AS j
+FULL JOIN pgq_queues AS q ON q.name = j.queue
+ORDER BY 1;
+
 -- name: schema_version
 -- The pgq migration this database is at; a worker refuses to start on an old schema.
 SELECT version_num FROM pgq_alembic_version;
