@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import builtins
 import getpass
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +31,15 @@ from pgq.client.jobfilter import (
     decode_cursor,
     encode_cursor,
 )
+from pgq.client.reads import (
+    ActionRecord,
+    Preview,
+    WorkerInfo,
+    plan_count,
+    plan_job_actions,
+    plan_preview,
+    plan_workers,
+)
 from pgq.core.clock import Clock
 from pgq.core.errors import InvalidOptionError
 from pgq.core.validation import check_priority, check_queue
@@ -42,6 +51,9 @@ BATCH = 1000
 
 Target = int | Iterable[int] | JobFilter
 """What an action applies to: one job id, several, or every job a filter matches."""
+
+Progress = Callable[[int], None]
+"""Called after each committed batch of an action with the number of jobs it changed."""
 
 # The states each action takes jobs from (the statements fence on the same lists).
 SOURCES = {
@@ -77,10 +89,11 @@ def plan_list(where: JobFilter, limit: int, after: str | None) -> Plan:
     return Page(jobs, encode_cursor(jobs[-1].id) if len(rows) > limit else None)
 
 
-def plan_action(action: str, target: Target, params: dict[str, Any], batch: int = BATCH) -> Plan:
+def plan_action(action: str, target: Target, params: dict[str, Any], batch: int = BATCH,
+                progress: Progress | None = None) -> Plan:
     """Apply ``action`` in batches: an id list ``batch`` ids per statement, a filter by
     keyset (id order) until a batch comes back short. Wakes the queues of changed jobs
-    that became claimable, once at the end."""
+    that became claimable, once at the end. ``progress(n)`` follows each batch's commit."""
     statement = f"job_{action}_many"
     changed: list[int] = []
     queues: set[str] = set()
@@ -92,6 +105,8 @@ def plan_action(action: str, target: Target, params: dict[str, Any], batch: int 
             ((picked, last, ids, qs),) = yield Exec(statement, {**base, "after": after})
             changed += ids
             queues.update(qs)
+            if progress is not None:
+                progress(len(ids))
             if picked < batch or last is None:
                 break
             after = last
@@ -104,6 +119,8 @@ def plan_action(action: str, target: Target, params: dict[str, Any], batch: int 
                 statement, {**NO_FILTER, **params, "ids": chunk, "after": 0, "batch": len(chunk)})
             changed += ids
             queues.update(qs)
+            if progress is not None:
+                progress(len(ids))
             missed = sorted(set(chunk) - set(ids))
             if missed:
                 found = dict((yield Exec("job_states_of", {"ids": missed})))
@@ -158,10 +175,11 @@ class Jobs(_Runner):
     (default: the OS user) and ``reason`` are recorded in ``pgq_job_actions``."""
 
     def _action(self, action: str, target: Target, actor: str | None, reason: str | None,
-                **extra: Any) -> Plan:
+                progress: Progress | None = None, **extra: Any) -> Plan:
         who, why = check_actor(default_actor() if actor is None else actor, reason)
         return plan_action(action, target, {"actor": who, "reason": why,
-                                            "now": self._clock.now(), **extra})
+                                            "now": self._clock.now(), **extra},
+                           progress=progress)
 
     @staticmethod
     def _retry_options(run_at: datetime | None, extra_attempts: int | None) -> dict[str, Any]:
@@ -196,39 +214,67 @@ class Jobs(_Runner):
 
     def retry(self, target: Target, *, run_at: datetime | None = None,
               extra_attempts: int | None = None, actor: str | None = None,
-              reason: str | None = None) -> ActionResult:
+              reason: str | None = None, progress: Progress | None = None) -> ActionResult:
         """Failed, cancelled, retryable or scheduled jobs run again, now or at ``run_at``."""
         opts = self._retry_options(run_at, extra_attempts)
-        result: ActionResult = self._run(self._action("retry", target, actor, reason, **opts))
+        result: ActionResult = self._run(self._action("retry", target, actor, reason, progress, **opts))
         return result
 
     def cancel(self, target: Target, *, actor: str | None = None,
-               reason: str | None = None) -> ActionResult:
+               reason: str | None = None, progress: Progress | None = None) -> ActionResult:
         """Cancel jobs that are not running (running ones are reported in ``skipped``)."""
-        result: ActionResult = self._run(self._action("cancel", target, actor, reason))
+        result: ActionResult = self._run(self._action("cancel", target, actor, reason, progress))
         return result
 
     def delete(self, target: Target, *, actor: str | None = None,
-               reason: str | None = None) -> ActionResult:
+               reason: str | None = None, progress: Progress | None = None) -> ActionResult:
         """Delete finished jobs (completed, failed, cancelled)."""
-        result: ActionResult = self._run(self._action("delete", target, actor, reason))
+        result: ActionResult = self._run(self._action("delete", target, actor, reason, progress))
         return result
 
     def reschedule(self, target: Target, run_at: datetime, *, actor: str | None = None,
-                   reason: str | None = None) -> ActionResult:
+                   reason: str | None = None, progress: Progress | None = None) -> ActionResult:
         """Waiting jobs run at ``run_at`` instead."""
         result: ActionResult = self._run(
-            self._action("reschedule", target, actor, reason, **self._when(run_at)))
+            self._action("reschedule", target, actor, reason, progress, **self._when(run_at)))
         return result
 
     def set_priority(self, target: Target, priority: int, *, actor: str | None = None,
-                     reason: str | None = None) -> ActionResult:
+                     reason: str | None = None, progress: Progress | None = None) -> ActionResult:
         """Waiting jobs get ``priority`` (-100..100, lower first)."""
         result: ActionResult = self._run(self._action(
-            "set_priority", target, actor, reason, priority=check_priority(priority)))
+            "set_priority", target, actor, reason, progress, priority=check_priority(priority)))
+        return result
+
+    def count(self, where: JobFilter | None = None, **filters: Any) -> int:
+        """How many jobs match (a scan of what the filter selects: an operator's call)."""
+        result: int = self._run(plan_count(_filter(where, filters)))
+        return result
+
+    def preview(self, action: str, target: Target, *, sample: int = 10) -> Preview:
+        """What ``action`` (retry, cancel, ...) would change on ``target`` if run now: the
+        count of those jobs in its source states and a sample of their ids."""
+        result: Preview = self._run(plan_preview(action, _sources(action), target, sample))
+        return result
+
+    def actions(self, job_id: int) -> builtins.list[ActionRecord]:
+        """The operator actions on one job, oldest first (they outlive a deleted job)."""
+        result: builtins.list[ActionRecord] = self._run(plan_job_actions(job_id))
         return result
 
     # async
+
+    async def acount(self, where: JobFilter | None = None, **filters: Any) -> int:
+        result: int = await self._arun(plan_count(_filter(where, filters)))
+        return result
+
+    async def apreview(self, action: str, target: Target, *, sample: int = 10) -> Preview:
+        result: Preview = await self._arun(plan_preview(action, _sources(action), target, sample))
+        return result
+
+    async def aactions(self, job_id: int) -> builtins.list[ActionRecord]:
+        result: builtins.list[ActionRecord] = await self._arun(plan_job_actions(job_id))
+        return result
 
     async def aget(self, job_id: int) -> JobRecord | None:
         result: JobRecord | None = await self._arun(plan_get(job_id))
@@ -241,31 +287,32 @@ class Jobs(_Runner):
 
     async def aretry(self, target: Target, *, run_at: datetime | None = None,
                      extra_attempts: int | None = None, actor: str | None = None,
-                     reason: str | None = None) -> ActionResult:
+                     reason: str | None = None, progress: Progress | None = None) -> ActionResult:
         opts = self._retry_options(run_at, extra_attempts)
-        result: ActionResult = await self._arun(self._action("retry", target, actor, reason, **opts))
+        result: ActionResult = await self._arun(
+            self._action("retry", target, actor, reason, progress, **opts))
         return result
 
     async def acancel(self, target: Target, *, actor: str | None = None,
-                      reason: str | None = None) -> ActionResult:
-        result: ActionResult = await self._arun(self._action("cancel", target, actor, reason))
+                      reason: str | None = None, progress: Progress | None = None) -> ActionResult:
+        result: ActionResult = await self._arun(self._action("cancel", target, actor, reason, progress))
         return result
 
     async def adelete(self, target: Target, *, actor: str | None = None,
-                      reason: str | None = None) -> ActionResult:
-        result: ActionResult = await self._arun(self._action("delete", target, actor, reason))
+                      reason: str | None = None, progress: Progress | None = None) -> ActionResult:
+        result: ActionResult = await self._arun(self._action("delete", target, actor, reason, progress))
         return result
 
     async def areschedule(self, target: Target, run_at: datetime, *, actor: str | None = None,
-                          reason: str | None = None) -> ActionResult:
+                          reason: str | None = None, progress: Progress | None = None) -> ActionResult:
         result: ActionResult = await self._arun(
-            self._action("reschedule", target, actor, reason, **self._when(run_at)))
+            self._action("reschedule", target, actor, reason, progress, **self._when(run_at)))
         return result
 
     async def aset_priority(self, target: Target, priority: int, *, actor: str | None = None,
-                            reason: str | None = None) -> ActionResult:
+                            reason: str | None = None, progress: Progress | None = None) -> ActionResult:
         result: ActionResult = await self._arun(self._action(
-            "set_priority", target, actor, reason, priority=check_priority(priority)))
+            "set_priority", target, actor, reason, progress, priority=check_priority(priority)))
         return result
 
 
@@ -303,6 +350,21 @@ class Queues(_Runner):
     async def alist(self) -> builtins.list[QueueInfo]:
         result: builtins.list[QueueInfo] = await self._arun(plan_queue_list())
         return result
+
+    def workers(self) -> builtins.list[WorkerInfo]:
+        """The worker registry (``pgq_workers``): which processes serve which queues."""
+        result: builtins.list[WorkerInfo] = self._run(plan_workers())
+        return result
+
+    async def aworkers(self) -> builtins.list[WorkerInfo]:
+        result: builtins.list[WorkerInfo] = await self._arun(plan_workers())
+        return result
+
+
+def _sources(action: str) -> tuple[str, ...]:
+    if action not in SOURCES:
+        raise InvalidOptionError(f"unknown action {action!r} (one of: {', '.join(SOURCES)})")
+    return SOURCES[action]
 
 
 def _filter(where: JobFilter | None, filters: dict[str, Any]) -> JobFilter:

@@ -707,6 +707,35 @@ FROM (SELECT DISTINCT queue FROM pgq_jobs) AS j
 FULL JOIN pgq_queues AS q ON q.name = j.queue
 ORDER BY 1;
 
+-- name: job_count
+-- How many jobs a filter matches: the size of a bulk action before it runs (the CLI's
+-- --dry-run, progress bar and confirmation; the caller narrows states to the action's
+-- source states). Reads what the filter selects, like a batch of the action does: an
+-- operator's call, not a dashboard's.
+SELECT count(*)
+FROM pgq_jobs
+WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+  AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+  AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
+  AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
+  AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz);
+
+-- name: job_actions_of
+-- The operator actions on one job, oldest first (pgq_job_actions_job_idx: one range).
+SELECT id, job_id, at, actor, action, reason, detail
+FROM pgq_job_actions
+WHERE job_id = %(id)s
+ORDER BY at, id;
+
+-- name: worker_list
+-- The worker registry (pgq_workers), as its heartbeats left it.
+SELECT id, host, pid, queues, concurrency, version, started_at, last_seen, running
+FROM pgq_workers
+ORDER BY host, pid, id;
+
 -- name: schema_version
 -- The pgq migration this database is at; a worker refuses to start on an old schema.
 SELECT version_num FROM pgq_alembic_version;

@@ -1,6 +1,6 @@
-"""The ``pgq`` command. Every option can also come from its ``PGQ_*`` environment
-variable (``--help`` names it). Failures of pgq print one line, ``error: …``, and exit 1;
-usage errors exit 2.
+"""The ``pgq`` group and its commands that set up and run pgq: migrate, enqueue,
+worker, scheduler, cron, check. The operator commands (jobs, queues, workers) live in
+their own modules and are added to the group here. Exit codes: ``pgq.cli``'s docstring.
 """
 
 from __future__ import annotations
@@ -8,35 +8,17 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import click
 
 import pgq
+from pgq.cli.jobs import jobs
+from pgq.cli.options import CONTEXT, app_option, database_option
+from pgq.cli.queues import queues, workers
 from pgq.client.app import App
 from pgq.core.errors import ConfigError, PgqError
-from pgq.core.settings import DEFAULT_DATABASE_URL, Settings
+from pgq.core.settings import Settings
 from pgq.core.validation import parse_json
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PGQ", "show_default": True}
-
-
-def database_option(fn: F) -> F:
-    return click.option(
-        "--database-url", envvar="PGQ_DATABASE_URL", show_envvar=True, metavar="URL",
-        help="PostgreSQL URL (postgresql://, postgres:// or postgresql+psycopg://). "
-        f"Default: {DEFAULT_DATABASE_URL}",
-    )(fn)
-
-
-def app_option(fn: F) -> F:
-    return click.option(
-        "--app", "app_path", envvar="PGQ_APP", show_envvar=True, metavar="MODULE:ATTR",
-        help="Import path of your pgq.App, e.g. myapp.jobs:app.",
-    )(fn)
 
 
 @click.group(context_settings=CONTEXT)
@@ -108,6 +90,11 @@ def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,
         click.echo(f"duplicate: job {result.id} already holds unique key {unique_key!r}")
     else:
         click.echo(f"enqueued job {result.id}")
+    if not app_path:  # after the result: an error stays the one line on stderr
+        click.echo(f"note: no --app, so {task}'s registered defaults are not applied: queue, "
+                   "priority and max attempts are pgq's (default, 0, 25) unless given here; "
+                   "the worker applies its timeout. Pass --app module:attribute to use them.",
+                   err=True)
 
 
 @cli.command()
@@ -153,6 +140,7 @@ def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, pr
            log_level: str, database_url: str | None) -> None:
     """Run jobs. Stops gracefully on SIGTERM/SIGINT."""
     from pgq.worker import WorkerConfig
+    from pgq.worker.process import warn_unserved_tasks
     from pgq.worker.queues import parse_queues
     from pgq.worker.supervisor import Supervisor
 
@@ -169,6 +157,7 @@ def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, pr
     # Refused here, in one line, before any child starts: a child that cannot start would
     # only be restarted (the child checks again, for a schema changed meanwhile).
     _check_schema(app)
+    warn_unserved_tasks(app, config)  # here, once, not in each process
     # Always supervised, one process too: the supervisor restarts a worker that recycles
     # itself or dies, renews leases a GIL-bound task would starve, and ends hung tasks.
     sys.exit(Supervisor(app, load_app, (app_path, database_url), config, processes,
@@ -231,6 +220,11 @@ def cron_list(app_path: str | None, count: int) -> None:
         for instant in islice(entry.fires_after(now), count):
             local = instant.astimezone(entry.zone)
             click.echo(f"    {instant:%Y-%m-%d %H:%M:%S}Z  ({local:%Y-%m-%d %H:%M %Z})")
+
+
+cli.add_command(jobs)
+cli.add_command(queues)
+cli.add_command(workers)
 
 
 @cli.command()
