@@ -64,6 +64,12 @@ class WorkerConfig:
     them (up to 3 x ``wal_writer_delay``, 0.6 s by default): a lost completion runs its
     job again once the lease expires, a lost claim makes the job claimable again. No
     other guarantee changes; a task's own ``ctx.transaction()`` commits synchronously."""
+    claim_window: float = 0.002
+    """While jobs still run and fewer than half the slots are free, a freed slot waits up
+    to this long for more to free before claiming: sync tasks' results come from the
+    thread pool a few at a time, and one claim for many slots (carrying their outcomes)
+    costs less than many small ones. An idle worker, or one with half its slots free,
+    claims at once."""
     lock_wait_seconds: float = 0.5
     """A job whose run-time lock is taken waits this long (±50 %) before trying again,
     without spending an attempt."""

@@ -232,6 +232,7 @@ class Producer:
         outcomes waiting still claims (the bound was ``< concurrency`` before): with
         quick tasks the next batch is claimed while the last one's outcomes are written,
         where claims and flushes of 10 no-op jobs used to run strictly in turn."""
+        await self._gather_slots()
         batch = self.outcomes.take()  # stored by this claim's statement, if it runs
         running, waiting = self.held.running_by_queue()
         waiting -= len(batch)
@@ -287,6 +288,27 @@ class Producer:
             self._hungry.get(q.name, True) and q.name not in wanted
             and (q.cap is None or running.get(q.name, 0) + got.get(q.name, 0) < q.cap)
             for q in self.config.queues)
+
+    async def _gather_slots(self) -> None:
+        """Wait (``claim_window`` at most) while jobs run and fewer than half the slots
+        are free: more are about to free (see ``WorkerConfig.claim_window``)."""
+        concurrency, window = self.config.concurrency, self.config.claim_window
+        running, _ = self.held.running_by_queue()
+        if window <= 0 or not sum(running.values()) > 0 or \
+                2 * (concurrency - sum(running.values())) >= concurrency:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + window
+        self.claiming = True  # outcomes recorded meanwhile ride with this claim
+        try:
+            while 2 * (concurrency - sum(self.held.running_by_queue()[0].values())) < concurrency:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), deadline - loop.time())
+                except TimeoutError:
+                    return
+        finally:
+            self.claiming = False
 
     async def _finish_and_claim(self, batch: list[Outcome], params: dict[str, Any]
                                 ) -> list[Any]:
