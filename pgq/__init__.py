@@ -8,6 +8,7 @@ from importlib.metadata import version as _version
 
 from pgq.client.app import App
 from pgq.client.enqueue import Enqueued, EnqueueOptions, JobSpec
+from pgq.client.hooks import DeadLetter
 from pgq.core.backoff import Backoff
 from pgq.core.clock import Clock, DatabaseClock, ManualClock
 from pgq.core.cron import CatchUp, CronEntry, ScheduleError
@@ -52,6 +53,7 @@ __all__ = [
     "DatabaseClock",
     "DatabaseError",
     "DatabaseUnavailable",
+    "DeadLetter",
     "EnqueueOptions",
     "Enqueued",
     "Fail",

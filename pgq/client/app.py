@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from functools import cached_property, partial
-from types import TracebackType
 from typing import Any, Unpack, overload
 
 from psycopg.pq import TransactionStatus
@@ -29,6 +28,7 @@ from pgq.client.enqueue import (
     prepare,
     prepare_defaults,
 )
+from pgq.client.hooks import DeadLetterHook
 from pgq.coordination import Coordinator
 from pgq.core.backoff import Backoff
 from pgq.core.clock import Clock, DatabaseClock
@@ -83,6 +83,7 @@ class App:
         self.registry = TaskRegistry()
         self.middleware: list[Middleware] = []
         self.schedules: dict[str, CronEntry] = {}
+        self.dead_letter_hooks: list[DeadLetterHook] = []
         self._pools = Pools(settings)
         self._coordinator: Coordinator | None = None
 
@@ -129,10 +130,9 @@ class App:
         The options are the defaults of its jobs; each enqueue may override them."""
 
         def register(func: Callable[..., Any]) -> Task:
-            return self.registry.register(
-                func, name=name, queue=queue, priority=priority,
-                max_attempts=max_attempts, timeout=timeout, backoff=backoff, lock=lock,
-            )
+            return self.registry.register(func, name=name, queue=queue, priority=priority,
+                                          max_attempts=max_attempts, timeout=timeout,
+                                          backoff=backoff, lock=lock)
 
         return register(fn) if fn is not None else register
 
@@ -179,6 +179,12 @@ class App:
         For logging, metrics and tracing. Usable as a decorator."""
         self.middleware.append(middleware)
         return middleware
+
+    def on_dead_letter(self, hook: DeadLetterHook) -> DeadLetterHook:
+        """Call ``hook(pgq.DeadLetter)`` in the worker after each job it stores as
+        ``failed``: off the job path, never retried (docs/operations.md#dead-letters)."""
+        self.dead_letter_hooks.append(hook)
+        return hook
 
     # --- enqueue ---------------------------------------------------------------------
 
@@ -337,17 +343,11 @@ class App:
     def __enter__(self) -> App:
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     async def __aenter__(self) -> App:
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()

@@ -182,8 +182,11 @@ class Settings:
     """Seconds a completed job is kept before retention deletes it (``PGQ_RETAIN_COMPLETED``:
     seconds or ``30m``/``12h``/``7d``, or ``forever``). Default 7 days."""
 
-    retain_failed: float | None = 30 * DAY
-    """Seconds a failed (dead-letter) job is kept (``PGQ_RETAIN_FAILED``). Default 30 days."""
+    retain_failed: float | None = None
+    """Seconds a failed (dead-letter) job is kept (``PGQ_RETAIN_FAILED``). Default: until
+    someone handles it (retries or deletes it). Silent dead-letter accumulation is one of
+    the failures pgq exists to prevent, and deleting dead letters nobody looked at is the
+    same failure; set a retention only where something else keeps them (docs/operations.md)."""
 
     retain_cancelled: float | None = 7 * DAY
     """Seconds a cancelled job is kept (``PGQ_RETAIN_CANCELLED``). Default 7 days."""

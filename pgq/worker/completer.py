@@ -38,7 +38,7 @@ from pgq.worker.connection import Conn, open_connection, reopen
 from pgq.worker.context import Context
 from pgq.worker.failure import error_entry
 from pgq.worker.held import HeldJobs, Outcome, Running
-from pgq.worker.joblog import detail, log, log_job
+from pgq.worker.joblog import log, log_job, log_outcome
 
 
 class Completer:
@@ -57,6 +57,8 @@ class Completer:
         """Outcomes were handed back after a failed combined statement: store them here."""
         self.claim_coming: Callable[[], bool] = lambda: False
         """Is the producer about to claim (it then takes the outcomes waiting)?"""
+        self.dead_letter: Callable[[Context, str | None], None] = lambda ctx, error: None
+        """Told of each job just stored as ``failed`` (the dead-letter hooks' ``submit``)."""
         self._outage = Outage(f"worker {worker_id}: outcome connection", logger=log)
         self._flush_now = asyncio.Event()
         self._all_decided = asyncio.Event()
@@ -159,14 +161,17 @@ class Completer:
         self._settle(batch, {row[0] for row in rows})
 
     def _settle(self, batch: list[Outcome], stored: set[int]) -> None:
-        """Log and forget the jobs of a stored batch (fenced out: lease lost)."""
+        """Log and forget the jobs of a committed batch (fenced out: lease lost); pass
+        the dead letters on to the hooks."""
         for outcome in batch:
             running = self.held.get(outcome.job_id)
             if running is None:
                 continue
             if outcome.job_id in stored:
-                log_job(running, outcome.state, detail(outcome))
+                log_outcome(running, outcome)
                 self.held.forget(running, outcome.state)
+                if outcome.state == "failed":
+                    self.dead_letter(running.ctx, outcome.error)
             else:
                 log_job(running, "lease-lost", f"outcome {outcome.state} discarded: "
                         "the job was reclaimed by another worker")

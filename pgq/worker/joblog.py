@@ -1,7 +1,15 @@
-"""The per-job log line, its level by outcome, and the worker's logger."""
+"""The per-job log line, its level by outcome, and the worker's logger.
+
+A job that did not succeed says why on its line: ``retryable`` and ``failed`` jobs (a
+timeout is one of them, ``error=pgq.Timeout: ...``) end with ``error=TYPE: MESSAGE``, the
+message cut to ``ERROR_CHARS`` characters and kept on one line; the traceback follows at
+DEBUG. Only those outcomes decode their ``errors`` entry, and only when their line is
+enabled: a success, DEBUG, costs one level check.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -36,7 +44,46 @@ def log_job(running: Running, outcome: str, detail: str = "") -> None:
                              "attempt": ctx.attempt, "outcome": outcome}))
 
 
+ERROR_CHARS = 200
+"""Characters of the error message on the per-job line (the stored entry keeps 2,000)."""
+
+
+def log_outcome(running: Running, outcome: Outcome) -> None:
+    """The line of a stored outcome, with its error when it has one."""
+    if not log.isEnabledFor(LOG_LEVELS.get(outcome.state, logging.INFO)):
+        return  # the cheap path: most outcomes are successes, and DEBUG is off
+    log_job(running, outcome.state, detail(outcome))
+    if outcome.error is not None and log.isEnabledFor(logging.DEBUG):
+        trace = _entry(outcome.error).get("traceback")
+        if trace:
+            log.debug("job=%s attempt=%d traceback:\n%s", outcome.job_id, outcome.attempt,
+                      str(trace).rstrip())
+
+
 def detail(outcome: Outcome) -> str:
+    parts = []
     if outcome.state in ("retryable", "scheduled"):
-        return f"retry_in={outcome.delay:.1f}s"
-    return ""
+        parts.append(f"retry_in={outcome.delay:.1f}s")
+    if outcome.error is not None and outcome.state in ("retryable", "failed"):
+        parts.append(error_text(outcome.error))
+    return " ".join(parts)
+
+
+def error_text(error: str) -> str:
+    """``error=TYPE: MESSAGE`` from an ``errors`` entry's JSON: one line, the message cut
+    to ``ERROR_CHARS``."""
+    entry = _entry(error)
+    message = str(entry.get("message") or "")
+    if len(message) > ERROR_CHARS:
+        message = message[:ERROR_CHARS] + "…"
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    kind = str(entry.get("type") or "Error")
+    return f"error={kind}: {message}" if message else f"error={kind}"
+
+
+def _entry(error: str) -> dict[str, object]:
+    try:
+        entry = json.loads(error)
+    except ValueError:
+        return {"message": error}
+    return entry if isinstance(entry, dict) else {"message": error}

@@ -8,7 +8,9 @@ The services, each in its own module with the same start/stop shape:
 * the **heartbeat** (``heartbeat``), a thread with its own connection, renews the leases
   of every job the process holds, whatever the event loop is doing;
 * the wake-up listener (``pgq.coordination``) and the leader-only services this process
-  campaigns for (maintenance, and the cron scheduler when asked).
+  campaigns for (maintenance, and the cron scheduler when asked);
+* the dead-letter hooks (``deadletters``), a thread that tells the app's
+  ``on_dead_letter`` hooks about each job the completer stored as ``failed``.
 
 They share one table, ``held.HeldJobs`` (the jobs this process holds a lease on), and
 call each other through the few callables wired here; a job is forgotten, with all it
@@ -33,6 +35,7 @@ from pgq.scheduling.scheduler import Scheduler
 from pgq.scheduling.service import LeaderService
 from pgq.worker.completer import Completer
 from pgq.worker.config import EXIT_OK, EXIT_RECYCLE, WorkerConfig, new_worker_id
+from pgq.worker.deadletters import DeadLetterHooks
 from pgq.worker.executor import Executor
 from pgq.worker.heartbeat import Heartbeat
 from pgq.worker.held import HeldJobs, Stats
@@ -62,6 +65,10 @@ class Worker:
                                  self.executor.run, self.completer)
         self.held.on_freed = self.producer.slot_freed
         self.completer.claim_coming = self.producer.claim_coming
+        self.dead_letters = DeadLetterHooks(app.dead_letter_hooks)
+        self.completer.dead_letter = self.dead_letters.submit
+        self._supervised = lease_table is not None
+        """A supervisor's child: ``pgq worker`` gave the start-up warnings once for all."""
         self._exit_code = EXIT_OK
         self._loop: asyncio.AbstractEventLoop | None = None
         self._signals = 0
@@ -114,6 +121,7 @@ class Worker:
             for sig in signals:
                 loop.add_signal_handler(sig, self.request_stop)
         self.executor.start()
+        self.dead_letters.start()
         await self.producer.start()
         await self.completer.start()
 
@@ -137,12 +145,15 @@ class Worker:
                  self.config.concurrency, " strict" if self.config.strict else "")
         log.info("coordination: %s", ", ".join(
             f"{role}={mode}" for role, mode in self.coordinator.status().items()))
+        if not self._supervised:
+            warn_unserved_tasks(self.app, self.config)
         try:
             await self.producer.run()
             await self._drain()
         finally:
             self.producer.stopping = True
             await self.completer.stop()
+            self.dead_letters.stop()  # after the last outcomes are stored; bounded
             heartbeat.stop()
             listener.stop()
             for service in services:
@@ -199,3 +210,16 @@ class Worker:
             self.coordinator.lock_release(key, token)
         except PgqError as exc:  # it expires with its TTL
             log.warning("could not release lock %r: %s", key, exc)
+
+
+def warn_unserved_tasks(app: App, config: WorkerConfig) -> list[str]:
+    """One WARNING per registered task whose default queue this worker does not serve:
+    its jobs enqueued without ``queue=`` wait for another worker (or forever). Returns
+    the tasks named."""
+    served = {q.name for q in config.queues}
+    unserved = [task for task in app.registry if task.queue not in served]
+    for task in unserved:
+        log.warning("task %s: its default queue %r is not among this worker's queues (%s); "
+                    "its jobs enqueued without queue= will not run here", task.name,
+                    task.queue, ",".join(sorted(served)))
+    return [task.name for task in unserved]

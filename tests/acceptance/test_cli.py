@@ -84,8 +84,19 @@ def test_enqueue_with_app_uses_its_registry_and_defaults(db_url: str, tmp_path: 
     ok = pgq_cmd("enqueue", "mail.send", "--args", '{"to": "a@b.c"}', "--app", "myjobs:app",
                  env=env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
+    assert "note" not in ok.stderr
     with psycopg.connect(db_url) as c:
         assert c.execute("SELECT queue, max_attempts FROM pgq_jobs").fetchall() == [("critical", 3)]
+    # Without --app the same command says, once and on stderr, that these defaults are
+    # not applied (issue 14 item 8: a new user's job sat in 'default' with 25 attempts).
+    bare = pgq_cmd("enqueue", "mail.send", "--args", '{"to": "a@b.c"}', env=env, cwd=tmp_path)
+    assert bare.returncode == 0 and bare.stdout.startswith("enqueued job "), bare.stderr
+    assert bare.stderr.count("note:") == 1 and len(bare.stderr.strip().splitlines()) == 1
+    assert "no --app, so mail.send's registered defaults are not applied" in bare.stderr
+    assert "queue, priority and max attempts are pgq's (default, 0, 25)" in bare.stderr
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT queue, max_attempts FROM pgq_jobs ORDER BY id").fetchall() == [
+            ("critical", 3), ("default", 25)]
     typo = pgq_cmd("enqueue", "mail.sned", "--app", "myjobs:app", env=env, cwd=tmp_path)
     assert typo.returncode == 1 and "unknown task 'mail.sned'" in typo.stderr
     bad_app = pgq_cmd("enqueue", "mail.send", "--app", "nosuchmodule:app", env=env, cwd=tmp_path)

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +28,15 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert tests in ci, ".ci/run must call the README's test command"
     assert all(line.startswith(("set ", "cd ")) or line == tests for line in ci), (
         ".ci/run must do nothing but run the README's test command")
+
+
+def test_the_readme_names_the_distribution_to_install() -> None:
+    """The import name is not the distribution's (issue 14 item 8): a new user must not
+    have to guess, nor install another project called pgq."""
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert any(line.strip().startswith(f"pip install {name}")
+               for block in blocks for line in block.splitlines())
 
 
 def _tool(name: str) -> str:

@@ -95,6 +95,24 @@ def test_retention_none_keeps_forever(settings: Settings, conn: psycopg.Connecti
     assert len(ids(conn)) == 1
 
 
+def test_failed_jobs_are_kept_until_handled_by_default(db_url: str, conn: psycopg.Connection) -> None:
+    """Dead letters are never pruned unless retention for them is asked for (issue 14 item
+    7): deleting failures nobody looked at is silent dead-letter accumulation too."""
+    defaults = Settings(database_url=db_url)
+    assert defaults.retain_failed is None
+    assert Settings.from_env({"PGQ_DATABASE_URL": db_url}).retain_failed is None
+    dead = add(conn, "failed", 3650)
+    add(conn, "completed", 8)
+    with psycopg.connect(db_url, autocommit=True) as c:
+        assert prune(c, defaults.retention, now=NOW) == {"completed": 1, "cancelled": 0}
+    assert ids(conn) == {dead}
+    opted_in = Settings.from_env({"PGQ_DATABASE_URL": db_url, "PGQ_RETAIN_FAILED": "90d"})
+    with psycopg.connect(db_url, autocommit=True) as c:
+        assert prune(c, opted_in.retention, now=NOW) == {"completed": 0, "failed": 1,
+                                                          "cancelled": 0}
+    assert ids(conn) == set()
+
+
 def test_fire_records_keep_each_entrys_latest(app: pgq.App, conn: psycopg.Connection,
                                               db_url: str) -> None:
     for entry, ages in (("a", [30, 20, 10]), ("b", [40])):

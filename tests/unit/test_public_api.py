@@ -17,6 +17,7 @@ PUBLIC = [
     "DatabaseClock",
     "DatabaseError",
     "DatabaseUnavailable",
+    "DeadLetter",
     "EnqueueOptions",
     "Enqueued",
     "Fail",

@@ -12,14 +12,17 @@ import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 import pgq
-from pgq.worker import Worker
+from pgq.worker import Worker, joblog
 from pgq.worker.context import Context
+from pgq.worker.failure import error_entry
+from pgq.worker.held import Outcome
 from pgq.worker.held import Running as _Running
-from pgq.worker.joblog import log_job
+from pgq.worker.joblog import ERROR_CHARS, log_job, log_outcome
 
 LOGGER = "pgq.worker"
 
@@ -87,3 +90,77 @@ def test_levels_and_filters_still_apply(worker: Worker, caplog: pytest.LogCaptur
     finally:
         logger.removeFilter(drop)
     assert not [r for r in caplog.records if r.name == LOGGER]
+
+
+# --- the error on the line (issue 14 item 7) ---------------------------------------------
+
+
+def _outcome(state: str, exc: BaseException, **kw: Any) -> Outcome:
+    try:
+        raise exc
+    except BaseException as raised:
+        return Outcome(7, 2, state, error=error_entry(2, "w1", raised, **kw),
+                       delay=30.0 if state == "retryable" else 0.0)
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == LOGGER]
+
+
+def test_retryable_and_failed_lines_name_the_error_type_and_message(
+        worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    log_outcome(_running(worker), _outcome("retryable", ValueError("bad input")))
+    log_outcome(_running(worker), _outcome("failed", KeyError("user 7")))
+    retry, failed = _lines(caplog)
+    assert retry.levelno == logging.INFO and failed.levelno == logging.WARNING
+    assert re.search(r" outcome=retryable duration=0\.2\d\ds retry_in=30\.0s "
+                     r"error=ValueError: bad input$", retry.getMessage()), retry.getMessage()
+    assert re.search(r" outcome=failed duration=0\.2\d\ds error=KeyError: 'user 7'$",
+                     failed.getMessage()), failed.getMessage()
+    assert "Traceback" not in caplog.text, "the traceback is DEBUG only"
+
+
+def test_a_timeout_names_pgq_timeout_and_its_limit(
+        worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    log_outcome(_running(worker), _outcome(
+        "failed", TimeoutError(), type_name="pgq.Timeout",
+        message="attempt exceeded its timeout of 2s"))
+    (line,) = _lines(caplog)
+    assert line.getMessage().endswith(" error=pgq.Timeout: attempt exceeded its timeout of 2s")
+
+
+def test_the_message_is_cut_and_kept_on_one_line(
+        worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    log_outcome(_running(worker), _outcome("failed", RuntimeError("first\nsecond\r\n" + "x" * 5000)))
+    (line,) = _lines(caplog)
+    message = line.getMessage()
+    assert "\n" not in message and "\r" not in message
+    assert "error=RuntimeError: first\\nsecond\\r\\nxxx" in message
+    tail = message.split("error=RuntimeError: ", 1)[1]
+    assert tail.endswith("…") and len(tail) <= ERROR_CHARS + 10
+
+
+def test_the_traceback_follows_at_debug(worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    log_outcome(_running(worker), _outcome("failed", ValueError("bad input")))
+    line, trace = _lines(caplog)
+    assert "error=ValueError: bad input" in line.getMessage()
+    assert trace.levelno == logging.DEBUG
+    assert trace.getMessage().startswith("job=7 attempt=2 traceback:\nTraceback (most recent")
+    assert "ValueError: bad input" in trace.getMessage()
+
+
+def test_a_success_decodes_nothing(worker: Worker, caplog: pytest.LogCaptureFixture,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """At INFO a completed outcome costs a level check: no detail, no JSON decoding."""
+    def boom(*_: object) -> str:
+        raise AssertionError("decoded on the success path")
+
+    monkeypatch.setattr(joblog, "detail", boom)
+    monkeypatch.setattr(joblog.json, "loads", boom)
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    log_outcome(_running(worker), Outcome(7, 2, "completed", result="1"))
+    assert _lines(caplog) == []
