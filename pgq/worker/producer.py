@@ -18,17 +18,12 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, Protocol
 
-import psycopg
-
 from pgq.client.app import App
-from pgq.core.errors import DatabaseUnavailable, MigrationError, PgqError
-from pgq.core.outage import Outage
 from pgq.core.settings import Settings
 from pgq.store.database import execute_async
-from pgq.store.revision import SCHEMA_REVISION
 from pgq.worker.claim_cursor import ClaimCursors
 from pgq.worker.config import WorkerConfig
-from pgq.worker.connection import Conn, open_connection, reopen
+from pgq.worker.connection import ClaimLink
 from pgq.worker.held import HeldJobs, Outcome
 from pgq.worker.joblog import log
 from pgq.worker.queues import Turns, allocate
@@ -87,8 +82,9 @@ class Producer:
         """Where each queue's claimable jobs start, so claims skip the index's dead head."""
         self._isolated_due = True
         """Jobs that must run alone may be due (asked at start and every reclaim round)."""
-        self._outage = Outage(f"worker {worker_id}: claim connection", logger=log)
-        self._conn: Conn | None = None
+        self.link = ClaimLink(settings, async_commit=config.async_commit,
+                              poll_seconds=config.poll_seconds, label=f"worker {worker_id}",
+                              log=log, stop_requested=lambda: self.stop_requested)
 
     def bind(self) -> None:
         """Fresh events for a run on the running loop (a worker may be run again, on
@@ -98,21 +94,11 @@ class Producer:
         self.stopping = False
 
     async def start(self) -> None:
-        """Open the claim connection and check the database's schema on it."""
-        self._conn = await self._connect()
-        try:
-            rows = await execute_async(self._conn, "schema_version", {})
-        except MigrationError:
-            rows = []
-        current, wanted = (rows[0][0] if rows else None), SCHEMA_REVISION
-        if current != wanted:
-            await self._conn.close()
-            raise MigrationError(f"the database's pgq schema is at {current or 'nothing'}, "
-                                 f"this pgq needs {wanted}: run `pgq migrate` first")
+        """Open the claim connection (checking the database's schema on it)."""
+        await self.link.open()
 
     async def stop(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
+        await self.link.close()
 
     async def run(self) -> None:
         """Claim until a stop is requested (or, with ``stop_when``, the work is done)."""
@@ -134,17 +120,16 @@ class Producer:
         while not self.stop_requested.is_set():
             now = loop.time()
             if now >= next_reclaim:
-                assert self._conn is not None
-                await self._safely(reclaim(self._conn, self.app.registry,
+                await self.link.safely(reclaim(self.link.conn, self.app.registry,
                                            reclaimer=self.worker_id,
                                            crash_budget=self.config.crash_budget,
                                            now=self.app.clock.now()))
-                due = await self._safely(self._execute("job_isolated_due", {
+                due = await self.link.safely(self._execute("job_isolated_due", {
                     "queues": queues, "tasks": tasks, "now": self.app.clock.now()}))
                 self._isolated_due = self._isolated_due or bool(due and due[0][0])
                 next_reclaim = now + self.config.reclaim_seconds
             if now >= next_report:
-                await self._safely(self._report_unknown(queues, tasks))
+                await self.link.safely(self._report_unknown(queues, tasks))
                 next_report = now + 60
             # Cleared before the claim, not after: a wake-up arriving while the claim is
             # in flight must survive it, or an idle worker sleeps a whole poll interval.
@@ -178,7 +163,7 @@ class Producer:
         isolated jobs wait, of telling an innocent job from the one that crashes."""
         if self.held:
             return True
-        rows = await self._safely(self._execute("job_claim_isolated", {
+        rows = await self.link.safely(self._execute("job_claim_isolated", {
             "queues": queues, "tasks": tasks, "worker": self.worker_id,
             "lease_seconds": self.config.lease_seconds, "now": self.app.clock.now()},
             binary=True))
@@ -255,9 +240,9 @@ class Producer:
         self.claiming = True
         try:
             if batch:
-                rows = await self._safely(self._finish_and_claim(batch, params))
+                rows = await self.link.safely(self._finish_and_claim(batch, params))
             else:
-                rows = await self._safely(self._execute("job_claim", params, binary=True))
+                rows = await self.link.safely(self._execute("job_claim", params, binary=True))
         finally:
             self.claiming = False
         if rows is None:
@@ -321,35 +306,7 @@ class Producer:
 
     async def _execute(self, name: str, params: dict[str, Any], *,
                        binary: bool = False) -> list[Any]:
-        assert self._conn is not None
-        return await execute_async(self._conn, name, params, binary=binary)
-
-    async def _safely(self, awaitable: Any) -> Any:
-        """Database trouble in a loop step is logged and retried next round, never fatal.
-        A lost or unusable server (restart, failover, a demoted primary, a cut
-        connection) is an outage: reconnect with backoff, one log line each way."""
-        assert self._conn is not None
-        try:
-            result = await awaitable
-        except (DatabaseUnavailable, psycopg.OperationalError) as exc:
-            # psycopg's own errors too: a step that opens a transaction itself (reclaim)
-            # can be cut before pgq's error wrapping sees it.
-            await self._reconnect(exc)
-            return None
-        except (PgqError, psycopg.Error) as exc:
-            log.error("worker %s: %s", self.worker_id, exc)
-            if self._conn.closed or self._conn.broken:
-                await self._reconnect(exc)
-            else:
-                await self._pause(min(self.config.poll_seconds, 1.0))  # back off, then retry
-            return None
-        self._outage.recovered()
-        return result
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake at once for a stop request."""
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self.stop_requested.wait(), seconds)
+        return await execute_async(self.link.conn, name, params, binary=binary)
 
     async def _report_unknown(self, queues: list[str], tasks: list[str]) -> None:
         for queue, task, count in await self._execute(
@@ -357,19 +314,3 @@ class Producer:
             log.warning("%d due job(s) of task %r in queue %r are waiting for a worker that "
                         "knows that task; this worker does not (rolling deploy?)",
                         count, task, queue)
-
-    async def _connect(self) -> Conn:
-        return await open_connection(self.settings, async_commit=self.config.async_commit)
-
-    async def _reconnect(self, reason: Exception) -> None:
-        """Stop waiting when a stop is requested (the closed connection stays: the
-        producer is about to exit)."""
-        assert self._conn is not None
-
-        async def wait(delay: float) -> bool:
-            await self._pause(delay)
-            return not self.stop_requested.is_set()
-
-        conn = await reopen(self._conn, self._outage, reason, self._connect, wait)
-        if conn is not None:
-            self._conn = conn

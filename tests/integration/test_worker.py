@@ -926,7 +926,7 @@ def test_async_commit_is_opt_in_and_applies_to_claims_and_outcomes(
     worker = pgq.Worker(app, WorkerConfig(async_commit=async_commit))
 
     async def setting() -> str:
-        conn = await worker.producer._connect()  # what the claim and flush connections are made with
+        conn = await worker.producer.link.connect()  # what the claim and flush connections are made with
         try:
             row = await (await conn.execute("SHOW synchronous_commit")).fetchone()
         finally:
