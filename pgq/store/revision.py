@@ -5,4 +5,4 @@ SQLAlchemy (about 20 MiB of memory per worker process, and a quarter of a second
 start). ``tests/integration/test_migrations.py`` checks it against Alembic's head.
 """
 
-SCHEMA_REVISION = "0007"
+SCHEMA_REVISION = "0008"

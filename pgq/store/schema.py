@@ -275,7 +275,20 @@ workers = Table(
            comment="Latest heartbeat (database clock)."),
     Column("running", Integer, nullable=False, server_default=text("0"),
            comment="Jobs running at the latest heartbeat."),
+    Column("tasks", JSONB, nullable=False, server_default=text("'[]'::jsonb"),
+           comment="Task names this process registered (JSON array)."),
     comment="pgq worker processes, kept fresh by their heartbeats.",
+)
+
+stats = Table(
+    "pgq_stats",
+    metadata,
+    Column("key", Text, primary_key=True, comment="What the document is (\"queues\")."),
+    Column("data", JSONB, nullable=False, comment="The stats document."),
+    Column("computed_at", DateTime(timezone=True), nullable=False, server_default=text("now()"),
+           comment="When the document was computed (database clock)."),
+    comment="pgq stats computed by the stats leader, the copy readers use without "
+            "Redis (the same document is cached in Redis).",
 )
 
 # The audit views (pgq.store.views): created after the tables, dropped before them.
