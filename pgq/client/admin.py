@@ -12,6 +12,7 @@ writes the change and its ``pgq_job_actions`` rows together (``pgq/store/queries
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import getpass
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +25,6 @@ from pgq.client.jobfilter import (
     JobFilter,
     JobRecord,
     Page,
-    QueueInfo,
     check_actor,
     check_ids,
     check_limit,
@@ -34,15 +34,16 @@ from pgq.client.jobfilter import (
 from pgq.client.reads import (
     ActionRecord,
     Preview,
-    WorkerInfo,
     plan_count,
     plan_job_actions,
     plan_preview,
-    plan_workers,
 )
+from pgq.client.results import await_result, wait_result
+from pgq.coordination import Coordinator
 from pgq.core.clock import Clock
 from pgq.core.errors import InvalidOptionError
-from pgq.core.validation import check_priority, check_queue
+from pgq.core.settings import Settings
+from pgq.core.validation import check_priority
 from pgq.store.database import Pools, run_plan, run_plan_async
 from pgq.store.plan import Exec, Plan
 
@@ -58,7 +59,7 @@ Progress = Callable[[int], None]
 # The states each action takes jobs from (the statements fence on the same lists).
 SOURCES = {
     "retry": ("failed", "cancelled", "retryable", "scheduled"),
-    "cancel": ("available", "scheduled", "retryable"),
+    "cancel": ("available", "scheduled", "retryable", "running"),
     "delete": ("completed", "failed", "cancelled"),
     "reschedule": ("available", "scheduled", "retryable"),
     "set_priority": ("available", "scheduled", "retryable"),
@@ -90,10 +91,12 @@ def plan_list(where: JobFilter, limit: int, after: str | None) -> Plan:
 
 
 def plan_action(action: str, target: Target, params: dict[str, Any], batch: int = BATCH,
-                progress: Progress | None = None) -> Plan:
+                progress: Progress | None = None, controls: list[str] | None = None) -> Plan:
     """Apply ``action`` in batches: an id list ``batch`` ids per statement, a filter by
     keyset (id order) until a batch comes back short. Wakes the queues of changed jobs
-    that became claimable, once at the end. ``progress(n)`` follows each batch's commit."""
+    that became claimable, once at the end. ``progress(n)`` follows each batch's commit.
+    A cancel's control messages for the workers of running jobs go to ``controls``."""
+    controls = [] if controls is None else controls
     statement = f"job_{action}_many"
     changed: list[int] = []
     queues: set[str] = set()
@@ -102,8 +105,9 @@ def plan_action(action: str, target: Target, params: dict[str, Any], batch: int 
         base = {**target.params(), "ids": None, **params, "batch": batch}
         after = 0
         while True:
-            ((picked, last, ids, qs),) = yield Exec(statement, {**base, "after": after})
+            ((picked, last, ids, qs, *more),) = yield Exec(statement, {**base, "after": after})
             changed += ids
+            controls += more[0] if more else ()
             queues.update(qs)
             if progress is not None:
                 progress(len(ids))
@@ -115,9 +119,10 @@ def plan_action(action: str, target: Target, params: dict[str, Any], batch: int 
         if not all_ids:
             raise InvalidOptionError(f"{action}: no job ids given")
         for chunk in _chunks(all_ids, batch):
-            ((_picked, _last, ids, qs),) = yield Exec(
+            ((_picked, _last, ids, qs, *more),) = yield Exec(
                 statement, {**NO_FILTER, **params, "ids": chunk, "after": 0, "batch": len(chunk)})
             changed += ids
+            controls += more[0] if more else ()
             queues.update(qs)
             if progress is not None:
                 progress(len(ids))
@@ -140,26 +145,14 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[start:start + size]
 
 
-def plan_queue(statement: str, name: str, actor: str, reason: str | None,
-               now: datetime | None) -> Plan:
-    actor, reason = check_actor(actor, reason)
-    rows = yield Exec(statement, {"name": check_queue(name), "actor": actor,
-                                  "reason": reason, "now": now})
-    if statement == "queue_resume":
-        yield Exec("queue_notify", {"queues": [name]})
-    return QueueInfo(*rows[0])
-
-
-def plan_queue_list() -> Plan:
-    rows = yield Exec("queue_list", {})
-    return [QueueInfo(*r) for r in rows]
-
-
 # --- the objects on App --------------------------------------------------------------------
 
 class _Runner:
-    def __init__(self, pools: Pools, clock: Clock) -> None:
+    def __init__(self, pools: Pools, clock: Clock,
+                 coordinator: Callable[[], Coordinator] | None = None) -> None:
         self._pools, self._clock = pools, clock
+        self._coordinator = coordinator
+        """The App's coordinator, made on first use (cancels push control messages)."""
 
     def _run(self, plan: Plan) -> Any:
         with self._pools.connection() as conn:
@@ -174,12 +167,40 @@ class Jobs(_Runner):
     """``app.jobs``. Actions take one id, a list of ids, or a ``JobFilter``; ``actor``
     (default: the OS user) and ``reason`` are recorded in ``pgq_job_actions``."""
 
+    def __init__(self, pools: Pools, clock: Clock,
+                 coordinator: Callable[[], Coordinator] | None = None,
+                 settings: Settings | None = None) -> None:
+        super().__init__(pools, clock, coordinator)
+        self._settings = settings
+
+    def result(self, job_id: int, *, timeout: float = 30.0) -> Any:
+        """Wait for the job's final state, woken by its finish (no polling): its stored
+        result (decoded JSON), or ``JobFailed`` / ``JobCancelled`` (with the last error
+        entry), ``JobNotFound``, ``ResultTimeout`` (a ``TimeoutError``)."""
+        assert self._settings is not None, "result() needs the App's settings"
+        return wait_result(self._settings, job_id, timeout)
+
+    async def aresult(self, job_id: int, *, timeout: float = 30.0) -> Any:
+        assert self._settings is not None, "aresult() needs the App's settings"
+        return await await_result(self._settings, job_id, timeout)
+
     def _action(self, action: str, target: Target, actor: str | None, reason: str | None,
-                progress: Progress | None = None, **extra: Any) -> Plan:
+                progress: Progress | None = None, controls: list[str] | None = None,
+                **extra: Any) -> Plan:
         who, why = check_actor(default_actor() if actor is None else actor, reason)
         return plan_action(action, target, {"actor": who, "reason": why,
                                             "now": self._clock.now(), **extra},
-                           progress=progress)
+                           progress=progress, controls=controls)
+
+    def _cancel(self, target: Target, actor: str | None, reason: str | None,
+                progress: Progress | None, controls: list[str]) -> Plan:
+        """A cancel; without Redis its statement sends the control NOTIFYs itself."""
+        notify = self._coordinator is None or self._coordinator().wake_in_transaction()
+        return self._action("cancel", target, actor, reason, progress, controls, notify=notify)
+
+    def _send(self, controls: list[str]) -> None:
+        if controls and self._coordinator is not None:
+            self._coordinator().send_control(controls)
 
     @staticmethod
     def _retry_options(run_at: datetime | None, extra_attempts: int | None) -> dict[str, Any]:
@@ -222,8 +243,14 @@ class Jobs(_Runner):
 
     def cancel(self, target: Target, *, actor: str | None = None,
                reason: str | None = None, progress: Progress | None = None) -> ActionResult:
-        """Cancel jobs that are not running (running ones are reported in ``skipped``)."""
-        result: ActionResult = self._run(self._action("cancel", target, actor, reason, progress))
+        """Cancel waiting and running jobs; a running job's worker is told at once and
+        stops it (docs/operations.md: the race with its completion)."""
+        controls: list[str] = []
+        try:
+            result: ActionResult = self._run(self._cancel(target, actor, reason, progress,
+                                                          controls))
+        finally:  # what committed is pushed, even if a later batch failed
+            self._send(controls)
         return result
 
     def delete(self, target: Target, *, actor: str | None = None,
@@ -295,7 +322,12 @@ class Jobs(_Runner):
 
     async def acancel(self, target: Target, *, actor: str | None = None,
                       reason: str | None = None, progress: Progress | None = None) -> ActionResult:
-        result: ActionResult = await self._arun(self._action("cancel", target, actor, reason, progress))
+        controls: list[str] = []
+        try:
+            result: ActionResult = await self._arun(self._cancel(target, actor, reason, progress,
+                                                                 controls))
+        finally:
+            await asyncio.to_thread(self._send, controls)
         return result
 
     async def adelete(self, target: Target, *, actor: str | None = None,
@@ -313,51 +345,6 @@ class Jobs(_Runner):
                             reason: str | None = None, progress: Progress | None = None) -> ActionResult:
         result: ActionResult = await self._arun(self._action(
             "set_priority", target, actor, reason, progress, priority=check_priority(priority)))
-        return result
-
-
-class Queues(_Runner):
-    """``app.queues``: pause, resume and list queues."""
-
-    def pause(self, name: str, *, actor: str | None = None, reason: str | None = None) -> QueueInfo:
-        """Stop claims of the queue's jobs (within a poll interval); running ones finish."""
-        result: QueueInfo = self._run(plan_queue("queue_pause", name, actor or default_actor(),
-                                                 reason, self._clock.now()))
-        return result
-
-    def resume(self, name: str, *, actor: str | None = None) -> QueueInfo:
-        """Claim the queue's jobs again; its workers are woken at once."""
-        result: QueueInfo = self._run(plan_queue("queue_resume", name, actor or default_actor(),
-                                                 None, self._clock.now()))
-        return result
-
-    def list(self) -> builtins.list[QueueInfo]:
-        """Every queue that has jobs or settings, by name."""
-        result: builtins.list[QueueInfo] = self._run(plan_queue_list())
-        return result
-
-    async def apause(self, name: str, *, actor: str | None = None,
-                     reason: str | None = None) -> QueueInfo:
-        result: QueueInfo = await self._arun(plan_queue(
-            "queue_pause", name, actor or default_actor(), reason, self._clock.now()))
-        return result
-
-    async def aresume(self, name: str, *, actor: str | None = None) -> QueueInfo:
-        result: QueueInfo = await self._arun(plan_queue(
-            "queue_resume", name, actor or default_actor(), None, self._clock.now()))
-        return result
-
-    async def alist(self) -> builtins.list[QueueInfo]:
-        result: builtins.list[QueueInfo] = await self._arun(plan_queue_list())
-        return result
-
-    def workers(self) -> builtins.list[WorkerInfo]:
-        """The worker registry (``pgq_workers``): which processes serve which queues."""
-        result: builtins.list[WorkerInfo] = self._run(plan_workers())
-        return result
-
-    async def aworkers(self) -> builtins.list[WorkerInfo]:
-        result: builtins.list[WorkerInfo] = await self._arun(plan_workers())
         return result
 
 

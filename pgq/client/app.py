@@ -17,7 +17,7 @@ from typing import Any, Unpack, overload
 
 from psycopg.pq import TransactionStatus
 
-from pgq.client.admin import Jobs, Queues
+from pgq.client.admin import Jobs
 from pgq.client.enqueue import (
     Enqueued,
     EnqueueOptions,
@@ -29,6 +29,7 @@ from pgq.client.enqueue import (
     prepare_defaults,
 )
 from pgq.client.hooks import DeadLetterHook
+from pgq.client.queueops import Queues
 from pgq.coordination import Coordinator
 from pgq.core.backoff import Backoff
 from pgq.core.clock import Clock, DatabaseClock
@@ -322,7 +323,7 @@ class App:
     @cached_property
     def jobs(self) -> Jobs:
         """Operations on jobs: get, list, retry, cancel, ... (docs/operations.md)."""
-        return Jobs(self._pools, self.clock)
+        return Jobs(self._pools, self.clock, lambda: self.coordinator, self.settings)
 
     @cached_property
     def queues(self) -> Queues:  # pause, resume and list queues (docs/operations.md)

@@ -207,6 +207,8 @@ class JobRecord:
     result: Any
     progress: Any
     isolated: bool
+    notify_done: bool
+    """Someone waits for its final state (``result()``); its finish sends NOTIFY pgq_done."""
     attempts: tuple[Attempt, ...] = field(default=())
 
     @classmethod
@@ -217,7 +219,7 @@ class JobRecord:
         errors = values[20] if isinstance(values[20], list) else []
         values[20] = tuple(errors)
         attempts = tuple(Attempt.decode(e) for e in errors if isinstance(e, Mapping))
-        return cls(*values, attempts)  # type: ignore[call-arg]  # 24 columns, then attempts
+        return cls(*values, attempts)  # type: ignore[call-arg]  # 25 columns, then attempts
 
 
 @dataclass(frozen=True)

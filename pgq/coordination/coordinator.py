@@ -47,7 +47,7 @@ from typing import Any
 import psycopg
 import redis
 
-from pgq.coordination.wakeups import REDIS_ERRORS, Publisher
+from pgq.coordination.wakeups import REDIS_ERRORS, Publisher, send_control
 from pgq.core.errors import DatabaseUnavailable, PgqError
 from pgq.core.settings import Settings, redact_url
 from pgq.store.database import connect, execute
@@ -221,6 +221,14 @@ class Coordinator:
 
     def channel(self, queue: str) -> str:
         return f"{self.prefix}wakeup:{queue}"
+
+    def control_channel(self) -> str:
+        """One channel for every worker's control messages (they name their worker)."""
+        return f"{self.prefix}control"
+
+    def send_control(self, messages: list[str]) -> None:
+        """Push control messages to workers after the commit (``wakeups.send_control``)."""
+        send_control(self, messages)
 
     # --- run-time locks -----------------------------------------------------------------
 

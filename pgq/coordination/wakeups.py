@@ -26,6 +26,9 @@ log = logging.getLogger("pgq.coordination")
 
 WAKEUP_CHANNEL = "pgq_wakeup"
 """PostgreSQL's channel (queries.sql's ``wakeup_listen`` and ``queue_notify`` use it)."""
+CONTROL_CHANNEL = "pgq_control"
+"""PostgreSQL's channel of control messages to workers (an operator's cancel of a running
+job; ``pgq.worker.control``): JSON naming the worker, on the wake-up listeners."""
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 
@@ -95,13 +98,16 @@ class Publisher(threading.Thread):
 class WakeupListener:
     """Wakes a worker when its queues get jobs: a Redis subscription and a PostgreSQL
     LISTEN, each in its own thread with its own connection, each reconnecting on its own.
-    ``on_wake`` is called from those threads."""
+    ``on_wake`` is called from those threads, and so is ``on_control`` with each control
+    message (JSON text, whichever worker it names) from either channel."""
 
     def __init__(self, coordinator: Coordinator, queues: list[str],
-                 on_wake: Callable[[str], None]) -> None:
+                 on_wake: Callable[[str], None],
+                 on_control: Callable[[str], None] | None = None) -> None:
         self.coordinator = coordinator
         self.queues = queues
         self.on_wake = on_wake
+        self.on_control = on_control
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._listen_postgres, name="pgq-listen",
                                           daemon=True)]
@@ -126,13 +132,18 @@ class WakeupListener:
             try:
                 with connect(self.coordinator.settings, autocommit=True) as conn:
                     execute(conn, "wakeup_listen", {})
+                    if self.on_control is not None:
+                        execute(conn, "control_listen", {})
                     if outage.ongoing:
                         outage.recovered()
                         for queue in self.queues:  # notifications sent meanwhile are lost
                             self.on_wake(queue)
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            if note.payload in wanted:
+                            if note.channel == CONTROL_CHANNEL:
+                                if self.on_control is not None:
+                                    self.on_control(note.payload)
+                            elif note.payload in wanted:
                                 self.on_wake(note.payload)
             except (PgqError, psycopg.Error) as exc:
                 self._stop.wait(outage.failed(exc))
@@ -140,6 +151,7 @@ class WakeupListener:
     def _subscribe_redis(self) -> None:
         coordinator = self.coordinator
         channels = {coordinator.channel(q): q for q in self.queues}
+        control = coordinator.control_channel() if self.on_control is not None else None
         lost = False
         while not self._stop.is_set():
             if not coordinator.redis_ok():
@@ -149,14 +161,18 @@ class WakeupListener:
             assert coordinator._redis is not None
             pubsub = coordinator._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
-                pubsub.subscribe(*channels)
+                pubsub.subscribe(*channels, *([control] if control else []))
                 if lost:  # wake-ups published while we were not subscribed are gone
                     lost = False
                     for queue in self.queues:
                         self.on_wake(queue)
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
-                    if message is not None and message.get("channel") in channels:
+                    if message is None:
+                        continue
+                    if message.get("channel") == control and self.on_control is not None:
+                        self.on_control(message["data"])
+                    elif message.get("channel") in channels:
                         self.on_wake(channels[message["channel"]])
             except REDIS_ERRORS as exc:
                 lost = True
@@ -169,3 +185,27 @@ class WakeupListener:
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
                     pubsub.close()
+
+
+def send_control(coordinator: Coordinator, messages: list[str]) -> None:
+    """After the cancel committed: PUBLISH each control message on the instance's control
+    channel; those nobody heard (or all, if Redis fails) go as ``NOTIFY pgq_control``.
+    Without Redis the cancel's statement sent the NOTIFY itself; nothing to do here."""
+    if not messages or not coordinator.redis_ok():
+        return
+    assert coordinator._redis is not None
+    unheard = messages
+    try:
+        pipe = coordinator._redis.pipeline(transaction=False)
+        for message in messages:
+            pipe.publish(coordinator.control_channel(), message)
+        receivers = pipe.execute()
+        unheard = [m for m, n in zip(messages, receivers, strict=True) if not n]
+    except REDIS_ERRORS as exc:
+        coordinator.redis_failed(exc)
+    if unheard:
+        try:
+            coordinator._pg_execute("control_notify", {"messages": unheard}, "publish")
+        except PgqError as exc:
+            log.warning("control NOTIFY failed (%s); the workers' heartbeats will see the "
+                        "cancel", exc)

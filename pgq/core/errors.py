@@ -10,6 +10,10 @@ cancel) are a separate family that arrives with the worker; they are not errors.
     │   └── DatabaseUnavailable      cannot connect at all
     ├── MigrationError               the schema is missing, old, or a migration failed
     ├── LeaseLost                    this worker no longer owns the job's attempt
+    ├── JobFailed                    app.jobs.result: the job failed (its last error)
+    ├── JobCancelled                 app.jobs.result: the job was cancelled
+    ├── JobNotFound                  app.jobs.result: no such job (also a LookupError)
+    ├── ResultTimeout                app.jobs.result: not final in time (also a TimeoutError)
     ├── UnsupportedConnectionError   conn= is not a psycopg 3 / SQLAlchemy-on-psycopg object
     ├── TaskDefinitionError          a @task declaration is invalid
     └── InvalidJobError              enqueue input rejected before any SQL ran
@@ -82,3 +86,30 @@ class PayloadTooLargeError(InvalidArgsError):
 
 class InvalidOptionError(InvalidJobError):
     """An enqueue option is out of range or of the wrong kind."""
+
+
+class JobFailed(PgqError):
+    """``app.jobs.result``: the job ended ``failed``. ``error`` is its last ``errors``
+    entry (type, message, traceback, attempt, worker, at)."""
+
+    def __init__(self, job_id: int, error: dict[str, object] | None) -> None:
+        self.job_id, self.error = job_id, error or {}
+        super().__init__(f"job {job_id} failed: {self.error.get('type', 'error')}: "
+                         f"{self.error.get('message', '')}")
+
+
+class JobCancelled(PgqError):
+    """``app.jobs.result``: the job ended ``cancelled``. ``error`` is its last ``errors``
+    entry (an operator's cancel names the actor; a task's ``Cancel`` its message)."""
+
+    def __init__(self, job_id: int, error: dict[str, object] | None) -> None:
+        self.job_id, self.error = job_id, error or {}
+        super().__init__(f"job {job_id} was cancelled: {self.error.get('message', '')}")
+
+
+class JobNotFound(PgqError, LookupError):
+    """``app.jobs.result``: there is no job with this id (never was, or deleted)."""
+
+
+class ResultTimeout(PgqError, TimeoutError):
+    """``app.jobs.result``: the job did not reach a final state within the timeout."""

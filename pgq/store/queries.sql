@@ -304,7 +304,11 @@ FROM (SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(owners)s::t
       ORDER BY u.id) AS o
 WHERE j.id = o.id AND j.attempt = o.attempt AND j.lease_owner = o.owner
   AND j.state = 'running' COLLATE "C"
-RETURNING j.id;
+RETURNING j.id,
+          -- A job someone waits for (app.jobs.result set notify_done) says it finished;
+          -- the others pay one boolean test, no pg_notify (migration 0009).
+          CASE WHEN j.notify_done AND j.state IN ('completed', 'failed', 'cancelled')
+               THEN pg_notify('pgq_done', j.id::text)::text END;
 
 
 -- name: job_finish_and_claim
@@ -363,7 +367,11 @@ finished AS (
           ORDER BY u.id) AS o
     WHERE j.id = o.id AND j.attempt = o.attempt AND j.lease_owner = o.owner
       AND j.state = 'running' COLLATE "C"
-    RETURNING j.id
+    RETURNING j.id,
+              -- A job someone waits for (app.jobs.result set notify_done) says it finished;
+              -- the others pay one boolean test, no pg_notify (migration 0009).
+              CASE WHEN j.notify_done AND j.state IN ('completed', 'failed', 'cancelled')
+                   THEN pg_notify('pgq_done', j.id::text)::text END
 ),
 claimed AS (
     UPDATE pgq_jobs AS j
@@ -433,7 +441,8 @@ WHERE queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[])
 -- One job, every column (pgq.client.jobfilter.JobRecord, in this order).
 SELECT id, queue, task, state, priority, attempt, max_attempts, args, run_at, created_at,
        started_at, finished_at, lease_owner, lease_expires_at, timeout_seconds, unique_key,
-       unique_until, unique_held, tags, meta, errors, result, progress, isolated
+       unique_until, unique_held, tags, meta, errors, result, progress, isolated,
+       notify_done
 FROM pgq_jobs
 WHERE id = %(id)s;
 
@@ -443,7 +452,8 @@ WHERE id = %(id)s;
 -- never shift the pages that follow.
 SELECT id, queue, task, state, priority, attempt, max_attempts, args, run_at, created_at,
        started_at, finished_at, lease_owner, lease_expires_at, timeout_seconds, unique_key,
-       unique_until, unique_held, tags, meta, errors, result, progress, isolated
+       unique_until, unique_held, tags, meta, errors, result, progress, isolated,
+       notify_done
 FROM pgq_jobs
 WHERE (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
@@ -528,14 +538,20 @@ SELECT (SELECT count(*) FROM picked)::int, (SELECT max(id) FROM picked),
        ARRAY(SELECT DISTINCT queue FROM changed);
 
 -- name: job_cancel_many
--- Cancel jobs that are not running: available, scheduled or retryable jobs become
--- cancelled, with finished_at (so retention prunes them) and an errors entry naming
--- who cancelled and why. A running job is not picked (its worker's cancel comes with
--- issue 14's push to workers); a worker's claim that locked a row first wins.
+-- Cancel jobs: available, scheduled, retryable or running jobs become cancelled, with
+-- finished_at (so retention prunes them) and an errors entry naming who cancelled and
+-- why. Fenced on the state each row was picked in: a running job's worker that stores
+-- its outcome first wins (the row is no longer running, the cancel skips it), and a
+-- cancel that commits first wins over the worker (whose fenced write then matches
+-- nothing). A worker's claim or write that locked a row first is skipped, not waited
+-- for. For each running job cancelled, a control message for its worker (lease_owner),
+-- JSON, is returned, and sent as NOTIFY pgq_control when %(notify)s (no Redis: it is
+-- delivered at commit; with Redis the caller publishes it after the commit). Jobs
+-- someone waits for (notify_done) send NOTIFY pgq_done.
 WITH picked AS MATERIALIZED (
     SELECT id, state FROM pgq_jobs
     WHERE id > %(after)s::bigint
-      AND state IN ('available', 'scheduled', 'retryable')
+      AND state IN ('available', 'scheduled', 'retryable', 'running')
       AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
       AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
@@ -555,10 +571,15 @@ WITH picked AS MATERIALIZED (
         errors = j.errors || jsonb_build_array(jsonb_build_object(
             'attempt', j.attempt, 'at', coalesce(%(now)s::timestamptz, now()), 'type', 'pgq.Cancelled',
             'message', coalesce(%(reason)s::text, 'cancelled by ' || %(actor)s::text),
-            'traceback', '', 'worker', NULL, 'actor', %(actor)s::text))
+            'traceback', '', 'worker', CASE WHEN p.state = 'running' THEN j.lease_owner END,
+            'actor', %(actor)s::text))
     FROM picked AS p
     WHERE j.id = p.id AND j.state = p.state
-    RETURNING j.id, j.queue, p.state AS was
+    RETURNING j.id, j.queue, p.state AS was, j.notify_done,
+              CASE WHEN p.state = 'running' THEN jsonb_build_object(
+                  'action', 'cancel', 'worker', j.lease_owner, 'job', j.id,
+                  'attempt', j.attempt, 'actor', %(actor)s::text,
+                  'reason', %(reason)s::text)::text END AS control
 ), logged AS (
     INSERT INTO pgq_job_actions (job_id, at, actor, action, reason, detail)
     SELECT c.id, coalesce(%(now)s::timestamptz, now()), %(actor)s::text, 'cancel', %(reason)s::text,
@@ -568,7 +589,11 @@ WITH picked AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM picked)::int, (SELECT max(id) FROM picked),
        ARRAY(SELECT id FROM changed ORDER BY id),
-       ARRAY(SELECT DISTINCT queue FROM changed);
+       ARRAY(SELECT DISTINCT queue FROM changed),
+       ARRAY(SELECT control FROM changed WHERE control IS NOT NULL ORDER BY id),
+       (SELECT count(pg_notify('pgq_control', control)) FROM changed
+        WHERE control IS NOT NULL AND %(notify)s::boolean)::int
+       + (SELECT count(pg_notify('pgq_done', id::text)) FROM changed WHERE notify_done)::int;
 
 -- name: job_delete_many
 -- Delete finished jobs (completed, failed, cancelled) now, whatever retention says.
@@ -879,3 +904,28 @@ SELECT set_config('statement_timeout', %(ms)s::text, false);
 
 -- name: wakeup_listen
 LISTEN pgq_wakeup;
+
+-- name: control_listen
+-- A worker's control messages (an operator's cancel of a running job), on the wake-up
+-- listener's connection.
+LISTEN pgq_control;
+
+-- name: control_notify
+-- Control messages a Redis PUBLISH did not deliver (no subscriber, Redis failed), sent
+-- after the cancel committed.
+SELECT pg_notify('pgq_control', m) FROM unnest(%(messages)s::text[]) AS m;
+
+-- name: done_listen
+-- A result waiter's connection (app.jobs.result): job ids that finished while flagged.
+LISTEN pgq_done;
+
+-- name: job_result_watch
+-- Ask the job to say when it finishes (NOTIFY pgq_done from its final write); the caller
+-- LISTENs first and reads the row after this commits, so no finish is missed: one that
+-- committed before sees the flag unset but is seen by the read.
+UPDATE pgq_jobs SET notify_done = true
+WHERE id = %(id)s AND NOT notify_done AND state NOT IN ('completed', 'failed', 'cancelled');
+
+-- name: job_result_read
+-- A job's state, result and last error entry (app.jobs.result).
+SELECT state, result, errors -> -1 FROM pgq_jobs WHERE id = %(id)s;

@@ -5,4 +5,6 @@ SQLAlchemy (about 20 MiB of memory per worker process, and a quarter of a second
 start). ``tests/integration/test_migrations.py`` checks it against Alembic's head.
 """
 
-SCHEMA_REVISION = "0008"
+SCHEMA_REVISION = "0009"
+"""0009: ``pgq_jobs.notify_done``, so that only jobs someone waits for
+(``app.jobs.result``) send ``NOTIFY pgq_done`` when they finish."""

@@ -132,6 +132,9 @@ jobs = Table(
     Column("isolated", Boolean, nullable=False, server_default=text("false"),
            comment="Runs alone in its worker process: it was running when a process died "
                    "alongside others (a suspect), or it crashed one alone."),
+    Column("notify_done", Boolean, nullable=False, server_default=text("false"),
+           comment="Someone waits for this job's final state (app.jobs.result): its finish "
+                   "sends NOTIFY pgq_done with the job id."),
     CheckConstraint(f"state IN ({_STATE_LIST})", name="pgq_jobs_state_check"),
     CheckConstraint("priority BETWEEN -100 AND 100", name="pgq_jobs_priority_check"),
     CheckConstraint("attempt >= 0", name="pgq_jobs_attempt_check"),

@@ -172,6 +172,10 @@ class Completer:
                 self.held.forget(running, outcome.state)
                 if outcome.state == "failed":
                     self.dead_letter(running.ctx, outcome.error)
+            elif running.cancelled_by is not None:  # the operator's cancel committed first
+                log_job(running, "cancelled", f"{running.cancelled_by}; outcome "
+                        f"{outcome.state} discarded")
+                self.held.forget(running, "cancelled")
             else:
                 log_job(running, "lease-lost", f"outcome {outcome.state} discarded: "
                         "the job was reclaimed by another worker")

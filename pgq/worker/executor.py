@@ -275,14 +275,27 @@ class Executor:
 
     # --- stopping jobs -----------------------------------------------------------------
 
-    def lease_lost(self, job_id: int, *, judged: bool = False) -> None:
+    def lease_lost(self, job_id: int, *, judged: bool = False, cancelled_by: str | None = None,
+                   attempt: int | None = None) -> None:
         """Called (on the loop) when a heartbeat finds the job no longer ours, or, with
         ``judged``, when the heartbeat gave it up because no renewal succeeded for most
-        of the lease (it marked the job lost itself, and logged that once for all)."""
+        of the lease (it marked the job lost itself, and logged that once for all), or,
+        with ``cancelled_by`` (who and why), when an operator cancelled it (its row is
+        already ``cancelled``: a control message, or the heartbeat read the row)."""
         running = self.held.get(job_id)
         if running is None or running.ctx.completed_in_transaction or (
-                running.lost and not judged):
+                running.lost and not judged) or attempt not in (None, running.attempt):
             return
+        if cancelled_by is not None:
+            running.cancelled_by = cancelled_by
+            if not running.decided:
+                running.lost = True
+                running.ctx.cancelled.set()
+                log_job(running, "cancelled", f"{cancelled_by}; nothing written")
+                if running.handle is not None and running.task.is_async:
+                    running.handle.cancel()
+                self.held.forget(running, "cancelled")
+            return  # decided: the completer's fenced write finds it cancelled and says so
         if running.decided and not judged:
             # Its outcome is being stored: a heartbeat that ran while that commit landed
             # no longer finds it running. The fenced write itself says whether it was

@@ -39,6 +39,8 @@ class Running:
     decided: bool = False
     """Its outcome is known (waiting to be stored): the job no longer takes a slot."""
     slot: int | None = None
+    cancelled_by: str | None = None
+    """An operator cancelled it (who and why, for the log): its row is ``cancelled``."""
     """Its entry in the lease table shared with the supervisor, if any."""
 
 

@@ -33,6 +33,7 @@ from pgq.core.errors import ConfigError, PgqError
 from pgq.scheduling.maintenance import Maintenance
 from pgq.scheduling.scheduler import Scheduler
 from pgq.scheduling.service import LeaderService
+from pgq.worker import control
 from pgq.worker.completer import Completer
 from pgq.worker.config import EXIT_OK, EXIT_RECYCLE, WorkerConfig, new_worker_id
 from pgq.worker.deadletters import DeadLetterHooks
@@ -73,6 +74,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._signals = 0
         self._grace = self.config.shutdown_seconds
+        self._checks: set[asyncio.Future[None]] = set()
 
     @property
     def stats(self) -> Stats:
@@ -107,6 +109,20 @@ class Worker:
         """On the loop: the job is no longer this worker's (see ``Executor.lease_lost``)."""
         self.executor.lease_lost(job_id, judged=judged)
 
+    def _lost_or_cancelled(self, job_id: int) -> None:
+        """On the loop: the heartbeat found the job no longer running; read its row to
+        log an operator's cancel as such (a control message usually came first)."""
+        running = self.held.get(job_id)
+        if running is None or running.lost:
+            return
+
+        async def check(attempt: int) -> None:
+            who = await control.why_lost(self.app, job_id, attempt)
+            self.executor.lease_lost(job_id, cancelled_by=who, attempt=attempt)
+
+        self._checks.add(task := asyncio.ensure_future(check(running.attempt)))
+        task.add_done_callback(self._checks.discard)
+
     async def run_async(self, *, install_signals: bool = False,
                         signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
                         stop_when: Literal["due", "done"] | None = None) -> int:
@@ -126,7 +142,10 @@ class Worker:
         await self.completer.start()
 
         def lease_lost(job_id: int, judged: bool) -> None:  # from the heartbeat's threads
-            loop.call_soon_threadsafe(functools.partial(self.lease_lost, job_id, judged=judged))
+            if judged:
+                loop.call_soon_threadsafe(functools.partial(self.lease_lost, job_id, judged=True))
+            else:  # reclaimed, or cancelled by an operator: the row says which
+                loop.call_soon_threadsafe(self._lost_or_cancelled, job_id)
 
         heartbeat = Heartbeat(self.held, self.config, self.settings, self.app.clock, self.id,
                               self.coordinator, lease_lost)
@@ -135,7 +154,15 @@ class Worker:
         def on_wake(queue: str) -> None:  # from the listener's threads
             loop.call_soon_threadsafe(self.producer.woken, queue)
 
-        listener = WakeupListener(self.coordinator, [q.name for q in self.config.queues], on_wake)
+        def on_control(payload: str) -> None:  # from the listener's threads
+            cancel = control.parse(payload, self.id)
+            if cancel is not None:
+                job_id, attempt, who = cancel
+                loop.call_soon_threadsafe(functools.partial(
+                    self.executor.lease_lost, job_id, cancelled_by=who, attempt=attempt))
+
+        listener = WakeupListener(self.coordinator, [q.name for q in self.config.queues], on_wake,
+                                  on_control)
         if self.config.wakeups:
             listener.start()
         services = self._services()

@@ -139,19 +139,19 @@ def test_retry_keeps_history_grants_an_attempt_and_records_who(app: pgq.App,
     assert actions(conn, ids[2])[0][0] == pgq.client.admin.default_actor()
 
 
-def test_cancel_skips_running_and_finished_jobs_and_says_why(app: pgq.App,
-                                                            conn: psycopg.Connection) -> None:
+def test_cancel_takes_waiting_and_running_jobs_skips_finished_and_says_why(
+        app: pgq.App, conn: psycopg.Connection) -> None:
     ids = enqueue(app, 4)
     set_state(conn, [ids[1]], "running")
     set_state(conn, [ids[2]], "completed")
     result = app.jobs.cancel([*ids, 999_999], actor="ann", reason="duplicate order")
-    assert result.changed == 2
-    assert result.skipped == {ids[1]: "running", ids[2]: "completed", 999_999: "not found"}
+    assert result.changed == 3
+    assert result.skipped == {ids[2]: "completed", 999_999: "not found"}
     job = app.jobs.get(ids[0])
     assert job is not None and job.state == "cancelled" and job.finished_at is not None
     (entry,) = job.attempts
     assert (entry.type, entry.message, entry.actor) == ("pgq.Cancelled", "duplicate order", "ann")
-    assert states(conn, [ids[1], ids[2]]) == {ids[1]: "running", ids[2]: "completed"}
+    assert states(conn, [ids[1], ids[2]]) == {ids[1]: "cancelled", ids[2]: "completed"}
 
 
 def test_delete_only_finished_reschedule_and_priority_only_waiting(app: pgq.App,
@@ -175,7 +175,7 @@ def test_filter_actions_run_in_batches_each_committed(app: pgq.App, db_url: str,
     ids = enqueue(app, 25, queue="bulk")
     enqueue(app, 5, queue="keep")
     plan = plan_action("cancel", JobFilter(queue="bulk"),
-                       {"actor": "a", "reason": None, "now": None}, batch=10)
+                       {"actor": "a", "reason": None, "now": None, "notify": True}, batch=10)
     with psycopg.connect(db_url, autocommit=True) as own:
         result = run_plan(own, plan, atomic=False)
     assert result.changed == 25
@@ -248,7 +248,8 @@ def test_cancel_retry_and_completion_race_to_one_consistent_end(app: pgq.App, db
     """1,000 jobs, half running (claimed by a worker 'w'), half waiting or failed. Three
     connections at once: an operator cancelling all, one retrying all, a worker
     completing its running ones with job_finish_many. Whoever commits first wins each
-    row; nothing is lost, and no completed job's result is overwritten."""
+    row (a running job's completion or its cancel); nothing is lost, and no completed
+    job's result is overwritten."""
     ids = enqueue(app, 1000)
     running, failed = ids[:500], ids[500:700]
     conn.execute("UPDATE pgq_jobs SET state = 'running', attempt = 1, lease_owner = 'w', "
@@ -291,8 +292,10 @@ def test_cancel_retry_and_completion_race_to_one_consistent_end(app: pgq.App, db
     rows = conn.execute("SELECT id, state, result, finished_at IS NOT NULL FROM pgq_jobs").fetchall()
     assert sorted(r[0] for r in rows) == ids  # none lost
     by_id = {r[0]: r[1:] for r in rows}
-    for job_id in running:  # operators never touch a running job: the worker's outcome stands
-        assert by_id[job_id] == ("completed", {"done": True}, True)
+    for job_id in running:  # the worker's outcome stands, or the cancel came first
+        state, result, finished = by_id[job_id]
+        assert (state, result, finished) == ("completed", {"done": True}, True) or (
+            result is None and (state, finished) in {("cancelled", True), ("available", False)})
     for job_id in ids[500:]:
         state, result, finished = by_id[job_id]
         assert result is None
@@ -301,6 +304,9 @@ def test_cancel_retry_and_completion_race_to_one_consistent_end(app: pgq.App, db
     # every change has its record, and each record describes a change that happened
     for job_id, action, was in conn.execute(
             "SELECT job_id, action, detail->>'from' FROM pgq_job_actions ORDER BY id"):
+        if job_id in running:
+            assert (action, was) in {("cancel", "running"), ("retry", "cancelled")}
+            continue
         assert job_id in ids[500:]
         assert (action, was) in {("cancel", "available"), ("retry", "failed"),
                                  ("retry", "cancelled")}

@@ -25,6 +25,9 @@ PUBLIC = [
     "InvalidIdentifierError",
     "InvalidJobError",
     "InvalidOptionError",
+    "JobCancelled",
+    "JobFailed",
+    "JobNotFound",
     "JobOutcome",
     "JobSpec",
     "JobState",
@@ -34,6 +37,7 @@ PUBLIC = [
     "PayloadTooLargeError",
     "PgqError",
     "QueueSpec",
+    "ResultTimeout",
     "Retry",
     "ScheduleError",
     "Settings",
@@ -83,5 +87,5 @@ def test_errors_are_exported_with_their_base() -> None:
     pgq_errors = {n for n in exported_errors if issubclass(getattr(pgq, n), pgq.PgqError)}
     outcomes = {n for n in exported_errors if issubclass(getattr(pgq, n), pgq.JobOutcome)}
     assert pgq_errors | outcomes == exported_errors and not pgq_errors & outcomes
-    assert len(pgq_errors) == 15
+    assert len(pgq_errors) == 19
     assert outcomes == {"JobOutcome", "Retry", "Snooze", "Cancel", "Fail"}
