@@ -30,6 +30,7 @@ from pgq.client.enqueue import (
 )
 from pgq.client.hooks import DeadLetterHook
 from pgq.client.queueops import Queues
+from pgq.client.stats import StatsReads
 from pgq.coordination import Coordinator
 from pgq.core.backoff import Backoff
 from pgq.core.clock import Clock, DatabaseClock
@@ -52,7 +53,7 @@ Middleware = Callable[[Any], AbstractContextManager[Any]]
 """``middleware(ctx) -> context manager`` wrapped around each task execution."""
 
 
-class App:
+class App(StatsReads):  # app.stats(), app.astats()
     """A pgq application.
 
     ``strict`` (default ``True``): enqueueing a task name that is not registered raises

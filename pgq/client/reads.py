@@ -43,6 +43,12 @@ class WorkerInfo:
     started_at: datetime
     last_seen: datetime
     running: int
+    tasks: tuple[str, ...]
+    """The tasks it registered."""
+    lease_seconds: float
+    alive: bool
+    """Its latest heartbeat is younger than its lease (it beats every third of one);
+    maintenance prunes a row 3 leases old."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,8 @@ def plan_job_actions(job_id: int) -> Plan:
     return [ActionRecord(*r) for r in rows]
 
 
-def plan_workers() -> Plan:
-    rows = yield Exec("worker_list", {})
-    return [WorkerInfo(*r) for r in rows]
+def plan_workers(queue: str | None = None, now: datetime | None = None) -> Plan:
+    rows = yield Exec("worker_list", {"queue": queue, "now": now})
+    return [WorkerInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], tuple(r[9]),
+                       r[10], r[11]) for r in rows]
 

@@ -47,6 +47,7 @@ from typing import Any
 import psycopg
 import redis
 
+from pgq.coordination import cache
 from pgq.coordination.wakeups import REDIS_ERRORS, Publisher, send_control
 from pgq.core.errors import DatabaseUnavailable, PgqError
 from pgq.core.settings import Settings, redact_url
@@ -229,6 +230,16 @@ class Coordinator:
     def send_control(self, messages: list[str]) -> None:
         """Push control messages to workers after the commit (``wakeups.send_control``)."""
         send_control(self, messages)
+
+    # --- cache (Redis only; the caller keeps its PostgreSQL copy) -----------------------
+
+    def cache_set(self, key: str, value: str, ttl: float) -> bool:
+        """Store ``value`` for ``ttl`` seconds; False without Redis (``cache``)."""
+        return cache.cache_set(self, key, value, ttl)
+
+    def cache_get(self, key: str) -> str | None:
+        """The value stored under ``key``, or None (none, expired, or no Redis)."""
+        return cache.cache_get(self, key)
 
     # --- run-time locks -----------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """Maintenance, done by one process at a time (the leader of the ``maintenance`` role):
-retention of finished jobs and of old cron fire records.
+retention of finished jobs and of old cron fire records, and the worker registry's dead
+rows (processes not seen for ``WORKER_STALE_LEASES`` of their leases).
 
 Every worker campaigns for the role (``pgq worker --no-maintenance`` opts out), so a
 deployment that runs workers prunes without a separate process. Expired leases are not
@@ -39,6 +40,9 @@ BATCH = 500
 """Rows per retention statement."""
 PAUSE = 0.1
 """Seconds between retention statements."""
+WORKER_STALE_LEASES = 3.0
+"""A registry row whose heartbeat is this many of its leases old is pruned: its process
+died or was cut off (one that comes back registers again at its next heartbeat)."""
 FIRE_RECORDS_KEPT = timedelta(days=7)
 """Cron fire records are kept this long beyond the longest backfill window (each entry's
 latest is always kept: catch-up starts from it)."""
@@ -104,8 +108,11 @@ class Maintenance(LeaderService):
                         now=self.app.clock.now(), between=between)
         ((now,),) = execute(conn, "clock_now", {"now": self.app.clock.now()})
         fires = prune_fires(conn, self.app, now)
+        gone = execute(conn, "worker_prune", {"factor": WORKER_STALE_LEASES, "now": now})
         self.runs += 1
-        if any(deleted.values()) or fires:
-            log.info("maintenance: pruned %s finished jobs, %d cron fire records",
-                     ", ".join(f"{n} {s}" for s, n in deleted.items() if n) or "no", fires)
+        if any(deleted.values()) or fires or gone:
+            log.info("maintenance: pruned %s finished jobs, %d cron fire records, %d dead "
+                     "workers' registry rows",
+                     ", ".join(f"{n} {s}" for s, n in deleted.items() if n) or "no", fires,
+                     len(gone))
         return deleted

@@ -756,10 +756,42 @@ WHERE job_id = %(id)s
 ORDER BY at, id;
 
 -- name: worker_list
--- The worker registry (pgq_workers), as its heartbeats left it.
-SELECT id, host, pid, queues, concurrency, version, started_at, last_seen, running
+-- The worker registry (pgq_workers), as its heartbeats left it; with a queue, the
+-- workers serving it (a scan of the registry: one row per worker process). A worker is
+-- alive while its latest heartbeat is younger than its lease (it beats every third).
+SELECT id, host, pid, queues, concurrency, version, started_at, last_seen, running, tasks,
+       lease_seconds,
+       last_seen > coalesce(%(now)s::timestamptz, now()) - make_interval(secs => lease_seconds)
 FROM pgq_workers
+WHERE %(queue)s::text IS NULL OR queues ? %(queue)s::text
 ORDER BY host, pid, id;
+
+-- name: worker_seen
+-- A worker process's heartbeat in the registry: its row made at start (started_at null:
+-- the database clock's now, returned for the later calls) and refreshed once per
+-- heartbeat interval, on the heartbeat's own connection. A row pruned while the process
+-- was cut off comes back with its first start time.
+INSERT INTO pgq_workers AS w (id, host, pid, queues, concurrency, version, tasks,
+                              lease_seconds, started_at, last_seen, running)
+VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s::jsonb, %(concurrency)s, %(version)s,
+        %(tasks)s::jsonb, %(lease_seconds)s,
+        coalesce(%(started_at)s::timestamptz, %(now)s::timestamptz, now()),
+        coalesce(%(now)s::timestamptz, now()), %(running)s)
+ON CONFLICT (id) DO UPDATE
+SET last_seen = excluded.last_seen, running = excluded.running
+RETURNING w.started_at;
+
+-- name: worker_gone
+-- A worker process stopping cleanly takes its row out of the registry.
+DELETE FROM pgq_workers WHERE id = %(id)s;
+
+-- name: worker_prune
+-- Maintenance: registry rows of processes not seen for ``factor`` leases (they died, or
+-- were cut off; one that comes back registers again). A scan of the registry.
+DELETE FROM pgq_workers
+WHERE last_seen < coalesce(%(now)s::timestamptz, now())
+                  - make_interval(secs => %(factor)s * lease_seconds)
+RETURNING id;
 
 -- name: schema_version
 -- The pgq migration this database is at; a worker refuses to start on an old schema.
@@ -929,3 +961,132 @@ WHERE id = %(id)s AND NOT notify_done AND state NOT IN ('completed', 'failed', '
 -- name: job_result_read
 -- A job's state, result and last error entry (app.jobs.result).
 SELECT state, result, errors -> -1 FROM pgq_jobs WHERE id = %(id)s;
+
+-- name: stats_now
+-- The stats leader's clock for one refresh, and pgq_jobs' row estimate (pg_class, kept
+-- by VACUUM and ANALYZE; -1 if never analyzed).
+SELECT coalesce(%(now)s::timestamptz, now()),
+       (SELECT reltuples::bigint FROM pg_class WHERE oid = 'pgq_jobs'::regclass);
+
+-- name: stats_active_counts
+-- Exact counts per queue, state and task of the jobs waiting (available, scheduled,
+-- retryable: pgq_jobs_claim_idx), running (pgq_jobs_running_idx) and failed (the dead
+-- letters: pgq_jobs_finished_idx), each read through its partial index and capped at
+-- %(cap)s rows, so a backlog of millions costs at most that many heap rows per part: a
+-- part at its cap is reported as capped and its figures come from the planner's
+-- estimates (stats_estimates) instead. retried_* count retryable jobs whose latest error
+-- came in the last 1, 5 and 15 minutes.
+SELECT a.part, a.queue, a.state, a.task, count(*)::bigint,
+       count(*) FILTER (WHERE a.error_at > %(now)s::timestamptz - interval '1 minute'),
+       count(*) FILTER (WHERE a.error_at > %(now)s::timestamptz - interval '5 minutes'),
+       count(*) FILTER (WHERE a.error_at > %(now)s::timestamptz - interval '15 minutes')
+FROM ((SELECT 'waiting' AS part, queue, state, task,
+              CASE WHEN state = 'retryable' THEN (errors -> -1 ->> 'at')::timestamptz END AS error_at
+       FROM pgq_jobs
+       WHERE state IN ('available', 'retryable', 'scheduled')
+       LIMIT %(cap)s)
+      UNION ALL
+      (SELECT 'running', queue, state, task, NULL::timestamptz
+       FROM pgq_jobs
+       WHERE state = 'running'
+       LIMIT %(cap)s)
+      UNION ALL
+      (SELECT 'failed', queue, state, task, NULL::timestamptz
+       FROM pgq_jobs
+       WHERE state IN ('cancelled', 'completed', 'failed') AND state = 'failed'
+       LIMIT %(cap)s)) AS a
+GROUP BY a.part, a.queue, a.state, a.task;
+
+-- name: stats_estimates
+-- The planner's estimate of jobs per (queue, state): the multivariate MCV list of the
+-- pgq_jobs_queue_state statistics (migration 0008; refreshed by autovacuum's ANALYZE)
+-- times pgq_jobs' row estimate. Catalogue reads only: no table access at all. A pair
+-- too rare for the list (the statistics target keeps the 100 most common) is missing.
+SELECT s.most_common_vals[i][1], s.most_common_vals[i][2],
+       round(s.most_common_freqs[i] * greatest(c.reltuples, 0))::bigint
+FROM pg_stats_ext AS s
+JOIN pg_class AS c ON c.oid = 'pgq_jobs'::regclass
+CROSS JOIN LATERAL generate_subscripts(s.most_common_freqs, 1) AS i
+WHERE s.statistics_name = 'pgq_jobs_queue_state' AND s.tablename = 'pgq_jobs'
+  AND s.schemaname = current_schema();
+
+-- name: stats_finished_window
+-- Jobs finished in the last 1, 5 and 15 minutes per queue and state (retried: those
+-- that finished after more than one attempt), from a range of pgq_jobs_finished_idx
+-- (state, finished_at) per finished state, capped at %(cap)s rows: the cost is the
+-- jobs finished in 15 minutes (heap rows, for their queue), at most the cap; at the
+-- cap the figures are lower bounds, flagged.
+SELECT w.queue, w.state,
+       count(*) FILTER (WHERE w.finished_at > %(now)s::timestamptz - interval '1 minute'),
+       count(*) FILTER (WHERE w.finished_at > %(now)s::timestamptz - interval '5 minutes'),
+       count(*),
+       count(*) FILTER (WHERE w.attempt > 1 AND w.finished_at > %(now)s::timestamptz - interval '1 minute'),
+       count(*) FILTER (WHERE w.attempt > 1 AND w.finished_at > %(now)s::timestamptz - interval '5 minutes'),
+       count(*) FILTER (WHERE w.attempt > 1),
+       (SELECT count(*) FROM (SELECT 1 FROM pgq_jobs
+                              WHERE state IN ('cancelled', 'completed', 'failed')
+                                AND finished_at > %(now)s::timestamptz - interval '15 minutes'
+                              LIMIT %(cap)s) AS c) >= %(cap)s
+FROM (SELECT queue, state, finished_at, attempt
+      FROM pgq_jobs
+      WHERE state IN ('cancelled', 'completed', 'failed')
+        AND finished_at > %(now)s::timestamptz - interval '15 minutes'
+      LIMIT %(cap)s) AS w
+GROUP BY w.queue, w.state;
+
+-- name: stats_runtimes
+-- Run-time p50 and p95 per queue and task of the last %(sample)s jobs completed in the
+-- last 15 minutes (started_at to finished_at), newest first along pgq_jobs_finished_idx.
+SELECT r.queue, r.task, count(*),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY r.seconds),
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY r.seconds)
+FROM (SELECT queue, task, extract(epoch FROM finished_at - started_at)::float8 AS seconds
+      FROM pgq_jobs
+      WHERE state IN ('cancelled', 'completed', 'failed') AND state = 'completed'
+        AND finished_at > %(now)s::timestamptz - interval '15 minutes'
+        AND started_at IS NOT NULL
+      ORDER BY finished_at DESC
+      LIMIT %(sample)s) AS r
+GROUP BY r.queue, r.task;
+
+-- name: stats_lag
+-- Per queue, when its oldest due job became due: a loose index scan of
+-- pgq_jobs_claim_idx (queue, priority, run_at, id): one probe per (queue, priority)
+-- present, then the first run_at of each (the index's order), whatever the backlog.
+WITH RECURSIVE qp AS (
+    (SELECT queue, priority FROM pgq_jobs
+     WHERE state IN ('available', 'retryable', 'scheduled')
+     ORDER BY queue, priority LIMIT 1)
+    UNION ALL
+    SELECT n.queue, n.priority
+    FROM qp
+    CROSS JOIN LATERAL (
+        SELECT queue, priority FROM pgq_jobs
+        WHERE state IN ('available', 'retryable', 'scheduled')
+          AND (queue, priority) > (qp.queue, qp.priority)
+        ORDER BY queue, priority LIMIT 1) AS n
+)
+SELECT qp.queue, min(f.run_at)
+FROM qp
+LEFT JOIN LATERAL (
+    SELECT run_at FROM pgq_jobs
+    WHERE state IN ('available', 'retryable', 'scheduled')
+      AND queue = qp.queue AND priority = qp.priority AND run_at <= %(now)s::timestamptz
+    ORDER BY run_at LIMIT 1) AS f ON true
+GROUP BY qp.queue;
+
+-- name: stats_paused
+-- Queues with a pgq_queues row, and whether they are paused (a small table).
+SELECT name, paused FROM pgq_queues;
+
+-- name: stats_store
+-- The stats leader's document, for readers without Redis (one row per key).
+INSERT INTO pgq_stats AS s (key, data, computed_at)
+VALUES (%(key)s, %(data)s::jsonb, %(computed_at)s::timestamptz)
+ON CONFLICT (key) DO UPDATE SET data = excluded.data, computed_at = excluded.computed_at;
+
+-- name: stats_load
+-- A stats document as text and its age by the database clock (primary key).
+SELECT data::text, extract(epoch FROM coalesce(%(now)s::timestamptz, now()) - computed_at)::float8
+FROM pgq_stats
+WHERE key = %(key)s;

@@ -280,6 +280,9 @@ workers = Table(
            comment="Jobs running at the latest heartbeat."),
     Column("tasks", JSONB, nullable=False, server_default=text("'[]'::jsonb"),
            comment="Task names this process registered (JSON array)."),
+    Column("lease_seconds", Double, nullable=False, server_default=text("12"),
+           comment="The lease its heartbeats extend: alive while last_seen is younger, "
+                   "pruned once it is 3 x older."),
     comment="pgq worker processes, kept fresh by their heartbeats.",
 )
 
@@ -293,6 +296,10 @@ stats = Table(
     comment="pgq stats computed by the stats leader, the copy readers use without "
             "Redis (the same document is cached in Redis).",
 )
+
+# Joint (queue, state) frequencies: the planner's, and the stats' estimates (0008).
+event.listen(jobs, "after_create", DDL(  # type: ignore[no-untyped-call]
+    "CREATE STATISTICS pgq_jobs_queue_state (mcv) ON queue, state FROM pgq_jobs"))
 
 # The audit views (pgq.store.views): created after the tables, dropped before them.
 for _name, _body in VIEWS.items():

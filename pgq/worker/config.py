@@ -55,6 +55,9 @@ class WorkerConfig:
     """Also run the cron scheduler in this process (it fires only while leader)."""
     maintenance: bool = True
     """Campaign for the maintenance role (retention of finished jobs) in this process."""
+    stats: bool = True
+    """Campaign for the stats role (queue stats cached in Redis and ``pgq_stats`` every
+    few seconds) in this process."""
     wakeups: bool = True
     """Listen for wake-ups (Redis SUBSCRIBE and PostgreSQL LISTEN). Off: poll only, for
     diagnosis and benchmarks; pickup then takes up to ``poll_seconds``."""

@@ -10,6 +10,12 @@ renewal stuck on a silent network cannot delay it: the jobs are told to stop
 and their outcomes are never written; one WARNING says so. They run again once their
 leases expire. A heartbeat merely starved of the GIL makes no failed attempt, so it gives
 nothing up (the supervisor renews such leases).
+
+It also keeps the process's row in the worker registry (``pgq_workers``) fresh: made at
+start, refreshed once per interval with the number of jobs held (one more statement per
+interval on this connection, none per job; ``registration`` holds the row's fixed
+columns), and deleted on a clean stop. Rows of processes that died are pruned by
+maintenance once 3 leases old.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ LeaseLostCallback = Callable[[int, bool], None]
 
 class Heartbeat(threading.Thread):
     def __init__(self, held: HeldJobs, config: WorkerConfig, settings: Settings, clock: Clock,
-                 worker_id: str, coordinator: Coordinator, lease_lost: LeaseLostCallback) -> None:
+                 worker_id: str, coordinator: Coordinator, lease_lost: LeaseLostCallback,
+                 registration: dict[str, Any] | None = None) -> None:
         super().__init__(name="pgq-heartbeat", daemon=True)
         self.held = held
         self.config = config
@@ -60,11 +67,15 @@ class Heartbeat(threading.Thread):
         at least then plus the lease (the database's clock read it later)."""
         lease = config.lease_seconds
         self.give_up_after = lease - min(LEASE_MARGIN_SECONDS, lease / 6)
+        self.registration = registration
+        """``worker_seen``'s fixed parameters, or None to stay out of the registry."""
+        self._started_at: Any = None
         self._judge = threading.Thread(target=self._judge_leases, name="pgq-lease-judge",
                                        daemon=True)
 
     def start(self) -> None:
         self.conn = connect(self.settings, autocommit=True)
+        self._register(0)
         super().start()
         self._judge.start()
 
@@ -73,7 +84,29 @@ class Heartbeat(threading.Thread):
         self.join(timeout=5)
         self._judge.join(timeout=5)
         if self.conn is not None:
+            if self.registration is not None:
+                with suppress(PgqError):  # else maintenance prunes it
+                    execute(self.conn, "worker_gone", {"id": self.registration["id"]})
             self.conn.close()
+
+    def _register(self, running: int) -> None:
+        """Make or refresh this process's registry row (see the module)."""
+        if self.registration is None:
+            return
+        assert self.conn is not None
+        ((self._started_at,),) = execute(self.conn, "worker_seen", {
+            **self.registration, "running": running, "started_at": self._started_at,
+            "lease_seconds": self.config.lease_seconds, "now": self.clock.now()})
+
+    def _reconnect(self, exc: DatabaseUnavailable) -> float:
+        """After a failed statement: the outage's next wait, on a fresh connection."""
+        wait = self._outage.failed(exc)
+        assert self.conn is not None
+        with suppress(Exception):
+            self.conn.close()
+        with suppress(PgqError):
+            self.conn = connect(self.settings, autocommit=True)
+        return wait
 
     def _judge_leases(self) -> None:
         """Give up the jobs whose leases no renewal could extend (see the module)."""
@@ -104,9 +137,17 @@ class Heartbeat(threading.Thread):
         while not self._stop_event.wait(wait):
             wait = interval
             held = self.held.to_renew()
-            if not held:
-                continue
             began = time.monotonic()
+            try:
+                self._register(len(held))
+            except DatabaseUnavailable as exc:
+                wait = min(interval, self._reconnect(exc))
+                continue
+            except PgqError as exc:
+                log.error("worker %s: registry heartbeat failed: %s", self.worker_id, exc)
+            if not held:
+                self._outage.recovered()
+                continue
             assert self.conn is not None
             try:
                 rows = execute(self.conn, "job_heartbeat_many", {
@@ -117,11 +158,7 @@ class Heartbeat(threading.Thread):
                 # Retried with the outage's backoff, not a whole interval later: the
                 # leases are running out. An outage that outlasts them is judged by
                 # _judge_leases; fencing keeps any late write of this worker out.
-                wait = min(interval, self._outage.failed(exc))
-                with suppress(Exception):
-                    self.conn.close()
-                with suppress(PgqError):
-                    self.conn = connect(self.settings, autocommit=True)
+                wait = min(interval, self._reconnect(exc))
                 continue
             except PgqError as exc:
                 log.error("worker %s: heartbeat failed: %s", self.worker_id, exc)

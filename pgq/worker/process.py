@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import signal
-from typing import Literal
+import socket
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Literal
 
 from pgq.client.app import App
 from pgq.coordination import Coordinator, WakeupListener
@@ -33,6 +36,7 @@ from pgq.core.errors import ConfigError, PgqError
 from pgq.scheduling.maintenance import Maintenance
 from pgq.scheduling.scheduler import Scheduler
 from pgq.scheduling.service import LeaderService
+from pgq.scheduling.stats import StatsService
 from pgq.worker import control
 from pgq.worker.completer import Completer
 from pgq.worker.config import EXIT_OK, EXIT_RECYCLE, WorkerConfig, new_worker_id
@@ -148,7 +152,7 @@ class Worker:
                 loop.call_soon_threadsafe(self._lost_or_cancelled, job_id)
 
         heartbeat = Heartbeat(self.held, self.config, self.settings, self.app.clock, self.id,
-                              self.coordinator, lease_lost)
+                              self.coordinator, lease_lost, self.registration())
         heartbeat.start()
 
         def on_wake(queue: str) -> None:  # from the listener's threads
@@ -198,7 +202,21 @@ class Worker:
             services.append(Maintenance(self.app, holder=self.id).start())
         if self.config.scheduler:
             services.append(Scheduler(self.app, holder=self.id).start())
+        if self.config.stats:
+            services.append(StatsService(self.app, holder=self.id).start())
         return services
+
+    def registration(self) -> dict[str, Any]:
+        """This process's row in the worker registry, written by the heartbeat. The
+        supervisor runs no jobs and has no row: its children each have theirs."""
+        try:
+            pgq_version = version("pgq-jobs")
+        except PackageNotFoundError:  # a checkout that was never installed
+            pgq_version = "0+unknown"
+        return {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
+                "queues": json.dumps({q.name: q.weight for q in self.config.queues}),
+                "concurrency": self.config.concurrency, "version": pgq_version,
+                "tasks": json.dumps(sorted(task.name for task in self.app.registry))}
 
     async def _drain(self) -> None:
         """Graceful stop: let running jobs finish within the grace period, then hand the

@@ -1,0 +1,61 @@
+"""The stats leader: every ``every`` seconds (5 by default), the leader of the ``stats``
+role computes the queue stats (``pgq.client.stats.plan_compute``: bounded statements on
+partial indexes and the planner's estimates) and stores the document in Redis (TTL: a
+few refreshes, so a dead leader's figures expire) and in ``pgq_stats`` (for readers
+without Redis). Readers never compute them unless both copies are missing or stale.
+
+Every worker campaigns for the role by default (``WorkerConfig.stats``), as for
+maintenance, so a deployment that runs workers has its stats without another process.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pgq.client.stats import EVERY, KEY, encode, plan_compute, plan_store, stale_after
+from pgq.coordination.leader import Leadership
+from pgq.scheduling.service import LeaderService
+from pgq.store.database import run_plan
+
+if TYPE_CHECKING:
+    from pgq.client.app import App
+
+log = logging.getLogger("pgq.stats")
+
+ROLE = "stats"
+
+
+class StatsService(LeaderService):
+    role = ROLE
+    logger = log
+
+    def __init__(self, app: App, *, holder: str, every: float = EVERY,
+                 ttl: float = 30.0) -> None:
+        super().__init__(app, holder=holder, ttl=ttl, poll=1.0, retry=every)
+        self.every = every
+        self.runs = 0
+        self.last: dict[str, Any] | None = None
+        """The latest document computed."""
+
+    def run_round(self, conn: psycopg.Connection[Any], leadership: Leadership,
+                  term: int) -> None:
+        self.refresh(conn)
+
+    def next_wait(self, conn: psycopg.Connection[Any]) -> float:
+        return self.every
+
+    def refresh(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
+        """Compute the stats and store them in both copies; returns the document."""
+        doc: dict[str, Any] = run_plan(conn, plan_compute(self.app.clock.now()), atomic=False)
+        doc["every"] = self.every
+        run_plan(conn, plan_store(doc), atomic=False)
+        self.app.coordinator.cache_set(KEY, encode(doc), stale_after(self.every))
+        self.last = doc
+        self.runs += 1
+        if doc["refresh_seconds"] > self.every / 2:
+            log.warning("stats: the refresh took %.2f s (every %g s)", doc["refresh_seconds"],
+                        self.every)
+        return doc

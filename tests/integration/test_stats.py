@@ -1,0 +1,189 @@
+"""Queue stats and the worker registry (issue 14 items 3 and 4), on real PostgreSQL and
+Redis: the figures on a small seeded table; served from Redis, from pgq_stats when Redis
+is unreachable, computed directly (and flagged) when neither copy is fresh; the stats
+leader's thread; a heartbeat's registry row appearing, refreshed and gone; maintenance
+pruning dead rows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+import pgq
+from pgq.coordination import Coordinator
+from pgq.core.settings import Settings
+from pgq.scheduling.maintenance import Maintenance
+from pgq.scheduling.stats import StatsService
+from pgq.worker.config import WorkerConfig
+from pgq.worker.heartbeat import Heartbeat
+from pgq.worker.held import HeldJobs
+from tests.support.waiting import wait_until
+
+DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens there; the real Redis runs on
+
+
+def seed(conn: psycopg.Connection) -> None:
+    """mail: 3 available (1 due for a minute), 2 scheduled, 1 retryable (error 2 min
+    ago), 2 running, completed 4 in the last minute (run 1 s .. 4 s, one after 2
+    attempts) and 1 an hour ago, 2 failed (one 3 min ago), 1 cancelled 10 min ago.
+    sms: 1 available of a task nobody registered."""
+    ins = ("INSERT INTO pgq_jobs (queue, task, state, attempt, run_at, started_at, "
+           "finished_at, lease_owner, lease_expires_at, errors) VALUES "
+           "(%s, %s, %s, %s, now() + %s::interval, now() + %s::interval, now() + %s::interval, "
+           "%s, now() + interval '1 minute', %s::jsonb)")
+    rows = [
+        ("mail", "m.send", "available", 0, "-60 s", None, None, None, "[]"),
+        ("mail", "m.send", "available", 0, "-10 s", None, None, None, "[]"),
+        ("mail", "m.other", "available", 0, "-5 s", None, None, None, "[]"),
+        ("mail", "m.send", "scheduled", 0, "1 hour", None, None, None, "[]"),
+        ("mail", "m.send", "scheduled", 0, "2 hours", None, None, None, "[]"),
+        ("mail", "m.send", "retryable", 1, "1 minute", None, None, None, "[]"),
+        ("mail", "m.send", "running", 1, "-1 s", "-1 s", None, "w", "[]"),
+        ("mail", "m.send", "running", 1, "-1 s", "-1 s", None, "w", "[]"),
+        ("mail", "m.send", "completed", 1, "-30 s", "-30 s", "-29 s", None, "[]"),
+        ("mail", "m.send", "completed", 1, "-30 s", "-30 s", "-28 s", None, "[]"),
+        ("mail", "m.send", "completed", 1, "-30 s", "-30 s", "-27 s", None, "[]"),
+        ("mail", "m.send", "completed", 2, "-30 s", "-30 s", "-26 s", None, "[]"),
+        ("mail", "m.send", "completed", 1, "-2 hours", "-2 hours", "-1 hour", None, "[]"),
+        ("mail", "m.send", "failed", 3, "-3 min", "-3 min", "-3 min", None, "[]"),
+        ("mail", "m.send", "failed", 3, "-3 days", "-3 days", "-3 days", None, "[]"),
+        ("mail", "m.send", "cancelled", 0, "-10 min", None, "-10 min", None, "[]"),
+        ("sms", "s.ghost", "available", 0, "-1 s", None, None, None, "[]"),
+    ]
+    for queue, task, state, attempt, run, started, finished, owner, errors in rows:
+        conn.execute(ins, [queue, task, state, attempt, run, started or "0 s", finished or "0 s",
+                           owner, errors])
+    conn.execute("UPDATE pgq_jobs SET started_at = NULL WHERE state IN ('available', 'scheduled')")
+    conn.execute("UPDATE pgq_jobs SET finished_at = NULL "
+                 "WHERE state NOT IN ('completed', 'failed', 'cancelled')")
+    conn.execute("UPDATE pgq_jobs SET errors = jsonb_build_array(jsonb_build_object("
+                 "'at', now() - interval '2 minutes', 'type', 'E', 'message', 'x')) "
+                 "WHERE state = 'retryable'")
+    conn.execute("INSERT INTO pgq_workers (id, host, pid, concurrency, version, queues, tasks) "
+                 "VALUES ('h:1:a', 'h', 1, 4, 't', '{\"mail\": 1}', '[\"m.send\", \"m.other\"]')")
+    conn.execute("INSERT INTO pgq_queues (name, paused) VALUES ('sms', true)")
+    conn.execute("ANALYZE pgq_jobs")
+
+
+def astats(app: pgq.App) -> str:
+    """``app.astats()``'s source, in a loop of its own that closes the async pool."""
+    async def main() -> str:
+        try:
+            return (await app.astats()).source
+        finally:
+            await app.aclose()
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[pgq.App]:
+    with pgq.App(settings, strict=False) as a:
+        yield a
+
+
+@pytest.fixture
+def stored(app: pgq.App, conn: psycopg.Connection) -> Iterator[StatsService]:
+    """The stats computed once and stored in both copies (no leadership needed)."""
+    seed(conn)
+    service = StatsService(app, holder="test")
+    with psycopg.connect(app.settings.database_url, autocommit=True) as c:
+        service.refresh(c)
+    yield service
+
+
+def test_the_figures_on_a_seeded_table_served_from_redis(app: pgq.App,
+                                                         stored: StatsService) -> None:
+    stats = app.stats()
+    assert stats.source == "redis" and stats.age_seconds < 5
+    mail, sms = stats.queues["mail"], stats.queues["sms"]
+    assert {s: mail.counts[s] for s in ("available", "scheduled", "retryable", "running",
+                                        "failed")} == {
+        "available": 3, "scheduled": 2, "retryable": 1, "running": 2, "failed": 2}
+    assert mail.estimated == ("cancelled", "completed")  # always estimates
+    assert mail.counts["completed"] == 5 and mail.counts["cancelled"] == 1  # ANALYZE saw all
+    assert mail.lag_seconds is not None and 59 < mail.lag_seconds < 70
+    assert mail.finished["1m"] == {"completed": 4, "failed": 0, "cancelled": 0, "retried": 1}
+    assert mail.finished["5m"] == {"completed": 4, "failed": 1, "cancelled": 0, "retried": 3}
+    assert mail.finished["15m"] == {"completed": 4, "failed": 1, "cancelled": 1, "retried": 3}
+    assert mail.dead_letters == 2 and mail.dead_letter_growth == {"1m": 0, "5m": 1, "15m": 1}
+    run = mail.runtimes["m.send"]
+    assert run["count"] == 4 and run["p50"] == pytest.approx(2.5) and 3.5 < run["p95"] <= 4
+    assert mail.workers == ("h:1:a",) and mail.orphaned_tasks == {} and not mail.paused
+    assert sms.paused and sms.workers == () and sms.orphaned_tasks == {"s.ghost": 1}
+    assert astats(app) == "redis"
+
+
+def test_served_from_pgq_stats_when_redis_is_unreachable(settings: Settings,
+                                                         stored: StatsService) -> None:
+    with pgq.App(settings.with_changes(redis_url=DEAD_REDIS), strict=False) as cut_off:
+        stats = cut_off.stats()
+        assert stats.source == "postgres" and stats.age_seconds < 5
+        assert stats.queues["mail"].counts["available"] == 3
+        assert astats(cut_off) == "postgres"
+
+
+def test_computed_directly_when_no_copy_is_fresh(settings: Settings, conn: psycopg.Connection,
+                                                stored: StatsService) -> None:
+    conn.execute("UPDATE pgq_stats SET computed_at = now() - interval '1 hour'")
+    with pgq.App(settings.with_changes(redis_url=DEAD_REDIS), strict=False) as cut_off:
+        stats = cut_off.stats()
+        assert stats.source == "direct" and stats.age_seconds == 0
+        assert stats.queues["mail"].counts["available"] == 3
+    conn.execute("DELETE FROM pgq_stats")
+    with pgq.App(settings.with_changes(redis_url=None), strict=False) as no_redis:
+        assert astats(no_redis) == "direct"
+
+
+def test_the_stats_leader_refreshes_both_copies(app: pgq.App, conn: psycopg.Connection) -> None:
+    seed(conn)
+    service = StatsService(app, holder="leader", every=0.2).start()
+    try:
+        wait_until(lambda: service.runs >= 2, what="two stats rounds")
+        assert conn.execute("SELECT count(*) FROM pgq_stats").fetchone() == (1,)
+        assert app.stats().source == "redis"
+    finally:
+        service.stop()
+
+
+def registry(conn: psycopg.Connection) -> list[tuple[str, int]]:
+    return [(r[0], r[1]) for r in conn.execute(
+        "SELECT id, running FROM pgq_workers ORDER BY id").fetchall()]
+
+
+def test_the_heartbeat_registers_refreshes_and_unregisters(app: pgq.App,
+                                                           conn: psycopg.Connection) -> None:
+    app.task(name="reg.t")(lambda: None)
+    held = HeldJobs(None, release_lock=lambda key, token: None)
+    registration = {"id": "h:2:b", "host": "h", "pid": 2, "queues": '{"mail": 2}',
+                    "concurrency": 3, "version": "v", "tasks": '["reg.t"]'}
+    coordinator = Coordinator(app.settings)
+    beat = Heartbeat(held, WorkerConfig(heartbeat_seconds=0.05), app.settings, app.clock,
+                     "h:2:b", coordinator, lambda job_id, judged: None, registration)
+    try:
+        beat.start()
+        assert registry(conn) == [("h:2:b", 0)]  # made before start() returns
+        (first,) = conn.execute("SELECT last_seen FROM pgq_workers").fetchone()
+        wait_until(lambda: conn.execute("SELECT last_seen > %s FROM pgq_workers",
+                                         [first]).fetchone() == (True,), what="a refresh")
+        (w,) = app.queues.workers(queue="mail")
+        assert (w.id, w.queues, w.tasks, w.concurrency, w.alive) == (
+            "h:2:b", {"mail": 2}, ("reg.t",), 3, True)
+        assert app.queues.workers(queue="other") == []
+    finally:
+        beat.stop()
+        coordinator.close()
+    assert registry(conn) == []  # a clean stop takes the row out
+
+
+def test_maintenance_prunes_dead_registry_rows(app: pgq.App, conn: psycopg.Connection) -> None:
+    for worker_id, seen in (("dead", "-40 s"), ("late", "-20 s"), ("live", "0 s")):
+        conn.execute("INSERT INTO pgq_workers (id, host, pid, concurrency, version, "
+                     "lease_seconds, last_seen) VALUES (%s, 'h', 1, 1, 'v', 12, "
+                     "now() + %s::interval)", [worker_id, seen])
+    assert [w.alive for w in app.queues.workers()] == [False, False, True]
+    with psycopg.connect(app.settings.database_url, autocommit=True) as c:
+        Maintenance(app, holder="m").run_once(c)
+    assert [r[0] for r in registry(conn)] == ["late", "live"]  # 3 leases: 36 s
