@@ -21,11 +21,22 @@ from pgq.cli.options import (
     operator_app,
     parse_when,
 )
-from pgq.cli.output import NotFound, emit_json, one_line, plain, table, when
+from pgq.cli.output import (
+    JobCancelledExit,
+    JobFailedExit,
+    NotFinished,
+    NotFound,
+    emit_json,
+    one_line,
+    plain,
+    table,
+    when,
+)
 from pgq.client.admin import Progress, Target
 from pgq.client.app import App
 from pgq.client.jobfilter import JobFilter, JobRecord
 from pgq.client.reads import ActionRecord
+from pgq.core.errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
 
 EXIT_CODES = ("Exit codes: 0 done, 1 error (bad value, database), 2 usage, 3 no such job, "
               "4 nothing to change (or --dry-run found none), 130 interrupted or not confirmed.")
@@ -200,3 +211,34 @@ _action_command(
 def _required(value: datetime | None, option: str) -> datetime:
     assert value is not None, option  # click made the option required
     return value
+
+
+@jobs.command("result", epilog="Exit codes: 0 completed (its result printed as JSON), 1 error, "
+              "2 usage, 3 no such job, 5 failed, 6 cancelled (the last error on stderr; with "
+              "--json, the job's state and that error on stdout), 7 not finished within --wait.")
+@click.argument("job_id", metavar="ID", type=click.IntRange(min=1))
+@click.option("--wait", "wait", type=click.FloatRange(0, 86_400), default=0.0, show_default=True,
+              metavar="S", help="Seconds to wait for the job to finish (woken by its "
+              "finish, no polling); 0 answers at once.")
+@json_option
+@database_option
+def result(job_id: int, wait: float, as_json: bool, database_url: str | None) -> None:
+    """A job's stored result, waiting up to --wait seconds for it to finish."""
+    with operator_app(database_url) as app:
+        try:
+            value = app.jobs.result(job_id, timeout=wait)
+        except JobNotFound:
+            if as_json:
+                emit_json(None)
+            raise NotFound(f"error: no job {job_id}") from None
+        except (JobFailed, JobCancelled) as exc:
+            failed = isinstance(exc, JobFailed)
+            if as_json:
+                emit_json({"id": job_id, "state": "failed" if failed else "cancelled",
+                           "error": exc.error})
+            raise (JobFailedExit if failed else JobCancelledExit)(f"error: {exc}") from None
+        except ResultTimeout as exc:
+            if as_json:
+                emit_json({"id": job_id, "state": None, "error": None})
+            raise NotFinished(f"error: {exc}") from None
+    emit_json({"id": job_id, "state": "completed", "result": value} if as_json else value)

@@ -84,3 +84,22 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     for row in cells:
         padded = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)] + [row[-1]]
         click.echo("  ".join(padded).rstrip())
+
+
+
+class JobFailedExit(NotFound):
+    """``jobs result``: the job failed."""
+
+    exit_code = 5
+
+
+class JobCancelledExit(NotFound):
+    """``jobs result``: the job was cancelled."""
+
+    exit_code = 6
+
+
+class NotFinished(NotFound):
+    """``jobs result``: the job did not finish within ``--wait``."""
+
+    exit_code = 7

@@ -256,3 +256,23 @@ def test_help_names_exit_codes_and_filters() -> None:
     for option in ("--state", "--queue", "--task", "--tag", "--meta", "--since", "--until",
                    "--yes", "--dry-run", "--json", "--actor", "--reason", "2h, 7d"):
         assert option in retry, option
+
+
+def test_jobs_result_prints_the_result_or_exits_with_the_end(db_url: str, app: pgq.App) -> None:
+    done, failed, waiting = enqueue(app, 3)
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("UPDATE pgq_jobs SET state = 'completed', finished_at = now(), "
+                  "result = '{\"sent\": 3}' WHERE id = %s", (done,))
+    fail(db_url, [failed])
+    out = run(db_url, "jobs", "result", str(done))
+    assert (out.returncode, json.loads(out.stdout)) == (0, {"sent": 3})
+    assert doc(run(db_url, "jobs", "result", str(done), "--json")) == {
+        "id": done, "state": "completed", "result": {"sent": 3}}
+    out = run(db_url, "jobs", "result", str(failed), "--wait", "5")
+    assert out.returncode == 5 and "SMTPError: 421 try later" in out.stderr
+    assert doc(run(db_url, "jobs", "result", str(failed), "--json"))["error"]["type"] == "SMTPError"
+    out = run(db_url, "jobs", "result", str(waiting), "--wait", "0.2")
+    assert out.returncode == 7 and "did not finish within 0.2s" in out.stderr
+    app.jobs.cancel(waiting, actor="tester")
+    assert run(db_url, "jobs", "result", str(waiting)).returncode == 6
+    assert run(db_url, "jobs", "result", str(waiting + 100)).returncode == 3

@@ -1,7 +1,7 @@
 """Cancelling a running job (issue 14 item 1): ``app.jobs.cancel`` sets the row
 ``cancelled`` in one fenced statement and pushes a control message to the job's worker
 (Redis PUBLISH, or NOTIFY pgq_control without Redis); the task sees it within a second
-with the default lease (the heartbeat, every lease/3 = 10 s, would be far too late);
+with the default lease (the heartbeat, every lease/3 = 4 s, would be too late);
 the worker writes nothing afterwards and logs a cancellation, not a lost lease."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-CONFIG = WorkerConfig(concurrency=2, poll_seconds=0.05)  # the default lease (30 s)
+CONFIG = WorkerConfig(concurrency=2, poll_seconds=0.05)  # the default lease (12 s)
 
 
 def listening(conn: psycopg.Connection, app: pgq.App, with_redis: bool) -> bool:
