@@ -15,6 +15,7 @@ import pgq
 from pgq.cli.jobs import jobs
 from pgq.cli.options import CONTEXT, app_option, database_option
 from pgq.cli.queues import queues, workers
+from pgq.cli.stats import stats
 from pgq.client.app import App
 from pgq.core.errors import ConfigError, PgqError
 from pgq.core.settings import Settings
@@ -225,6 +226,7 @@ def cron_list(app_path: str | None, count: int) -> None:
 cli.add_command(jobs)
 cli.add_command(queues)
 cli.add_command(workers)
+cli.add_command(stats)
 
 
 @cli.command()

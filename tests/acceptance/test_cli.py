@@ -28,7 +28,7 @@ def test_help_describes_exactly_what_exists() -> None:
     assert out.returncode == 0
     lines = out.stdout.split("Commands:")[1].strip().splitlines()
     assert [line.split()[0] for line in lines] == ["check", "cron", "enqueue", "jobs", "migrate",
-                                                   "queues", "scheduler", "worker", "workers"]
+                                                   "queues", "scheduler", "stats", "worker", "workers"]
     for sub in (["migrate"], ["enqueue"], ["worker"], ["scheduler"], ["check"], ["cron", "list"]):
         help_text = pgq_cmd(*sub, "--help").stdout
         if sub[0] not in ("check", "cron"):  # these two never touch the database

@@ -7,12 +7,15 @@ pruning dead rows."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 import pgq
+from pgq.cli.commands import cli
 from pgq.coordination import Coordinator
 from pgq.core.settings import Settings
 from pgq.scheduling.maintenance import Maintenance
@@ -187,3 +190,15 @@ def test_maintenance_prunes_dead_registry_rows(app: pgq.App, conn: psycopg.Conne
     with psycopg.connect(app.settings.database_url, autocommit=True) as c:
         Maintenance(app, holder="m").run_once(c)
     assert [r[0] for r in registry(conn)] == ["late", "live"]  # 3 leases: 36 s
+
+
+def test_pgq_stats_prints_and_emits_json(settings: Settings, stored: StatsService) -> None:
+    env = {"PGQ_DATABASE_URL": settings.database_url, "PGQ_REDIS_URL": settings.redis_url or ""}
+    out = CliRunner().invoke(cli, ["stats", "--json"], env=env)
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)
+    assert doc["source"] == "redis" and doc["queues"]["mail"]["counts"]["available"] == 3
+    out = CliRunner().invoke(cli, ["stats"], env={**env, "PGQ_REDIS_URL": DEAD_REDIS})
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith("stats from postgres")
+    assert "s.ghost=1" in out.output and "m.send" in out.output

@@ -1,0 +1,66 @@
+"""``pgq stats [--json] [--watch SECONDS]``: the queue stats the stats leader cached
+(Redis, else ``pgq_stats``), or computed here if neither copy is fresh; the first line
+says which and how old they are (``pgq.client.stats``)."""
+
+from __future__ import annotations
+
+import click
+
+from pgq.cli.options import database_option, json_option, operator_app
+from pgq.cli.output import emit_json, table
+from pgq.client.stats import Stats
+
+
+def _count(stats_counts: dict[str, int], state: str, estimated: tuple[str, ...]) -> str:
+    n = stats_counts.get(state, 0)
+    return f"~{n}" if state in estimated else str(n)
+
+
+def show(stats: Stats) -> None:
+    click.echo(f"stats from {stats.source}, {stats.age_seconds:.1f}s old "
+               f"(computed in {stats.refresh_seconds * 1000:.0f} ms; ~ = planner estimate)")
+    if not stats.queues:
+        click.echo("no queues: no jobs, queue settings or workers yet")
+        return
+    table(["QUEUE", "PAUSED", "AVAIL", "SCHED", "RETRY", "RUNNING", "FAILED", "LAG",
+           "DONE/1m", "FAIL/1m", "DONE/15m", "FAIL/15m", "WORKERS", "ORPHANED"],
+          [[q.name, "paused" if q.paused else "-",
+            *(_count(q.counts, s, q.estimated)
+              for s in ("available", "scheduled", "retryable", "running", "failed")),
+            "-" if q.lag_seconds is None else f"{q.lag_seconds:.1f}s",
+            q.finished["1m"]["completed"], q.finished["1m"]["failed"],
+            q.finished["15m"]["completed"] if not q.finished_capped
+            else f">={q.finished['15m']['completed']}",
+            q.finished["15m"]["failed"], len(q.workers),
+            ",".join(f"{t}={n}" for t, n in q.orphaned_tasks.items()) or "-"]
+           for q in stats.queues.values()])
+    runtimes = [[q.name, task, r["count"], f"{r['p50']:.3f}s", f"{r['p95']:.3f}s"]
+                for q in stats.queues.values() for task, r in q.runtimes.items()]
+    if runtimes:
+        click.echo("")
+        table(["QUEUE", "TASK", "DONE/15m", "P50", "P95"], runtimes)
+
+
+@click.command(epilog="Exit codes: 0, 1 error (database), 2 usage, 130 interrupted.")
+@json_option
+@click.option("--watch", type=click.FloatRange(min=0.5), metavar="SECONDS",
+              help="Print them again every SECONDS until interrupted.")
+@database_option
+def stats(as_json: bool, watch: float | None, database_url: str | None) -> None:
+    """Per queue: jobs by state, lag, finished and failed per window, run times, dead
+    letters, workers, orphaned tasks. Read from the stats cache, never heavy."""
+    import time
+
+    with operator_app(database_url) as app:
+        while True:
+            found = app.stats()
+            if as_json:
+                emit_json({"source": found.source, "age_seconds": found.age_seconds,
+                           **found.document})
+            else:
+                if watch is not None:
+                    click.clear()
+                show(found)
+            if watch is None:
+                return
+            time.sleep(watch)  # the --watch period, not a synchronisation
