@@ -131,9 +131,11 @@ class WakeupListener:
         while not self._stop.is_set():
             try:
                 with connect(self.coordinator.settings, autocommit=True) as conn:
-                    execute(conn, "wakeup_listen", {})
                     if self.on_control is not None:
                         execute(conn, "control_listen", {})
+                    # Last: pg_stat_activity then shows exactly "LISTEN pgq_wakeup", how
+                    # operators, tests and benchmarks find listening workers (queries.sql).
+                    execute(conn, "wakeup_listen", {})
                     if outage.ongoing:
                         outage.recovered()
                         for queue in self.queues:  # notifications sent meanwhile are lost

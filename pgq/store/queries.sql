@@ -939,7 +939,8 @@ LISTEN pgq_wakeup;
 
 -- name: control_listen
 -- A worker's control messages (an operator's cancel of a running job), on the wake-up
--- listener's connection.
+-- listener's connection, just before wakeup_listen (whose text must be the session's
+-- last: see session_statement_timeout's comment).
 LISTEN pgq_control;
 
 -- name: control_notify

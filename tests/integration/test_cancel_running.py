@@ -29,9 +29,9 @@ CONFIG = WorkerConfig(concurrency=2, poll_seconds=0.05)  # the default lease (12
 
 
 def listening(conn: psycopg.Connection, app: pgq.App, with_redis: bool) -> bool:
+    # the listener LISTENs on pgq_control, then on pgq_wakeup (its last statement)
     pg = conn.execute("SELECT count(*) FROM pg_stat_activity "
-                      "WHERE query LIKE '%%LISTEN pgq_control%%' AND pid <> pg_backend_pid()"
-                      ).fetchone()
+                      "WHERE query = 'LISTEN pgq_wakeup' AND pid <> pg_backend_pid()").fetchone()
     if not pg or not pg[0]:
         return False
     if not with_redis:
@@ -134,3 +134,34 @@ def test_cancel_of_a_running_row_fences_out_the_workers_write(make_app: Any,
     assert rows == []
     row = job(conn, job_id)
     assert (row["state"], row["result"]) == ("cancelled", None)
+
+
+def test_without_the_control_message_the_heartbeat_finds_the_cancel(
+        db_url: str, conn: psycopg.Connection, caplog: pytest.LogCaptureFixture) -> None:
+    """The floor: a worker that hears no control message (wake-ups off here) stops the job
+    at its next heartbeat, and reading the row logs it as a cancel, not a lost lease."""
+    app = pgq.App(Settings(database_url=db_url))
+    started, observed = threading.Event(), threading.Event()
+
+    @app.task(name="c.sync")
+    def sync_task(ctx: pgq.Context) -> None:
+        started.set()
+        if ctx.cancelled.wait(20):
+            observed.set()
+
+    try:
+        job_id = app.enqueue("c.sync").id
+        caplog.set_level(logging.INFO, logger="pgq.worker")
+        background = Background(pgq.Worker(app, WorkerConfig(
+            concurrency=1, poll_seconds=0.05, wakeups=False, lease_seconds=3)))
+        assert started.wait(10)
+        assert app.jobs.cancel(job_id, actor="dave", reason="wrong tenant").changed == 1
+        assert observed.wait(5), "the heartbeat (every 1 s) did not stop the job"
+        background.join()
+        lines = [r.getMessage() for r in caplog.records if r.name == "pgq.worker"]
+        line = next(m for m in lines if f"job={job_id} " in m and "outcome=" in m)
+        assert "outcome=cancelled" in line and "by dave (reason: wrong tenant)" in line
+        assert not [m for m in lines if "lease lost" in m]
+        assert job(conn, job_id)["state"] == "cancelled"
+    finally:
+        app.close()
