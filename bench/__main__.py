@@ -5,8 +5,8 @@ localhost) and scratch databases ``pgq_bench`` (throughput), ``pgq_bench_pickup`
 (pickup latency), ``pgq_bench_prune`` (claim latency while pruning), ``pgq_bench_aged``
 with ``pgq_bench_aged_empty`` (aged table), ``pgq_bench_snapshot`` (drain under an open
 snapshot), ``pgq_bench_memory`` (worker memory), ``pgq_bench_cmp`` (the comparison's
-drain against pgbench's ceiling) and ``pgq_bench_recovery`` (crash recovery) that it drops
-and recreates.
+drain against pgbench's ceiling), ``pgq_bench_recovery`` (crash recovery) and
+``pgq_bench_stats`` (queue stats on 10 million rows) that it drops and recreates.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from bench.recovery import DATABASE as RECOVERY_DATABASE
 from bench.recovery import RECOVERY, RecoveryResult
 from bench.snapshot import DATABASE as SNAPSHOT_DATABASE
 from bench.snapshot import SNAPSHOT, SnapshotResult
+from bench.stats import DATABASE as STATS_DATABASE
+from bench.stats import STATS, StatsResult
 from bench.workloads import WORKLOADS, Figure, fresh_database
 
 
@@ -40,13 +42,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("workloads", nargs="*", default=[],
                         choices=[*WORKLOADS, *PICKUP, *PRUNE, *AGED, *SNAPSHOT, *MEMORY,
-                                 *COMPARISON, *RECOVERY, []])
+                                 *COMPARISON, *RECOVERY, *STATS, []])
     parser.add_argument("--runs", type=int, default=None,
                         help="repetitions (throughput, aged drain: median reported; pickup, prune, "
                         "aged claims: samples pooled; memory: each run reported)")
     opts = parser.parse_args()
     chosen = opts.workloads or [*WORKLOADS, *PICKUP, *PRUNE, *AGED, *SNAPSHOT, *MEMORY,
-                                *COMPARISON, *RECOVERY]
+                                *COMPARISON, *RECOVERY, *STATS]
     kwargs = {"runs": opts.runs} if opts.runs else {}
     admin = os.environ.get("PGQ_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     figures: list[Figure] = []
@@ -67,10 +69,10 @@ def main() -> None:
             _describe(url)
         pruned = [PRUNE[name](url, **kwargs) for name in chosen if name in PRUNE]
     reports: list[AgedResult | SnapshotResult | MemoryResult | ComparisonResult
-                  | RecoveryResult] = []
+                  | RecoveryResult | StatsResult] = []
     for group, database in ((AGED, AGED_DATABASE), (SNAPSHOT, SNAPSHOT_DATABASE),
                             (MEMORY, MEMORY_DATABASE),
-                            (RECOVERY, RECOVERY_DATABASE)):
+                            (RECOVERY, RECOVERY_DATABASE), (STATS, STATS_DATABASE)):
         if any(name in group for name in chosen):
             url = fresh_database(admin, database)
             if not figures and not latencies and not pruned and not reports:

@@ -29,7 +29,7 @@ def show(stats: Stats) -> None:
               for s in ("available", "scheduled", "retryable", "running", "failed")),
             "-" if q.lag_seconds is None else f"{q.lag_seconds:.1f}s",
             q.finished["1m"]["completed"], q.finished["1m"]["failed"],
-            q.finished["15m"]["completed"] if not q.finished_capped
+            q.finished["15m"]["completed"] if "15m" not in q.finished_capped
             else f">={q.finished['15m']['completed']}",
             q.finished["15m"]["failed"], len(q.workers),
             ",".join(f"{t}={n}" for t, n in q.orphaned_tasks.items()) or "-"]

@@ -1014,32 +1014,34 @@ WHERE s.statistics_name = 'pgq_jobs_queue_state' AND s.tablename = 'pgq_jobs'
 -- name: stats_finished_window
 -- Jobs finished in the last 1, 5 and 15 minutes per queue and state (retried: those
 -- that finished after more than one attempt), from one range of pgq_jobs_finished_idx
--- (state, finished_at) per finished state, each capped at %(cap)s rows: the cost is the
--- jobs finished in 15 minutes (heap rows, for their queue), at most the cap per state;
--- a state at its cap (the caller sees its total) gives lower bounds. Each branch names
--- its state with "=": with the index predicate's IN list alone the planner drops the
--- state from the index condition and walks the whole index.
+-- (state, finished_at) per finished state, newest first, each capped at %(cap)s rows:
+-- the cost is the jobs finished in 15 minutes (heap rows, for their queue), at most the
+-- cap per state. At its cap a state's sample covers the last few minutes only: the
+-- caller compares the oldest row read with each window's start (the windows it does
+-- not reach are lower bounds). Each branch names its state with "=": with the index
+-- predicate's IN list alone the planner drops the state from the index condition and
+-- walks the whole index.
 SELECT w.queue, w.state,
        count(*) FILTER (WHERE w.finished_at > %(now)s::timestamptz - interval '1 minute'),
        count(*) FILTER (WHERE w.finished_at > %(now)s::timestamptz - interval '5 minutes'),
        count(*),
        count(*) FILTER (WHERE w.attempt > 1 AND w.finished_at > %(now)s::timestamptz - interval '1 minute'),
        count(*) FILTER (WHERE w.attempt > 1 AND w.finished_at > %(now)s::timestamptz - interval '5 minutes'),
-       count(*) FILTER (WHERE w.attempt > 1)
+       count(*) FILTER (WHERE w.attempt > 1), min(w.finished_at)
 FROM ((SELECT queue, state, finished_at, attempt FROM pgq_jobs
        WHERE state IN ('cancelled', 'completed', 'failed') AND state = 'completed'
          AND finished_at > %(now)s::timestamptz - interval '15 minutes'
-       LIMIT %(cap)s)
+       ORDER BY finished_at DESC LIMIT %(cap)s)
       UNION ALL
       (SELECT queue, state, finished_at, attempt FROM pgq_jobs
        WHERE state IN ('cancelled', 'completed', 'failed') AND state = 'failed'
          AND finished_at > %(now)s::timestamptz - interval '15 minutes'
-       LIMIT %(cap)s)
+       ORDER BY finished_at DESC LIMIT %(cap)s)
       UNION ALL
       (SELECT queue, state, finished_at, attempt FROM pgq_jobs
        WHERE state IN ('cancelled', 'completed', 'failed') AND state = 'cancelled'
          AND finished_at > %(now)s::timestamptz - interval '15 minutes'
-       LIMIT %(cap)s)) AS w
+       ORDER BY finished_at DESC LIMIT %(cap)s)) AS w
 GROUP BY w.queue, w.state;
 
 -- name: stats_runtimes

@@ -16,10 +16,12 @@ from click.testing import CliRunner
 
 import pgq
 from pgq.cli.commands import cli
+from pgq.client.stats import plan_compute
 from pgq.coordination import Coordinator
 from pgq.core.settings import Settings
 from pgq.scheduling.maintenance import Maintenance
 from pgq.scheduling.stats import StatsService
+from pgq.store.database import run_plan
 from pgq.worker.config import WorkerConfig
 from pgq.worker.heartbeat import Heartbeat
 from pgq.worker.held import HeldJobs
@@ -202,3 +204,19 @@ def test_pgq_stats_prints_and_emits_json(settings: Settings, stored: StatsServic
     assert out.exit_code == 0, out.output
     assert out.output.startswith("stats from postgres")
     assert "s.ghost=1" in out.output and "m.send" in out.output
+
+
+def test_capped_parts_fall_back_to_estimates_and_flag_lower_bounds(
+        conn: psycopg.Connection) -> None:
+    seed(conn)
+    doc = run_plan(conn, plan_compute(cap=2, window_cap=2), atomic=False)
+    mail = doc["queues"]["mail"]
+    # the waiting, running and failed parts hit their cap of 2 rows: estimates instead
+    assert mail["estimated"] == ["available", "cancelled", "completed", "failed", "retryable",
+                                 "running", "scheduled"]
+    assert mail["counts"]["available"] == 3  # ANALYZE saw every row of the small table
+    # the 2 newest completions (26 and 27 s ago) do not reach back over any window
+    assert mail["finished_capped"] == ["1m", "5m", "15m"]
+    assert mail["finished"]["1m"]["completed"] == 2
+    full = run_plan(conn, plan_compute(), atomic=False)["queues"]["mail"]
+    assert full["estimated"] == ["cancelled", "completed"] and full["finished_capped"] == []
