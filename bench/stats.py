@@ -122,14 +122,15 @@ def seed(url: str) -> float:
 
 
 def plans(conn: psycopg.Connection[Any], now: Any) -> dict[str, str]:
-    from pgq.client.stats import CAP, SAMPLE
+    from pgq.client.stats import CAP, SAMPLE, WINDOW_CAP
     params = {"now": now, "cap": CAP, "sample": SAMPLE, "queue": None, "key": "plan",
               "data": "{}", "computed_at": now}
     out: dict[str, str] = {}
     for name in STATEMENTS:
+        cap = WINDOW_CAP if name == "stats_finished_window" else CAP  # as plan_compute
         with conn.transaction():  # rolled back: stats_store writes
             rows = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {QUERIES[name]}",
-                                params).fetchall()
+                                {**params, "cap": cap}).fetchall()
             out[name] = "\n".join(r[0] for r in rows)
             raise psycopg.Rollback()
     return out
