@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 
 import psycopg
@@ -220,3 +221,22 @@ def test_capped_parts_fall_back_to_estimates_and_flag_lower_bounds(
     assert mail["finished"]["1m"]["completed"] == 2
     full = run_plan(conn, plan_compute(), atomic=False)["queues"]["mail"]
     assert full["estimated"] == ["cancelled", "completed"] and full["finished_capped"] == []
+
+
+def test_a_worker_process_is_in_the_registry_while_it_runs(app: pgq.App,
+                                                          conn: psycopg.Connection) -> None:
+    db = app.settings.database_url
+
+    @app.task(name="reg.look", queue="mail")
+    def look() -> list[object]:  # what the registry says while this worker runs
+        with psycopg.connect(db) as c:
+            return list(c.execute("SELECT id, queues, tasks, concurrency, pid FROM pgq_workers")
+                        .fetchone() or [])
+
+    job = app.enqueue("reg.look")
+    worker = pgq.Worker(app, WorkerConfig(queues=(pgq.QueueSpec("mail", 2),), concurrency=3,
+                                          maintenance=False, stats=False))
+    asyncio.run(asyncio.wait_for(worker.run_async(stop_when="done"), 60))
+    (result,) = conn.execute("SELECT result FROM pgq_jobs WHERE id = %s", [job.id]).fetchone()
+    assert result == [worker.id, {"mail": 2}, ["reg.look"], 3, os.getpid()]
+    assert registry(conn) == []  # gone with the clean stop
