@@ -64,11 +64,12 @@ class Queues(_Runner):
         result: builtins.list[QueueInfo] = await self._arun(plan_queue_list())
         return result
 
-    def workers(self) -> builtins.list[WorkerInfo]:
-        """The worker registry (``pgq_workers``): which processes serve which queues."""
-        result: builtins.list[WorkerInfo] = self._run(plan_workers())
+    def workers(self, queue: str | None = None) -> builtins.list[WorkerInfo]:
+        """The worker registry (``pgq_workers``): which processes serve which queues;
+        with ``queue``, those serving it (``alive`` says which beat within a lease)."""
+        result: builtins.list[WorkerInfo] = self._run(plan_workers(queue, self._clock.now()))
         return result
 
-    async def aworkers(self) -> builtins.list[WorkerInfo]:
-        result: builtins.list[WorkerInfo] = await self._arun(plan_workers())
+    async def aworkers(self, queue: str | None = None) -> builtins.list[WorkerInfo]:
+        result: builtins.list[WorkerInfo] = await self._arun(plan_workers(queue, self._clock.now()))
         return result
