@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pgq.client.app import App
 from pgq.core.errors import PgqError
+from pgq.core.settings import Settings
+from pgq.store.database import connect_async, execute_async
 from pgq.worker.joblog import log
 
 
@@ -36,16 +37,22 @@ def cancelled_by(entry: dict[str, Any]) -> str:
     return f"by {entry.get('actor')}" + (f" (reason: {reason})" if reason else "")
 
 
-async def why_lost(app: App, job_id: int, attempt: int) -> str | None:
+async def why_lost(settings: Settings, job_id: int, attempt: int) -> str | None:
     """The heartbeat found the job no longer running: ``cancelled_by`` if an operator
-    cancelled this attempt, else None (reclaimed: a lost lease)."""
+    cancelled this attempt, else None (reclaimed: a lost lease). One short connection of
+    its own: not the app's async pool, which would outlive the worker's event loop (a
+    pool opened here kept a stopping worker process alive)."""
     try:
-        job = await app.jobs.aget(job_id)
+        async with await connect_async(settings, autocommit=True) as conn:
+            rows = await execute_async(conn, "job_get", {"id": job_id})
     except PgqError:
         return None
-    if job is None or job.state != "cancelled" or job.attempt != attempt or not job.errors:
+    if not rows:
         return None
-    last = job.errors[-1]
+    state, row_attempt, errors = rows[0][3], rows[0][5], rows[0][20]
+    if state != "cancelled" or row_attempt != attempt or not errors:
+        return None
+    last = errors[-1]
     if not isinstance(last, dict) or last.get("type") != "pgq.Cancelled" or "actor" not in last:
         return None
     actor, message = last.get("actor"), last.get("message")

@@ -121,7 +121,7 @@ class Worker:
             return
 
         async def check(attempt: int) -> None:
-            who = await control.why_lost(self.app, job_id, attempt)
+            who = await control.why_lost(self.settings, job_id, attempt)
             self.executor.lease_lost(job_id, cancelled_by=who, attempt=attempt)
 
         self._checks.add(task := asyncio.ensure_future(check(running.attempt)))
