@@ -9,6 +9,7 @@ from importlib.metadata import version as _version
 from pgq.client.app import App
 from pgq.client.enqueue import Enqueued, EnqueueOptions, JobSpec
 from pgq.client.hooks import DeadLetter
+from pgq.client.jobfilter import JobFilter
 from pgq.core.backoff import Backoff
 from pgq.core.clock import Clock, DatabaseClock, ManualClock
 from pgq.core.cron import CatchUp, CronEntry, ScheduleError
@@ -67,6 +68,7 @@ __all__ = [
     "InvalidOptionError",
     "JobCancelled",
     "JobFailed",
+    "JobFilter",
     "JobNotFound",
     "JobOutcome",
     "JobSpec",

@@ -27,6 +27,7 @@ PUBLIC = [
     "InvalidOptionError",
     "JobCancelled",
     "JobFailed",
+    "JobFilter",
     "JobNotFound",
     "JobOutcome",
     "JobSpec",
