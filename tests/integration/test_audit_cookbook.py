@@ -8,8 +8,9 @@ substituted as quoted literals, the way psql does it.
 
 The seed is one realistic history. Jobs are enqueued through ``pgq.App``, backdated with
 a ``ManualClock``, and then moved through the state machine with the plain SQL UPDATEs a
-worker would run (claim, fail with an ``errors`` entry, retry, complete, cancel). The
-expectations are computed from a Python mirror of that history, not from SQL.
+worker would run (claim, fail with an ``errors`` entry, retry, complete, cancel); an
+operator's retry goes through ``app.jobs.retry``, which records it in ``pgq_job_actions``.
+The expectations are computed from a Python mirror of that history, not from SQL.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ class Job:
     lease_expires_at: datetime | None = None
     errors: list[tuple[int, datetime, str, str, str]] = field(default_factory=list)
     """(attempt, at, type, message, worker) per failed attempt, oldest first."""
+    actions: list[tuple[datetime, str, str, str, str]] = field(default_factory=list)
+    """(at, actor, action, reason, from state) per operator action, oldest first."""
 
 
 class History:
@@ -195,12 +198,16 @@ class History:
             assert retry_at is not None
             job.state, job.run_at = "retryable", retry_at
 
-    def retry_by_hand(self, job: Job, at: datetime) -> None:
-        """An operator sends a dead letter back to the queue. Its key hold is not
-        restored, because it was released when a new job took the key."""
-        self._update(job, "state = 'failed'",
-                     "state = 'available', run_at = %(at)s, finished_at = NULL", at=at)
+    def retry_by_hand(self, job: Job, at: datetime, actor: str, reason: str) -> None:
+        """An operator sends a dead letter back to the queue, through the operations API
+        (``app.jobs.retry``), which records the action in ``pgq_job_actions``. Its key
+        hold is not restored, because it was released when a new job took the key."""
+        assert job.state == "failed"
+        self.clock.set(at)
+        assert self.app.jobs.retry(job.id, actor=actor, reason=reason).changed == 1
+        job.actions.append((at, actor, "retry", reason, job.state))
         job.state, job.run_at, job.finished_at = "available", at, None
+        job.max_attempts = max(job.max_attempts, job.attempt + 1)
 
     def cancel(self, job: Job, at: datetime) -> None:
         self._update(job, "state IN ('scheduled', 'available', 'retryable')",
@@ -209,6 +216,7 @@ class History:
 
 
 A, B = "worker-a:1717", "worker-b:4242"
+OPERATOR = "carol@ops"
 GATEWAY = ("GatewayError", "502 Bad Gateway from payments.example")
 GATEWAY_TIMEOUT = ("GatewayError", "504 Gateway Timeout from payments.example")
 DECLINED = ("CardDeclined", "card declined: insufficient funds")
@@ -322,7 +330,7 @@ def seed_history(h: History) -> dict[str, Job]:
     v1 = h.enqueue("sync.tenant", h.ago(days=2), tenant="acme", queue="maintenance",
                    unique_key="sync:acme")
     run(v1, v1.created_at + timedelta(seconds=1), 20.0, B)
-    h.retry_by_hand(v0, h.ago(seconds=30))
+    h.retry_by_hand(v0, h.ago(seconds=30), OPERATOR, "crm.example is back")
     named.update(retried_by_hand=v0, lapsed_sync=v1)
 
     # Image resizes: a failure whose first attempt is older than a week, one attempt
@@ -381,12 +389,22 @@ def seed(db_url: str, conn: psycopg.Connection) -> Iterator[Seed]:
     yield Seed(history, params, named)
 
 
+QUERY_PARAMS: dict[str, Callable[[Seed], dict[str, object]]] = {
+    # "Who retried this job?": asked about the job an operator retried (the dead charge
+    # that :'job_id' names for the other queries had no operator action).
+    "View: pgq_operator_actions": lambda seed: {"job_id": seed.named["retried_by_hand"].id},
+}
+"""Parameters of one query that differ from the seed's ``params``."""
+
+
 Run = Callable[..., list[dict[str, Any]]]
 
 
 def runner(query: Query, seed: Seed, conn: psycopg.Connection) -> Run:
+    params = {**seed.params, **QUERY_PARAMS.get(query.heading, lambda _: {})(seed)}
+
     def run(**overrides: object) -> list[dict[str, Any]]:
-        text = substitute(query.sql, {**seed.params, **overrides}, conn)
+        text = substitute(query.sql, {**params, **overrides}, conn)
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(text)
             assert cur.description is not None, "every cookbook block is a query"
@@ -636,6 +654,15 @@ def check_tag(seed: Seed, run: Run) -> None:
     assert run(tag="order") == [], "a tag matches whole, not by prefix"
 
 
+def check_operator_actions(seed: Seed, run: Run) -> None:
+    retried = seed.named["retried_by_hand"]
+    assert [(r["at"], r["actor"], r["action"], r["reason"], r["detail"]["from"], r["job_state"])
+            for r in run()] == [(*action, retried.state) for action in retried.actions]
+    assert retried.actions == [(seed.now - timedelta(seconds=30), OPERATOR, "retry",
+                                "crm.example is back", "failed")]
+    assert run(job_id=seed.named["dead_charge"].id) == [], "a job nobody acted on"
+
+
 CHECKS: dict[str, Callable[[Seed, Run], None]] = {
     "Overview: jobs per queue and state": check_overview,
     "What happened to job X": check_job_story,
@@ -652,6 +679,7 @@ CHECKS: dict[str, Callable[[Seed, Run], None]] = {
     "What a tenant enqueued": check_tenant,
     "Who holds a unique key": check_unique_holder,
     "Jobs by tag": check_tag,
+    "View: pgq_operator_actions": check_operator_actions,
 }
 
 
