@@ -9,7 +9,7 @@ back. Without ``conn=``, pgq uses a pooled connection and commits at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from functools import cached_property, partial
@@ -23,12 +23,11 @@ from pgq.client.enqueue import (
     EnqueueOptions,
     JobRow,
     JobSpec,
-    plan_enqueue_many,
-    plan_enqueue_one,
     prepare,
     prepare_defaults,
 )
 from pgq.client.hooks import DeadLetterHook
+from pgq.client.plans import plan_enqueue_one, plan_for_many
 from pgq.client.queueops import Queues
 from pgq.client.stats import StatsReads
 from pgq.coordination import Coordinator
@@ -216,13 +215,10 @@ class App(StatsReads):  # app.stats(), app.astats()
 
     def enqueue_many(self, specs: Iterable[JobSpec], *, conn: object = None) -> list[Enqueued]:
         """Enqueue many jobs in a few statements (COPY for jobs without unique keys).
-        All are validated first: one bad spec rejects the whole call and writes nothing.
-        Results are in input order."""
-        rows = [self._prepare(spec) for spec in specs]
-        if not rows:
-            return []
-        result: list[Enqueued] = self._run(conn, partial(plan_enqueue_many, rows, self.clock.now()),
-                                           [r.queue for r in rows])
+        One bad spec rejects the whole call and writes nothing. Results are in input
+        order."""
+        plan, queues = self._plan_many(specs, conn)
+        result: list[Enqueued] = self._run(conn, plan, queues) if queues is not None else []
         return result
 
     async def enqueue_async(
@@ -243,13 +239,15 @@ class App(StatsReads):  # app.stats(), app.astats()
         self, specs: Iterable[JobSpec], *, conn: object = None
     ) -> list[Enqueued]:
         """``enqueue_many`` for asyncio code and async connections."""
-        rows = [self._prepare(spec) for spec in specs]
-        if not rows:
+        plan, queues = self._plan_many(specs, conn)
+        if queues is None:
             return []
-        result: list[Enqueued] = await self._run_async(
-            conn, partial(plan_enqueue_many, rows, self.clock.now()), [r.queue for r in rows]
-        )
+        result: list[Enqueued] = await self._run_async(conn, plan, queues)
         return result
+
+    def _plan_many(self, specs: Iterable[JobSpec], conn: object
+                   ) -> tuple[Callable[..., Plan], Collection[str] | None]:
+        return plan_for_many(specs, self._prepare, self.clock.now(), own=conn is None)
 
     def _prepare(self, spec: JobSpec) -> JobRow:
         return prepare(spec, self.registry, strict=self.strict,
@@ -270,7 +268,7 @@ class App(StatsReads):  # app.stats(), app.astats()
     # Redis is down, the enqueue sends a NOTIFY inside the transaction instead: delivered
     # only if the transaction commits. Workers listen to both, and poll as a floor.
 
-    def _run(self, conn: object, plan: Callable[..., Plan], queues: list[str], *,
+    def _run(self, conn: object, plan: Callable[..., Plan], queues: Collection[str], *,
              atomic: bool = True) -> Any:
         """Drive ``plan(notify=...)``: with ``notify`` it sends the PostgreSQL wake-up
         inside the transaction itself. ``atomic=False``: on pgq's own (autocommit)
@@ -288,10 +286,10 @@ class App(StatsReads):  # app.stats(), app.astats()
         notify = after_commit is None or coordinator.wake_in_transaction()
         result = run_plan(pg, plan(notify=notify))
         if not notify and after_commit is not None:
-            after_commit(queues)
+            after_commit(list(queues))
         return result
 
-    async def _run_async(self, conn: object, plan: Callable[..., Plan], queues: list[str], *,
+    async def _run_async(self, conn: object, plan: Callable[..., Plan], queues: Collection[str], *,
                          atomic: bool = True) -> Any:
         coordinator = self.coordinator
         if conn is None:
@@ -306,7 +304,7 @@ class App(StatsReads):  # app.stats(), app.astats()
         notify = after_commit is None or coordinator.wake_in_transaction()
         result = await run_plan_async(pg, plan(notify=notify))
         if not notify and after_commit is not None:
-            after_commit(queues)
+            after_commit(list(queues))
         return result
 
     def _after_commit(self, conn: object, pg: Any) -> Callable[[list[str]], None] | None:

@@ -176,7 +176,8 @@ def encode_json_object(value: object, what: str) -> str:
             value = dict(value)
     try:
         text = _encode(value)
-        text.encode("utf-8")
+        if not text.isascii():
+            text.encode("utf-8")  # a lone surrogate cannot be stored: UnicodeEncodeError
         flat = _flat(value)
         faithful = flat or _DECODER.decode(text) == value
     except RecursionError:
@@ -236,13 +237,14 @@ def _expand_exponent(match: re.Match[str]) -> str:
 
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+_STR = frozenset({str})
 
 
 def _flat(value: dict[Any, Any]) -> bool:
     """String keys and scalar values of exactly the JSON types (most job args): the
     encoding is faithful by construction, and the decode-and-compare can be skipped."""
-    return (all(type(k) is str for k in value)
-            and all(type(v) in _SCALARS for v in value.values()))
+    # map(type, ...) into a set's issuperset runs in C: no generator frame per item.
+    return _STR.issuperset(map(type, value)) and _SCALARS.issuperset(map(type, value.values()))
 
 
 def parse_json(text: str, what: str) -> Any:
@@ -310,7 +312,8 @@ def encode_result(value: object) -> str | None:
         return None
     try:
         text = _encode(value)
-        text.encode("utf-8")
+        if not text.isascii():
+            text.encode("utf-8")  # a lone surrogate cannot be stored: UnicodeEncodeError
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidArgsError(f"result is not storable JSON ({exc})") from None
     if _JSON_NUL.search(text):

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pgq.client.enqueue import JobRow, JobSpec, job_copy_row
+from pgq.client.enqueue import JobRow, JobSpec
+from pgq.client.plans import job_copy_row
 from pgq.coordination.leader import Leadership
 from pgq.core.cron import CronEntry
 from pgq.core.errors import PgqError

@@ -129,6 +129,15 @@ COPY pgq_jobs (id, queue, task, state, priority, max_attempts, args, run_at, cre
                timeout_seconds, tags, meta)
 FROM STDIN;
 
+-- name: job_copy_now
+-- job_copy for a batch whose every job is due now, untagged and without meta (the usual
+-- bulk enqueue): state, run_at, created_at, tags and meta are left to the table's
+-- defaults ('available', now(), '{}'), which the server fills without parsing two
+-- timestamps, an array and a JSON object per row (about a quarter of the COPY's server
+-- time). now() is the transaction's start, the same instant clock_now_and_ids returned.
+COPY pgq_jobs (id, queue, task, priority, max_attempts, args, timeout_seconds)
+FROM STDIN;
+
 -- name: job_claim
 -- Claim up to n jobs from each queue for one worker, in one statement. Each queue's pick
 -- is a LATERAL sub-select that walks pgq_jobs_claim_idx in (priority, run_at, id) order

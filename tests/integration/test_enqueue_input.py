@@ -94,6 +94,36 @@ def test_awkward_values_are_stored_exactly(app: pgq.App, conn: psycopg.Connectio
                       for i, s in enumerate(specs)]
 
 
+PLAIN_COLUMNS = ("queue, task, state, priority, attempt, max_attempts, args, timeout_seconds, "
+                 "tags, meta, errors, unique_key, unique_held, isolated, notify_done")
+
+
+def test_plain_bulk_rows_equal_single_enqueues(app: pgq.App, conn: psycopg.Connection) -> None:
+    """A batch of jobs due now, untagged and without meta goes in by the short COPY
+    (``job_copy_now``, columns left to the table's defaults): every column must be what
+    ``enqueue`` stores for the same job, awkward characters included, and run_at and
+    created_at the transaction's now() (in the caller's transaction, its start)."""
+    @app.task(name="other.task", timeout=None)
+    def other(ctx: object, n: int) -> None:
+        """No timeout: the short COPY writes NULL."""
+
+    specs = [pgq.JobSpec("email.send", args) for args in AWKWARD] + [
+        pgq.JobSpec("other.task", {"n": i}) for i in range(3)]
+    with psycopg.connect(conn.info.dsn) as tx:
+        started = tx.execute("SELECT now()").fetchone()[0]
+        bulk = [r.id for r in app.enqueue_many(specs, conn=tx)]
+        tx.commit()
+    single = [app.enqueue(s.task, s.args).id for s in specs]
+    query = f"SELECT {PLAIN_COLUMNS} FROM pgq_jobs WHERE id = ANY(%s) ORDER BY id"
+    stored = conn.execute(query, [bulk]).fetchall()
+    assert stored == conn.execute(query, [single]).fetchall()
+    assert [r[:6] for r in stored[:3]] == [("critical", "email.send", "available", -10, 0, 5)] * 3
+    assert {r[7] for r in stored} == {30.0, None}  # the registered task's timeout, or none
+    times = conn.execute("SELECT DISTINCT run_at, created_at FROM pgq_jobs WHERE id = ANY(%s)",
+                         [bulk]).fetchall()
+    assert times == [(started, started)]
+
+
 def nested(levels: int) -> list[Any]:
     root: list[Any] = []
     for _ in range(levels):
@@ -155,6 +185,30 @@ def test_bad_input_is_rejected_before_any_sql(
     with pytest.raises(error):
         call(app, None)
     assert conn.execute("SELECT count(*) FROM pgq_jobs").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_bad_spec_after_streamed_chunks_writes_nothing(app: pgq.App, db_url: str,
+                                                       conn: psycopg.Connection,
+                                                       use_async: bool) -> None:
+    """On pgq's own connection enqueue_many validates while COPY streams, so a bad spec
+    near the end is found after several chunks were sent: the COPY is aborted and its
+    transaction rolled back. The same error as in the caller's transaction (validated
+    first), nothing written, and the pooled connection is usable afterwards."""
+    specs = [pgq.JobSpec("email.send", {"to": f"u{i}"}) for i in range(10_000)]
+    specs.append(pgq.JobSpec("email.send", {"to": "x", "subject": {1: 2}}))
+    with psycopg.connect(db_url) as c, pytest.raises(pgq.InvalidArgsError) as first:
+        app.enqueue_many(specs, conn=c)
+    with pytest.raises(pgq.InvalidArgsError) as streamed:
+        if use_async:
+            asyncio.run(app.enqueue_many_async(specs))
+        else:
+            app.enqueue_many(specs)
+    assert str(streamed.value) == str(first.value)
+    assert conn.execute("SELECT count(*) FROM pgq_jobs").fetchone()[0] == 0
+    done = (asyncio.run(app.enqueue_many_async(specs[:3])) if use_async
+            else app.enqueue_many(specs[:3]))
+    assert conn.execute("SELECT count(*) FROM pgq_jobs").fetchone()[0] == len(done) == 3
 
 
 def test_missing_schema_is_a_clear_error(empty_db_url: str) -> None:

@@ -14,21 +14,12 @@ from typing import Any
 
 import pytest
 
-from pgq.client import enqueue
-from pgq.client.enqueue import (
-    Copy,
-    Enqueued,
-    Exec,
-    JobRow,
-    JobSpec,
-    Step,
-    plan_enqueue_many,
-    plan_enqueue_one,
-    plan_notify,
-    prepare,
-)
+from pgq.client import plans as enqueue
+from pgq.client.enqueue import Enqueued, JobRow, JobSpec, prepare
+from pgq.client.plans import plan_enqueue_many, plan_enqueue_one, plan_notify
 from pgq.core.errors import DatabaseError
 from pgq.core.tasks import TaskRegistry
+from pgq.store.plan import Copy, Exec, Step
 from pgq.store.queries import QUERIES, parse
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -144,6 +135,7 @@ class FakeDatabase:
         self.vanish = set(vanish or ())  # holders that roll back right after the batch insert
         self.next_id = 1000
         self.copied: list[Sequence[Any]] = []
+        self.copies: list[tuple[str, list[Sequence[Any]]]] = []
 
     def new_id(self) -> int:
         self.next_id += 1
@@ -151,7 +143,9 @@ class FakeDatabase:
 
     def __call__(self, step: Step) -> Any:
         if isinstance(step, Copy):
-            self.copied.extend(step.rows)
+            rows = list(step.rows)
+            self.copied.extend(rows)
+            self.copies.append((step.name, rows))
             return None
         p = step.params
         match step.name:
@@ -194,6 +188,7 @@ def test_plans_send_every_parameter_their_statements_take() -> None:
     steps, _ = drive(plan_enqueue_many(rows, NOW), db)
     steps += drive(plan_enqueue_one(make_row("k2"), NOW), db)[0]
     steps += drive(plan_notify(plan_enqueue_one(make_row(), NOW), ["default"]), db)[0]
+    steps += drive(plan_enqueue_many([make_row()], None), db)[0]  # job_copy_now: database clock
     taken = {s.name for s in steps}
     assert taken == {name for _, name in statements_named_in_enqueue()}  # every statement was reached
     for step in steps:
@@ -204,7 +199,8 @@ def test_plans_send_every_parameter_their_statements_take() -> None:
             columns = re.search(r"COPY \w+ \(([^)]*)\)", QUERIES[step.name])
             assert columns is not None
             width = len(columns.group(1).split(","))
-            assert db.copied and all(len(r) == width for r in db.copied)
+            copied = [rows for name, rows in db.copies if name == step.name]
+            assert copied and all(len(r) == width for rows in copied for r in rows)
 
 
 # --- plan_enqueue_one -----------------------------------------------------------------
