@@ -1,8 +1,18 @@
 """``pgq stats [--json] [--watch SECONDS]``: the queue stats the stats leader cached
 (Redis, else ``pgq_stats``), or computed here if neither copy is fresh; the first line
-says which and how old they are (``pgq.client.stats``)."""
+says which and how old they are (``pgq.client.stats``).
+
+``--watch`` prints them again every SECONDS until stopped: Ctrl-C exits 130 at once, as
+every command does; SIGTERM (``kill``, ``timeout``, a container stop) ends the watch after
+the frame being printed, with exit code 0, so a script never reads half a frame.
+"""
 
 from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -41,17 +51,38 @@ def show(stats: Stats) -> None:
         table(["QUEUE", "TASK", "DONE/15m", "P50", "P95"], runtimes)
 
 
-@click.command(epilog="Exit codes: 0, 1 error (database), 2 usage, 130 interrupted.")
+@contextmanager
+def _stop_on_sigterm(watching: bool) -> Iterator[threading.Event]:
+    """While watching, an event SIGTERM sets: the frame being computed or printed is
+    finished first. The handler is then given back at once, so a second SIGTERM ends a
+    frame stuck on an unresponsive database the default way."""
+    stop = threading.Event()
+    if not watching or threading.current_thread() is not threading.main_thread():
+        yield stop  # one frame: SIGTERM keeps its default; or not on the signals' thread
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGTERM, previous)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@click.command(epilog="Exit codes: 0 (also --watch ended by SIGTERM), 1 error (database), "
+               "2 usage, 130 interrupted (Ctrl-C).")
 @json_option
 @click.option("--watch", type=click.FloatRange(min=0.5), metavar="SECONDS",
-              help="Print them again every SECONDS until interrupted.")
+              help="Print them again every SECONDS until interrupted (Ctrl-C: exit 130) or "
+              "terminated (SIGTERM: exit 0 after the current frame).")
 @database_option
 def stats(as_json: bool, watch: float | None, database_url: str | None) -> None:
     """Per queue: jobs by state, lag, finished and failed per window, run times, dead
     letters, workers, orphaned tasks. Read from the stats cache, never heavy."""
-    import time
-
-    with operator_app(database_url) as app:
+    with operator_app(database_url) as app, _stop_on_sigterm(watch is not None) as stop:
         while True:
             found = app.stats()
             if as_json:
@@ -61,6 +92,5 @@ def stats(as_json: bool, watch: float | None, database_url: str | None) -> None:
                 if watch is not None:
                     click.clear()
                 show(found)
-            if watch is None:
+            if watch is None or stop.wait(watch):  # the --watch period, or SIGTERM
                 return
-            time.sleep(watch)  # the --watch period, not a synchronisation
