@@ -1,11 +1,13 @@
 """``pgq stats`` run as operators run it, a subprocess: ``--watch`` prints refreshed
 frames until it is stopped (Ctrl-C: exit 130; SIGTERM: exit 0 after the frame), in text
-and in ``--json``."""
+and in ``--json``; and with the Redis server that held the cached stats killed, the same
+figures, from ``pgq_stats`` and then computed directly, each marked as such."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,10 @@ from typing import IO, Any
 
 import psycopg
 import pytest
+
+import pgq
+from pgq.scheduling.stats import StatsService
+from tests.support.redisserver import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,3 +113,61 @@ def test_watch_text_redraws_and_ctrl_c_exits_130(
     _, err = process.communicate(timeout=20)
     assert process.returncode == 130
     assert err.strip() == "aborted", "one line, no traceback"
+
+
+def stats_json(db_url: str, redis_url: str) -> dict[str, Any]:
+    process = start(db_url, "stats", "--json", redis_url=redis_url)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    document: dict[str, Any] = json.loads(out)
+    return document
+
+
+def without_lag(document: dict[str, Any]) -> dict[str, Any]:
+    """The per-queue figures but the lag, which grows between two computations."""
+    return {name: {k: v for k, v in q.items() if k != "lag_seconds"}
+            for name, q in document["queues"].items()}
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test's own on a spare port (never the shared one on 6379),
+    for the test to kill."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH: this test kills a Redis server of its own")
+    server = RedisServer().start()
+    yield server
+    server.destroy()
+
+
+def test_stats_with_the_redis_that_cached_them_killed(
+        db_url: str, conn: psycopg.Connection, redis_server: RedisServer) -> None:
+    conn.execute("INSERT INTO pgq_jobs (queue, task, state, run_at) VALUES "
+                 "('mail', 'm.send', 'available', now() - interval '1 minute'), "
+                 "('mail', 'm.send', 'available', now()), "
+                 "('mail', 'm.send', 'scheduled', now() + interval '1 hour')")
+    conn.execute("INSERT INTO pgq_jobs (queue, task, state, attempt, started_at, finished_at) "
+                 "VALUES ('mail', 'm.send', 'failed', 1, now() - interval '3 minutes', "
+                 "now() - interval '2 minutes')")
+    settings = pgq.Settings(database_url=db_url, redis_url=redis_server.url)
+    with pgq.App(settings, strict=False) as app, \
+            psycopg.connect(db_url, autocommit=True) as leader_conn:
+        StatsService(app, holder="t").refresh(leader_conn)  # the leader's round, once
+    cached = stats_json(db_url, redis_server.url)
+    assert cached["source"] == "redis"
+    mail = cached["queues"]["mail"]
+    assert (mail["counts"]["available"], mail["counts"]["scheduled"], mail["dead_letters"],
+            mail["dead_letter_growth"]["5m"]) == (2, 1, 1, 1)
+
+    redis_server.stop()  # killed, not shut down: like a crash
+    from_table = stats_json(db_url, redis_server.url)
+    assert from_table["source"] == "postgres", "not from the Redis cache"
+    assert {k: from_table[k] for k in ("computed_at", "queues")} == {
+        k: cached[k] for k in ("computed_at", "queues")}, "the same document, from pgq_stats"
+
+    conn.execute("DELETE FROM pgq_stats")  # no copy left anywhere: computed by the CLI
+    direct = stats_json(db_url, redis_server.url)
+    assert direct["source"] == "direct" and direct["age_seconds"] == 0
+    assert direct["computed_at"] > cached["computed_at"]
+    assert without_lag(direct) == without_lag(cached), "the same figures, computed here"
+    assert direct["queues"]["mail"]["lag_seconds"] >= cached["queues"]["mail"]["lag_seconds"]
