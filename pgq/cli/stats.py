@@ -32,6 +32,12 @@ def show(stats: Stats) -> None:
     if not stats.queues:
         click.echo("no queues: no jobs, queue settings or workers yet")
         return
+    for q in stats.queues.values():  # first, before any table: these need someone now
+        if q.unserved:
+            due = f">={q.due}" if "available" in q.estimated else str(q.due)
+            lag = "" if q.lag_seconds is None else f", oldest due {q.lag_seconds:.0f}s ago"
+            click.echo(click.style(f"UNSERVED: queue {q.name} has {due} due job(s){lag} and "
+                                   "no live worker serves it", fg="red", bold=True))
     table(["QUEUE", "PAUSED", "AVAIL", "SCHED", "RETRY", "RUNNING", "FAILED", "LAG",
            "DONE/1m", "FAIL/1m", "DONE/15m", "FAIL/15m", "WORKERS", "ORPHANED"],
           [[q.name, "paused" if q.paused else "-",
@@ -41,7 +47,7 @@ def show(stats: Stats) -> None:
             q.finished["1m"]["completed"], q.finished["1m"]["failed"],
             q.finished["15m"]["completed"] if "15m" not in q.finished_capped
             else f">={q.finished['15m']['completed']}",
-            q.finished["15m"]["failed"], len(q.workers),
+            q.finished["15m"]["failed"], "0 UNSERVED" if q.unserved else q.live_workers,
             ",".join(f"{t}={n}" for t, n in q.orphaned_tasks.items()) or "-"]
            for q in stats.queues.values()])
     runtimes = [[q.name, task, r["count"], f"{r['p50']:.3f}s", f"{r['p95']:.3f}s"]

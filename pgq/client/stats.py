@@ -24,6 +24,9 @@ has their plans on 10 million rows):
 * lag: since when the oldest due job is due (a loose index scan of the claim index).
 * orphaned tasks: tasks of waiting jobs that no live worker serving their queue
   registered (from the capped exact rows: partial when the waiting part is capped).
+* unserved queues: due work (``due`` jobs, or a lag) and no live worker in the registry
+  serving the queue; a paused queue is never unserved (nobody is meant to serve it). The
+  stats leader logs a WARNING when a queue becomes unserved (pgq.scheduling.stats).
 """
 
 from __future__ import annotations
@@ -87,6 +90,13 @@ class QueueStats:
     """Live workers serving the queue (registry)."""
     orphaned_tasks: dict[str, int] = field(default_factory=dict)
     """Waiting jobs per task that no live worker of the queue registered."""
+    due: int = 0
+    """Waiting jobs a claim could take now (run_at reached); a lower bound when the
+    waiting states are estimated (their part was capped)."""
+    live_workers: int = 0
+    """How many live workers serve the queue (``len(workers)``)."""
+    unserved: bool = False
+    """Due work and no live worker serving the queue, and not paused: an alert."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,11 @@ class Stats:
     document: dict[str, Any] = field(repr=False, compare=False)
     """The JSON document as stored (``pgq stats --json``)."""
 
+    @property
+    def unserved(self) -> list[str]:
+        """The queues with due work and no live worker (sorted)."""
+        return [name for name, q in self.queues.items() if q.unserved]
+
     @classmethod
     def from_document(cls, doc: dict[str, Any], source: Source,
                       age_seconds: float | None = None) -> Stats:
@@ -112,7 +127,12 @@ class Stats:
             finished=q["finished"], finished_capped=tuple(q["finished_capped"]),
             runtimes=q["runtimes"], dead_letters=q["dead_letters"],
             dead_letter_growth=q["dead_letter_growth"], workers=tuple(q["workers"]),
-            orphaned_tasks=q["orphaned_tasks"]) for name, q in doc["queues"].items()}
+            orphaned_tasks=q["orphaned_tasks"], due=q.get("due", 0),
+            live_workers=q.get("live_workers", len(q["workers"])),
+            # A document an older leader stored has no flag: the same rule from its lag.
+            unserved=q.get("unserved", not q["paused"] and not q["workers"]
+                           and q["lag_seconds"] is not None))
+            for name, q in doc["queues"].items()}
         return cls(source, age_seconds, computed_at, doc["refresh_seconds"], queues, doc)
 
 
@@ -123,7 +143,7 @@ def _queue(doc: dict[str, Any], name: str) -> dict[str, Any]:
                                       "retried": 0} for w in WINDOWS},
                      "finished_capped": [], "runtimes": {}, "dead_letters": 0,
                      "dead_letter_growth": {w: 0 for w in WINDOWS}, "workers": [],
-                     "orphaned_tasks": {}}
+                     "orphaned_tasks": {}, "due": 0, "live_workers": 0, "unserved": False}
     q: dict[str, Any] = doc[name]
     return q
 
@@ -137,10 +157,11 @@ def plan_compute(now: datetime | None = None, *, cap: int = CAP, window_cap: int
     active = yield Exec("stats_active_counts", {"now": now, "cap": cap})
     part_rows: dict[str, int] = {}
     waiting_tasks: dict[tuple[str, str], int] = {}
-    for part, queue, state, task, n, r1, r5, r15 in active:
+    for part, queue, state, task, n, r1, r5, r15, due in active:
         part_rows[part] = part_rows.get(part, 0) + n
         q = _queue(queues, queue)
         q["counts"][state] = q["counts"].get(state, 0) + n
+        q["due"] += due
         if part == "waiting":
             waiting_tasks[queue, task] = waiting_tasks.get((queue, task), 0) + n
         for w, r in zip(WINDOWS, (r1, r5, r15), strict=True):
@@ -192,8 +213,14 @@ def plan_compute(now: datetime | None = None, *, cap: int = CAP, window_cap: int
             queues[queue]["orphaned_tasks"][task] = n
     for q in queues.values():
         q["dead_letters"] = q["counts"].get("failed", 0)
+        q["live_workers"] = len(q["workers"])
+        # The lag (a probe of the whole claim index) proves due work even where the
+        # capped rows held none of it.
+        q["unserved"] = (not q["paused"] and not q["workers"]
+                         and (q["due"] > 0 or q["lag_seconds"] is not None))
     return {"computed_at": now.isoformat(), "refresh_seconds": time.perf_counter() - began,
-            "queues": dict(sorted(queues.items()))}
+            "queues": dict(sorted(queues.items())),
+            "unserved": sorted(name for name, q in queues.items() if q["unserved"])}
 
 
 def encode(doc: dict[str, Any]) -> str:

@@ -6,6 +6,12 @@ without Redis). Readers never compute them unless both copies are missing or sta
 
 Every worker campaigns for the role by default (``WorkerConfig.stats``), as for
 maintenance, so a deployment that runs workers has its stats without another process.
+
+The leader is also who tells the log that a queue has due work and no live worker
+serving it (``unserved`` in the document): one WARNING when a queue becomes unserved,
+naming it and its due jobs, and one INFO when it no longer is; nothing on the refreshes
+in between, so the line is an alert, not noise. A new leader has seen no earlier
+refresh, so it reports the queues unserved when it takes over once more.
 """
 
 from __future__ import annotations
@@ -53,9 +59,32 @@ class StatsService(LeaderService):
         doc["every"] = self.every
         run_plan(conn, plan_store(doc), atomic=False)
         self.app.coordinator.cache_set(KEY, encode(doc), stale_after(self.every))
+        report_unserved(self.last, doc)
         self.last = doc
         self.runs += 1
         if doc["refresh_seconds"] > self.every / 2:
             log.warning("stats: the refresh took %.2f s (every %g s)", doc["refresh_seconds"],
                         self.every)
         return doc
+
+
+def report_unserved(before: dict[str, Any] | None, doc: dict[str, Any]) -> list[str]:
+    """Log the queues that became unserved since ``before`` (WARNING) and those that no
+    longer are (INFO); returns the newly unserved."""
+    was = set(before.get("unserved", ())) if before is not None else set()
+    now = doc["unserved"]
+    queues = doc["queues"]
+    for name in now:
+        if name not in was:
+            q = queues[name]
+            capped = "available" in q["estimated"]  # the waiting part hit its cap
+            lag = q["lag_seconds"]
+            log.warning("stats: queue %r is unserved: %s%d due job(s)%s and no live worker "
+                        "serves it (pgq workers; pgq stats)", name, ">=" if capped else "",
+                        max(q["due"], 1), "" if lag is None else f", oldest due {lag:.0f}s ago")
+    for name in sorted(was - set(now)):
+        q = queues.get(name)
+        why = ("nothing due" if q is None or not (q["due"] or q["lag_seconds"] is not None)
+               else "paused" if q["paused"] else f"{q['live_workers']} live worker(s)")
+        log.info("stats: queue %r is no longer unserved (%s)", name, why)
+    return [name for name in now if name not in was]

@@ -985,23 +985,28 @@ SELECT coalesce(%(now)s::timestamptz, now()),
 -- %(cap)s rows, so a backlog of millions costs at most that many heap rows per part: a
 -- part at its cap is reported as capped and its figures come from the planner's
 -- estimates (stats_estimates) instead. retried_* count retryable jobs whose latest error
--- came in the last 1, 5 and 15 minutes.
+-- came in the last 1, 5 and 15 minutes; due counts the waiting jobs a claim could take
+-- now (run_at reached, as job_claim asks), which tells an unserved queue (no live
+-- worker) that has work from one that has only future jobs. run_at is in the claim
+-- index, so due costs no extra read.
 SELECT a.part, a.queue, a.state, a.task, count(*)::bigint,
        count(*) FILTER (WHERE a.error_at > %(now)s::timestamptz - interval '1 minute'),
        count(*) FILTER (WHERE a.error_at > %(now)s::timestamptz - interval '5 minutes'),
-       count(*) FILTER (WHERE a.error_at > %(now)s::timestamptz - interval '15 minutes')
+       count(*) FILTER (WHERE a.error_at > %(now)s::timestamptz - interval '15 minutes'),
+       count(*) FILTER (WHERE a.due)
 FROM ((SELECT 'waiting' AS part, queue, state, task,
-              CASE WHEN state = 'retryable' THEN (errors -> -1 ->> 'at')::timestamptz END AS error_at
+              CASE WHEN state = 'retryable' THEN (errors -> -1 ->> 'at')::timestamptz END AS error_at,
+              run_at <= %(now)s::timestamptz AS due
        FROM pgq_jobs
        WHERE state IN ('available', 'retryable', 'scheduled')
        LIMIT %(cap)s)
       UNION ALL
-      (SELECT 'running', queue, state, task, NULL::timestamptz
+      (SELECT 'running', queue, state, task, NULL::timestamptz, false
        FROM pgq_jobs
        WHERE state = 'running'
        LIMIT %(cap)s)
       UNION ALL
-      (SELECT 'failed', queue, state, task, NULL::timestamptz
+      (SELECT 'failed', queue, state, task, NULL::timestamptz, false
        FROM pgq_jobs
        WHERE state IN ('cancelled', 'completed', 'failed') AND state = 'failed'
        LIMIT %(cap)s)) AS a

@@ -108,7 +108,8 @@ def test_watch_text_redraws_and_ctrl_c_exits_130(
     later = next(frames)
     while not any(line.startswith("watched ") for line in later):
         later = next(frames)
-    assert later[0].startswith("stats from direct, ") and later[1].startswith("QUEUE ")
+    assert later[0].startswith("stats from direct, ") and later[2].startswith("QUEUE ")
+    assert later[1].startswith("UNSERVED: queue watched has 1 due job(s)"), "no worker runs"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=20)
     assert process.returncode == 130

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import re
 from collections.abc import Iterator
 
 import psycopg
@@ -205,6 +207,61 @@ def test_pgq_stats_prints_and_emits_json(settings: Settings, stored: StatsServic
     assert out.exit_code == 0, out.output
     assert out.output.startswith("stats from postgres")
     assert "s.ghost=1" in out.output and "m.send" in out.output
+
+
+def test_unserved_queues_are_flagged_shown_and_logged_once_per_transition(
+        app: pgq.App, conn: psycopg.Connection, settings: Settings,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A queue with due work and no live worker is unserved: flagged in the figures,
+    first in pgq stats, and one WARNING from the leader when it becomes so. A paused
+    queue (sms) and one with only future jobs (later) are not; mail has a worker."""
+    seed(conn)
+    conn.execute("INSERT INTO pgq_jobs (queue, task, run_at) VALUES "
+                 "('reports', 'r.build', now() - interval '2 minutes'), "
+                 "('reports', 'r.build', now()), ('later', 'l.run', now() + interval '1 hour')")
+    conn.execute("UPDATE pgq_jobs SET state = 'scheduled' WHERE queue = 'later'")
+    caplog.set_level(logging.INFO, logger="pgq.stats")
+    service = StatsService(app, holder="test")
+
+    def refresh() -> list[str]:
+        caplog.clear()
+        with psycopg.connect(app.settings.database_url, autocommit=True) as c:
+            service.refresh(c)
+        return [f"{r.levelname} {r.getMessage()}" for r in caplog.records
+                if "unserved" in r.getMessage()]
+
+    (line,) = refresh()
+    assert re.fullmatch(r"WARNING stats: queue 'reports' is unserved: 2 due job\(s\), oldest "
+                        r"due 12\ds ago and no live worker serves it \(pgq workers; pgq stats\)",
+                        line), line
+    stats = app.stats()
+    assert stats.unserved == ["reports"] and stats.document["unserved"] == ["reports"]
+    reports, sms, later, mail = (stats.queues[n] for n in ("reports", "sms", "later", "mail"))
+    assert (reports.unserved, reports.due, reports.live_workers) == (True, 2, 0)
+    assert (sms.unserved, sms.due, sms.paused) == (False, 1, True), "paused: not unserved"
+    assert (later.unserved, later.due, later.lag_seconds) == (False, 0, None)
+    assert (mail.unserved, mail.due, mail.live_workers) == (False, 3, 1)
+    assert refresh() == [], "still unserved: no new line"
+
+    env = {"PGQ_DATABASE_URL": settings.database_url, "PGQ_REDIS_URL": settings.redis_url or ""}
+    out = CliRunner().invoke(cli, ["stats"], env=env)
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[1].startswith("UNSERVED: queue reports has 2 due job(s), oldest due 12")
+    assert lines[1].endswith("s ago and no live worker serves it") and len(lines) > 2
+    assert [line.split()[-3:] for line in lines if line.startswith("reports ")] == [
+        ["0", "UNSERVED", "r.build=2"]]  # WORKERS, then ORPHANED: nobody registered r.build
+    doc = json.loads(CliRunner().invoke(cli, ["stats", "--json"], env=env).output)
+    assert doc["unserved"] == ["reports"]
+    assert {k: doc["queues"]["reports"][k] for k in ("unserved", "due", "live_workers")} == {
+        "unserved": True, "due": 2, "live_workers": 0}
+
+    conn.execute("INSERT INTO pgq_workers (id, host, pid, concurrency, version, queues) "
+                 "VALUES ('h:3:r', 'h', 3, 1, 't', '{\"reports\": 1}')")
+    assert refresh() == ["INFO stats: queue 'reports' is no longer unserved (1 live worker(s))"]
+    assert app.stats().unserved == []
+    conn.execute("DELETE FROM pgq_workers WHERE id = 'h:3:r'")
+    assert [line.split(":")[0] for line in refresh()] == ["WARNING stats"], "unserved again"
 
 
 def test_capped_parts_fall_back_to_estimates_and_flag_lower_bounds(
