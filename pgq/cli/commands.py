@@ -285,6 +285,7 @@ def _rebind(app: App, database_url: str) -> App:
     rebound.registry = app.registry
     rebound.schedules = app.schedules
     rebound.middleware = app.middleware
+    rebound.dead_letter_hooks = app.dead_letter_hooks
     return rebound
 
 
