@@ -182,8 +182,9 @@ class App(StatsReads):  # app.stats(), app.astats()
         return middleware
 
     def on_dead_letter(self, hook: DeadLetterHook) -> DeadLetterHook:
-        """Call ``hook(pgq.DeadLetter)`` in the worker after each job it stores as
-        ``failed``: off the job path, never retried (docs/operations.md#dead-letters)."""
+        """Call ``hook(pgq.DeadLetter)`` after each job a worker (or the reclaim of a lost
+        worker's jobs) stores as ``failed``: off the job path, never retried
+        (docs/operations.md#dead-letters)."""
         self.dead_letter_hooks.append(hook)
         return hook
 

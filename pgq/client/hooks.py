@@ -1,11 +1,12 @@
 """Dead-letter hooks: what ``App.on_dead_letter`` registers, and the record each receives.
 
-A hook is told about every job a worker process stores as ``failed`` (out of attempts,
-``pgq.Fail``, or a timeout on the last attempt): to page someone, post to Slack, or
-report to Sentry. Workers run hooks after the outcome is committed, on a thread of their
-own (``pgq.worker.deadletters``): a slow hook delays other notifications, never a job;
-a hook that raises is logged and not called again for that job. docs/operations.md,
-"Dead letters", has the rules.
+A hook is told about every job that ends ``failed`` (out of attempts, ``pgq.Fail``, a
+timeout on the last attempt, an outcome the database refused, or a lost worker's crash
+budget spent): to page someone, post to Slack, or report to Sentry. The process that
+stored it (the worker, or the one whose reclaim failed it) runs the hooks after the
+commit, on a thread of its own (``pgq.worker.deadletters``): a slow hook delays other
+notifications, never a job; a hook that raises is logged and not called again for that
+job. docs/operations.md, "Dead letters", has the rules.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class DeadLetter:
     traceback: str
     """Its traceback excerpt, as stored (may be empty)."""
     worker_id: str
-    """The worker process that ran the attempt."""
+    """The worker process that ran the attempt (for a reclaimed job: the lost one)."""
 
 
 DeadLetterHook = Callable[[DeadLetter], "Awaitable[None] | None"]

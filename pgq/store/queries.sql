@@ -416,7 +416,8 @@ SELECT id, attempt, lease_owner, task, max_attempts,
        -- blamed (pgq.reclaim), so it does not spend the crash budget.
        (SELECT count(*) FROM jsonb_array_elements(errors) AS e
         WHERE e->>'type' = 'pgq.WorkerLost'
-          AND (e->>'charged') IS DISTINCT FROM 'false')::int AS lost
+          AND (e->>'charged') IS DISTINCT FROM 'false')::int AS lost,
+       queue  -- for the log line and the dead-letter hooks
 FROM pgq_jobs
 WHERE state = 'running'
   AND (lease_expires_at < coalesce(%(now)s::timestamptz, now())

@@ -59,6 +59,9 @@ class Completer:
         """Is the producer about to claim (it then takes the outcomes waiting)?"""
         self.dead_letter: Callable[[Context, str | None], None] = lambda ctx, error: None
         """Told of each job just stored as ``failed`` (the dead-letter hooks' ``submit``)."""
+        self._stored_instead: dict[int, Outcome] = {}
+        """Per job, the ``pgq.UnstorableOutcome`` failure ``_store`` wrote in place of the
+        outcome the database refused: it is what ``_settle`` logs and reports."""
         self._outage = Outage(f"worker {worker_id}: outcome connection", logger=log)
         self._flush_now = asyncio.Event()
         self._all_decided = asyncio.Event()
@@ -163,7 +166,9 @@ class Completer:
     def _settle(self, batch: list[Outcome], stored: set[int]) -> None:
         """Log and forget the jobs of a committed batch (fenced out: lease lost); pass
         the dead letters on to the hooks."""
-        for outcome in batch:
+        for decided in batch:
+            outcome = (self._stored_instead.pop(decided.job_id, decided)
+                       if self._stored_instead else decided)  # nearly always empty
             running = self.held.get(outcome.job_id)
             if running is None:
                 continue
@@ -213,9 +218,11 @@ class Completer:
                 if bad.state == "failed" and bad.result is None and bad.error is not None \
                         and '"pgq.UnstorableOutcome"' in bad.error:
                     return []  # even the fallback failed: the lease will expire and reclaim it
-                return await self._store([Outcome(bad.job_id, bad.attempt, "failed", error=error_entry(
+                instead = Outcome(bad.job_id, bad.attempt, "failed", error=error_entry(
                     bad.attempt, self.worker_id, exc, type_name="pgq.UnstorableOutcome",
-                    message=f"outcome {bad.state} could not be stored: {exc}"))])
+                    message=f"outcome {bad.state} could not be stored: {exc}"))
+                self._stored_instead[bad.job_id] = instead  # a dead letter, logged as such
+                return await self._store([instead])
 
     def _params(self, batch: list[Outcome]) -> dict[str, Any]:
         return {

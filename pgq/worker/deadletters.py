@@ -1,8 +1,12 @@
 """``DeadLetterHooks``: runs the app's ``on_dead_letter`` hooks, off the job path.
 
-The completer hands over each job it has just stored as ``failed`` (``submit``, on the
-event loop: one ``put_nowait``, nothing decoded); a daemon thread of this process
-builds the ``pgq.DeadLetter`` record and calls every hook in turn. The queue is bounded
+Whoever has just committed a job as ``failed`` hands it over (``submit``: one
+``put_nowait``, nothing decoded): the completer for the outcomes it stored (a task's
+failure, or the ``pgq.UnstorableOutcome`` it stored instead of an outcome the database
+refused), and the reclaim for jobs whose lost worker spent their crash budget or last
+attempt, in a worker's producer or in the supervisor that saw its child die. A daemon
+thread of this process builds the ``pgq.DeadLetter`` record and calls every hook in
+turn. The queue is bounded
 (``MAX_WAITING``): while the hooks are that far behind, further notifications are
 dropped and counted, with a WARNING at the first drop and one saying how many once the
 hooks catch up, so a slow or hung hook (a pager API timing out) never holds a slot, a
@@ -23,15 +27,34 @@ import queue
 import threading
 import time
 from contextlib import suppress
-from typing import Any
+from typing import Any, Protocol
 
 from pgq.client.hooks import DeadLetter, DeadLetterHook
-from pgq.worker.context import Context
 
 log = logging.getLogger("pgq.worker")
 
 MAX_WAITING = 1_000
 """Dead letters waiting for the hooks before further ones are dropped (and counted)."""
+
+
+class FailedJob(Protocol):
+    """What a dead letter is made of besides its ``errors`` entry: a running job's
+    ``Context``, or what the reclaim read of a lost one (``reclaim.LostJob``)."""
+
+    @property
+    def job_id(self) -> int: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def worker_id(self) -> str:
+        """The worker process that ran the failed attempt."""
+        ...
 
 
 class DeadLetterHooks:
@@ -43,7 +66,7 @@ class DeadLetterHooks:
         """Notifications dropped since the last report (the queue was full)."""
         self.delivered = 0
         """Dead letters every hook was called for (raising or not)."""
-        self._queue: queue.Queue[tuple[Context, str | None] | None] = queue.Queue(max_waiting)
+        self._queue: queue.Queue[tuple[FailedJob, str | None] | None] = queue.Queue(max_waiting)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -54,8 +77,9 @@ class DeadLetterHooks:
                                             daemon=True)
             self._thread.start()
 
-    def submit(self, ctx: Context, error: str | None) -> None:
-        """A job was just stored as ``failed`` (called on the loop; never blocks)."""
+    def submit(self, ctx: FailedJob, error: str | None) -> None:
+        """A job was just stored as ``failed`` with the ``errors`` entry ``error`` (its
+        JSON); never blocks, so it may be called on an event loop. Thread-safe."""
         if self._thread is None:
             return
         try:
@@ -108,7 +132,7 @@ async def _wait(awaitable: Any) -> None:
     await awaitable
 
 
-def dead_letter(ctx: Context, error: str | None) -> DeadLetter:
+def dead_letter(ctx: FailedJob, error: str | None) -> DeadLetter:
     """The record a hook receives, from the job's context and its last ``errors`` entry."""
     try:
         entry = json.loads(error) if error else {}

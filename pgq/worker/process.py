@@ -10,7 +10,8 @@ The services, each in its own module with the same start/stop shape:
 * the wake-up listener (``pgq.coordination``) and the leader-only services this process
   campaigns for (maintenance, and the cron scheduler when asked);
 * the dead-letter hooks (``deadletters``), a thread that tells the app's
-  ``on_dead_letter`` hooks about each job the completer stored as ``failed``.
+  ``on_dead_letter`` hooks about each job the completer stored as ``failed`` and each
+  one the producer's reclaim failed (a lost worker's crash budget or last attempt spent).
 
 They share one table, ``held.HeldJobs`` (the jobs this process holds a lease on), and
 call each other through the few callables wired here; a job is forgotten, with all it
@@ -72,6 +73,7 @@ class Worker:
         self.completer.claim_coming = self.producer.claim_coming
         self.dead_letters = DeadLetterHooks(app.dead_letter_hooks)
         self.completer.dead_letter = self.dead_letters.submit
+        self.producer.dead_letter = self.dead_letters.submit  # jobs its reclaim failed
         self._supervised = lease_table is not None
         """A supervisor's child: ``pgq worker`` gave the start-up warnings once for all."""
         self._exit_code = EXIT_OK

@@ -24,6 +24,7 @@ from pgq.store.database import execute_async
 from pgq.worker.claim_cursor import ClaimCursors
 from pgq.worker.config import WorkerConfig
 from pgq.worker.connection import ClaimLink
+from pgq.worker.deadletters import FailedJob
 from pgq.worker.held import HeldJobs, Outcome
 from pgq.worker.joblog import log
 from pgq.worker.queues import Turns, allocate
@@ -59,6 +60,8 @@ class Producer:
         """Starts a claimed job (the executor)."""
         self.outcomes = outcomes
         """The completer: outcomes waiting ride with the next claim."""
+        self.dead_letter: Callable[[FailedJob, str], None] | None = None
+        """Told of each job its reclaim ended ``failed`` (the dead-letter hooks' ``submit``)."""
         self.claiming = False
         """A claim statement is in flight."""
         self._looping = False
@@ -123,7 +126,8 @@ class Producer:
                 await self.link.safely(reclaim(self.link.conn, self.app.registry,
                                            reclaimer=self.worker_id,
                                            crash_budget=self.config.crash_budget,
-                                           now=self.app.clock.now()))
+                                           now=self.app.clock.now(),
+                                           dead_letter=self.dead_letter))
                 due = await self.link.safely(self._execute("job_isolated_due", {
                     "queues": queues, "tasks": tasks, "now": self.app.clock.now()}))
                 self._isolated_due = self._isolated_due or bool(due and due[0][0])

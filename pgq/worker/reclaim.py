@@ -25,13 +25,20 @@ A job whose charged losses reach ``crash_budget`` ends ``failed``: a task that s
 or gets OOM-killed must not take down workers forever. Uncharged entries carry
 ``"charged": false`` so an auditor sees every interruption and the budget counts only
 the ones that were the job's fault.
+
+Each reclaimed job gets the worker's per-job line shape once the transaction committed
+(``job=... queue=... outcome=failed error=pgq.WorkerLost: ...``), and a job it ended
+``failed`` is a dead letter like any other: the caller's ``dead_letter`` (the process's
+``DeadLetterHooks.submit``) is told after the commit, so the app's ``on_dead_letter``
+hooks run for it too, although the worker that ran it is gone.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -40,11 +47,26 @@ import psycopg
 from pgq.core.backoff import Backoff
 from pgq.core.tasks import TaskRegistry
 from pgq.store.database import execute_async
+from pgq.worker.deadletters import FailedJob
 from pgq.worker.failure import LOST_TYPE, error_entry
+from pgq.worker.joblog import error_text
 
 log = logging.getLogger("pgq.reclaim")
 
 DEFAULT_CRASH_BUDGET = 3
+
+
+@dataclass(frozen=True, slots=True)
+class LostJob:
+    """A reclaimed job as its row says (a ``FailedJob`` for the dead-letter hooks)."""
+
+    job_id: int
+    task: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    worker_id: str
+    """Its lease owner: the worker that ran the lost attempt."""
 
 
 async def reclaim(
@@ -59,13 +81,16 @@ async def reclaim(
     reason: str | None = None,
     witnessed: bool = False,
     timed_out: Mapping[int, float] | None = None,
+    dead_letter: Callable[[FailedJob, str], None] | None = None,
 ) -> int:
     """Reclaim up to ``limit`` lost jobs in one transaction; returns how many.
 
     ``witnessed``: a supervisor saw ``dead_owners`` die, so their jobs are judged by how
     many were running together (the table above). ``timed_out``: jobs (id -> timeout)
-    whose overrun made the supervisor end the process; its other jobs are bystanders."""
+    whose overrun made the supervisor end the process; its other jobs are bystanders.
+    ``dead_letter(job, error)``: told of each job this ended ``failed``, after the commit."""
     timed_out = timed_out or {}
+    decided: list[tuple[LostJob, str, str]] = []  # (job, state, errors entry)
     async with conn.transaction():
         rows = await execute_async(conn, "job_lost_lock", {
             "now": now, "dead_owners": list(dead_owners), "limit": limit})
@@ -76,14 +101,16 @@ async def reclaim(
             "ids", "attempts", "owners", "states", "delays", "refunds", "results", "errors")}
         isolate: list[int] = []
 
-        def add(job_id: int, attempt: int, owner: str, state: str, *, delay: float = 0.0,
-                refund: int = 0, error: str) -> None:
-            for key, value in (("ids", job_id), ("attempts", attempt), ("owners", owner),
-                               ("states", state), ("delays", delay), ("refunds", refund),
-                               ("results", None), ("errors", error)):
+        def add(job: LostJob, state: str, *, delay: float = 0.0, refund: int = 0,
+                error: str) -> None:
+            for key, value in (("ids", job.job_id), ("attempts", job.attempt),
+                               ("owners", job.worker_id), ("states", state), ("delays", delay),
+                               ("refunds", refund), ("results", None), ("errors", error)):
                 batch[key].append(value)
+            decided.append((job, state, error))
 
-        for job_id, attempt, owner, task_name, max_attempts, lost in rows:
+        for job_id, attempt, owner, task_name, max_attempts, lost, queue in rows:
+            job = LostJob(job_id, task_name, queue, attempt, max_attempts, owner)
             task = registry.get(task_name)
             backoff = task.backoff if task is not None else Backoff()
             seen = owner in dead_owners and witnessed
@@ -95,8 +122,7 @@ async def reclaim(
                 state = "failed" if exhausted else "retryable"
                 message = (f"attempt exceeded its timeout of {limit_s:g}s and did not return; "
                            "its worker process was ended")
-                add(job_id, attempt, owner, state,
-                    delay=0.0 if exhausted else backoff.delay(attempt),
+                add(job, state, delay=0.0 if exhausted else backoff.delay(attempt),
                     error=error_entry(attempt, reclaimer, type_name="pgq.Timeout",
                                       message=message))
             elif seen and (timed_out or together[owner] > 1):
@@ -109,7 +135,7 @@ async def reclaim(
                                "it runs alone next")
                     isolate.append(job_id)
                 state = "available"
-                add(job_id, attempt, owner, state, refund=1, error=error_entry(
+                add(job, state, refund=1, error=error_entry(
                     attempt, reclaimer, type_name=LOST_TYPE, message=message, charged=False))
             else:
                 exhausted = attempt >= max_attempts or lost + 1 >= crash_budget
@@ -121,12 +147,21 @@ async def reclaim(
                     isolate.append(job_id)  # it crashed a process alone: never share one again
                 # No backoff: a lost worker is not a failing downstream, and the crash
                 # budget, not the delay, is what stops a poison job.
-                add(job_id, attempt, owner, state,
+                add(job, state,
                     error=error_entry(attempt, reclaimer, type_name=LOST_TYPE, message=message))
-            log.warning("job=%s task=%s attempt=%s/%s outcome=%s reason=%r", job_id, task_name,
-                        attempt, max_attempts, state, message)
         done = await execute_async(conn, "job_finish_many", {**batch, "now": now})
         if isolate:
             await execute_async(conn, "job_isolate_many", {"ids": isolate})
-        return len(done)
+    stored = {row[0] for row in done}
+    for lost_job, state, error in decided:
+        if lost_job.job_id not in stored:
+            continue
+        # The worker's per-job line (pgq.worker.joblog), with who reclaimed it for the
+        # duration nobody measured.
+        log.warning("job=%s task=%s queue=%s attempt=%d/%d outcome=%s reclaimed_by=%s %s",
+                    lost_job.job_id, lost_job.task, lost_job.queue, lost_job.attempt,
+                    lost_job.max_attempts, state, reclaimer, error_text(error))
+        if state == "failed" and dead_letter is not None:
+            dead_letter(lost_job, error)
+    return len(done)
 

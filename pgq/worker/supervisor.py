@@ -44,6 +44,7 @@ from pgq.core.errors import ConfigError, DatabaseUnavailable, MigrationError, Pg
 from pgq.core.outage import Outage
 from pgq.store.database import connect, connect_async, execute
 from pgq.worker.config import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, WorkerConfig, new_worker_id
+from pgq.worker.deadletters import DeadLetterHooks
 from pgq.worker.leasetable import LeaseTable
 from pgq.worker.process import Worker
 from pgq.worker.reclaim import reclaim
@@ -122,6 +123,9 @@ class Supervisor:
         self._stopping = 0
         self._keeper_stop = threading.Event()
         self._failed = False
+        self.dead_letters = DeadLetterHooks(app.dead_letter_hooks)
+        """The app's hooks, for the jobs a child's death made dead letters (``_rescue``):
+        the child that ran them cannot tell its own hooks any more."""
 
     def _spawn(self, slot: int, quick_deaths: int = 0) -> None:
         worker_id = f"{self.id}/{slot}.{int(time.time() * 1000) % 100000}"
@@ -151,6 +155,7 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self.dead_letters.start()
         for slot in range(self.processes):
             self._spawn(slot)
         keeper = threading.Thread(target=self._keep_leases, name="pgq-lease-keeper", daemon=True)
@@ -175,6 +180,7 @@ class Supervisor:
                     pending_restarts[child.slot] = time.monotonic() + delay
         self._keeper_stop.set()
         keeper.join(timeout=5)
+        self.dead_letters.stop()  # bounded, like a worker's
         log.info("supervisor: all workers stopped")
         return 1 if self._failed else EXIT_OK
 
@@ -215,7 +221,8 @@ class Supervisor:
                 return await reclaim(conn, self.app.registry, reclaimer=self.id,
                                      dead_owners=[child.worker_id], reason=reason,
                                      crash_budget=self.config.crash_budget, witnessed=True,
-                                     timed_out=child.timed_out)
+                                     timed_out=child.timed_out,
+                                     dead_letter=self.dead_letters.submit)
             finally:
                 await conn.close()
 

@@ -153,6 +153,87 @@ def test_a_blocked_hook_does_not_stop_other_jobs_completing(
     assert worker.worker.dead_letters.delivered == 5
 
 
+def hooked(app: pgq.App, db_url: str) -> list[tuple[pgq.DeadLetter, str]]:
+    """Each dead letter the app's hook is told of, with the job's state another
+    connection sees at that moment."""
+    seen: list[tuple[pgq.DeadLetter, str]] = []
+
+    @app.on_dead_letter
+    def record(dead: pgq.DeadLetter) -> None:
+        with psycopg.connect(db_url) as c:
+            row = c.execute("SELECT state FROM pgq_jobs WHERE id = %s", [dead.job_id]).fetchone()
+        seen.append((dead, row[0] if row else "gone"))
+
+    return seen
+
+
+def test_hooks_hear_of_a_job_the_reclaim_failed_when_its_crash_budget_ran_out(
+        make_app: Callable[..., pgq.App], db_url: str, conn: psycopg.Connection,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A job whose worker vanished (lease expired) for the third time ends failed in
+    another worker's reclaim: that worker's hooks are told, after the commit, with the
+    dead worker as the one that ran it, and its line names the error."""
+    caplog.set_level(logging.INFO, logger="pgq.reclaim")
+    app = make_app()
+    seen = hooked(app, db_url)
+    app.task(name="dl.lost", queue="mail")(lambda: None)
+    job_id = app.enqueue("dl.lost").id
+    lost = ('{"attempt": %d, "type": "pgq.WorkerLost", "message": "lease expired", '
+            '"traceback": "", "worker": "w0", "at": "2030-01-01T00:00:00+00:00"}')
+    conn.execute("UPDATE pgq_jobs SET state = 'running', attempt = 3, lease_owner = 'gone:7', "
+                 "started_at = now() - interval '1 minute', "
+                 "lease_expires_at = now() - interval '1 second', errors = %s::jsonb "
+                 "WHERE id = %s", [f"[{lost % 1}, {lost % 2}]", job_id])
+    worker = run(app, WorkerConfig(queues=tuple(parse_queues("mail")), poll_seconds=0.05,
+                                   maintenance=False, crash_budget=3), stop_when="done")
+    assert states(conn, [job_id]) == ["failed"]
+    assert worker.dead_letters.delivered == 1
+    ((dead, state),) = seen
+    assert state == "failed", "the hook runs after the commit"
+    assert (dead.job_id, dead.task, dead.queue, dead.attempt, dead.worker_id,
+            dead.error_type) == (job_id, "dl.lost", "mail", 3, "gone:7", "pgq.WorkerLost")
+    why = ("lease expired: worker gone:7 stopped renewing it during attempt 3; lost its worker "
+           "3 times (crash budget 3)")
+    assert dead.error_message == why
+    (line,) = [r for r in caplog.records if f"job={job_id} " in r.getMessage()]
+    assert line.levelno == logging.WARNING and line.name == "pgq.reclaim"
+    assert line.getMessage() == (
+        f"job={job_id} task=dl.lost queue=mail attempt=3/{dead.max_attempts} outcome=failed "
+        f"reclaimed_by={worker.id} error=pgq.WorkerLost: {why}")
+
+
+def test_hooks_hear_of_an_outcome_the_database_refused_stored_as_failed(
+        make_app: Callable[..., pgq.App], db_url: str, conn: psycopg.Connection,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An outcome the database refuses (here a CHECK constraint the test adds: the
+    database, not pgq, says no) is stored as failed with pgq.UnstorableOutcome: that is a
+    dead letter, so the hooks are told and its line is the failed job's, not completed."""
+    caplog.set_level(logging.INFO, logger="pgq.worker")
+    conn.execute("ALTER TABLE pgq_jobs ADD CONSTRAINT test_refuses_poison "
+                 "CHECK (result IS NULL OR NOT result ? 'poison')")
+    app = make_app()
+    seen = hooked(app, db_url)
+
+    @app.task(name="dl.poison")
+    def poison(fine: bool) -> dict[str, bool]:
+        return {"fine": True} if fine else {"poison": True}
+
+    ids = [app.enqueue("dl.poison", {"fine": n != 1}).id for n in range(3)]
+    worker = run(app, FAST, stop_when="done")
+    assert states(conn, ids) == ["completed", "failed", "completed"]
+    assert worker.stats.finished == {"completed": 2, "failed": 1}
+    ((dead, state),) = seen
+    assert (dead.job_id, state, dead.error_type) == (ids[1], "failed", "pgq.UnstorableOutcome")
+    assert dead.error_message.startswith("outcome completed could not be stored: ")
+    assert "test_refuses_poison" in dead.error_message
+    lines = [r for r in caplog.records if f"job={ids[1]} " in r.getMessage()
+             and " outcome=" in r.getMessage()]
+    assert [(r.levelno, r.getMessage().split(" outcome=")[1].split()[0]) for r in lines] == [
+        (logging.WARNING, "failed")], "logged as the dead letter it is, once"
+    assert "error=pgq.UnstorableOutcome: outcome completed could not be stored: " in \
+        lines[0].getMessage()
+
+
 def test_a_worker_warns_about_tasks_whose_queue_it_does_not_serve(
         make_app: Callable[..., pgq.App], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="pgq.worker")
