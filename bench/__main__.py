@@ -6,7 +6,8 @@ localhost) and scratch databases ``pgq_bench`` (throughput), ``pgq_bench_pickup`
 with ``pgq_bench_aged_empty`` (aged table), ``pgq_bench_snapshot`` (drain under an open
 snapshot), ``pgq_bench_memory`` (worker memory), ``pgq_bench_cmp`` (the comparison's
 drain against pgbench's ceiling), ``pgq_bench_recovery`` (crash recovery) and
-``pgq_bench_stats`` (queue stats on 10 million rows) that it drops and recreates.
+``pgq_bench_stats`` (queue stats on 10 million rows) and ``pgq_bench_retry`` (claim latency
+during a bulk retry of 100,000 dead letters) that it drops and recreates.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import psycopg
 
 from bench.aged import AGED, AgedResult
 from bench.aged import DATABASE as AGED_DATABASE
+from bench.bulk_retry import BULK_RETRY
+from bench.bulk_retry import DATABASE as BULK_RETRY_DATABASE
+from bench.bulk_retry_report import BulkRetryResult
 from bench.comparison import COMPARISON, ComparisonResult, comparison
 from bench.comparison import DATABASE as COMPARISON_DATABASE
 from bench.memory import DATABASE as MEMORY_DATABASE
@@ -42,13 +46,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("workloads", nargs="*", default=[],
                         choices=[*WORKLOADS, *PICKUP, *PRUNE, *AGED, *SNAPSHOT, *MEMORY,
-                                 *COMPARISON, *RECOVERY, *STATS, []])
+                                 *COMPARISON, *RECOVERY, *STATS, *BULK_RETRY, []])
     parser.add_argument("--runs", type=int, default=None,
                         help="repetitions (throughput, aged drain: median reported; pickup, prune, "
                         "aged claims: samples pooled; memory: each run reported)")
     opts = parser.parse_args()
     chosen = opts.workloads or [*WORKLOADS, *PICKUP, *PRUNE, *AGED, *SNAPSHOT, *MEMORY,
-                                *COMPARISON, *RECOVERY, *STATS]
+                                *COMPARISON, *RECOVERY, *STATS, *BULK_RETRY]
     kwargs = {"runs": opts.runs} if opts.runs else {}
     admin = os.environ.get("PGQ_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     figures: list[Figure] = []
@@ -69,10 +73,11 @@ def main() -> None:
             _describe(url)
         pruned = [PRUNE[name](url, **kwargs) for name in chosen if name in PRUNE]
     reports: list[AgedResult | SnapshotResult | MemoryResult | ComparisonResult
-                  | RecoveryResult | StatsResult] = []
+                  | RecoveryResult | StatsResult | BulkRetryResult] = []
     for group, database in ((AGED, AGED_DATABASE), (SNAPSHOT, SNAPSHOT_DATABASE),
                             (MEMORY, MEMORY_DATABASE),
-                            (RECOVERY, RECOVERY_DATABASE), (STATS, STATS_DATABASE)):
+                            (RECOVERY, RECOVERY_DATABASE), (STATS, STATS_DATABASE),
+                            (BULK_RETRY, BULK_RETRY_DATABASE)):
         if any(name in group for name in chosen):
             url = fresh_database(admin, database)
             if not figures and not latencies and not pruned and not reports:
