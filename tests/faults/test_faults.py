@@ -83,10 +83,15 @@ def test_connections_terminated_repeatedly(db_url: str, tmp_path: Path) -> None:
     run.wait_completed(len(run.ids), 90 * SCALE)
     after = run.worker_resources()
     # Dozens of reconnect cycles later: the same processes, no descriptor leaked (a few
-    # may be in flight either way), memory within noise.
+    # may be in flight either way), memory within noise. Descriptors are bounded over
+    # all the worker's processes together: leadership can move from one process to
+    # another during the fault, and the leader's lanes hold a few connections more (one
+    # run failed a per-process bound with 28 against 24 + 3). A leak grows with the
+    # hundred-odd terminations, far past this margin.
     assert set(after) == set(before), "a worker process died or was replaced"
+    fds_before, fds_after = (sum(fds for fds, _ in r.values()) for r in (before, after))
+    assert fds_after <= fds_before + 6, (before, after)
     for pid, (fds, rss) in after.items():
-        assert fds <= before[pid][0] + 3, (pid, before[pid], (fds, rss))
         assert rss <= before[pid][1] * 1.2 + 2048, (pid, before[pid], (fds, rss))
     run.finish(f"{terminated} backends terminated", fault_end, recovery, timeout=90 * SCALE)
 
