@@ -33,7 +33,9 @@ from pgq.core.errors import (
     UnknownTaskError,
     UnsupportedConnectionError,
 )
+from pgq.core.logs import JsonFormatter
 from pgq.core.outcomes import Cancel, Fail, JobOutcome, Retry, Snooze
+from pgq.core.redaction import Redactor
 from pgq.core.settings import Settings
 from pgq.core.states import JobState
 from pgq.core.tasks import Task, TaskRegistry
@@ -73,12 +75,14 @@ __all__ = [
     "JobOutcome",
     "JobSpec",
     "JobState",
+    "JsonFormatter",
     "LeaseLost",
     "ManualClock",
     "MigrationError",
     "PayloadTooLargeError",
     "PgqError",
     "QueueSpec",
+    "Redactor",
     "ResultTimeout",
     "Retry",
     "ScheduleError",

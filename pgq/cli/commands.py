@@ -18,6 +18,7 @@ from pgq.cli.queues import queues, workers
 from pgq.cli.stats import stats
 from pgq.client.app import App
 from pgq.core.errors import ConfigError, PgqError
+from pgq.core.logs import LOG_FORMATS, configure_logging
 from pgq.core.settings import Settings
 from pgq.core.validation import parse_json
 
@@ -98,6 +99,12 @@ def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,
                    err=True)
 
 
+log_format_option = click.option(
+    "--log-format", type=click.Choice(LOG_FORMATS), default="text", envvar="PGQ_LOG_FORMAT",
+    show_envvar=True, help="text: the human line; json: one JSON object per line (time, "
+    "level, logger, message, and a job's fields; docs/worker.md, Observability).")
+
+
 @cli.command()
 @app_option
 @click.option("--queues", default="default", show_envvar=True, metavar="SPEC",
@@ -133,12 +140,13 @@ def enqueue(task: str, args_json: str, queue: str | None, delay: float | None,
 @click.option("--crash-budget", type=click.IntRange(1), default=3, show_envvar=True,
               help="Times a job may lose its worker (crash, kill) before it ends failed.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-              default="INFO", show_envvar=True, help="DEBUG also logs job args.")
+              default="INFO", show_envvar=True, help="DEBUG also logs job args (redacted).")
+@log_format_option
 @database_option
 def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, processes: int,
            shutdown_timeout: float, lease: float, poll_interval: float, with_scheduler: bool,
            no_maintenance: bool, no_wakeups: bool, async_commit: bool, crash_budget: int,
-           log_level: str, database_url: str | None) -> None:
+           log_level: str, log_format: str, database_url: str | None) -> None:
     """Run jobs. Stops gracefully on SIGTERM/SIGINT."""
     from pgq.worker import WorkerConfig
     from pgq.worker.process import warn_unserved_tasks
@@ -147,8 +155,7 @@ def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, pr
 
     if not app_path:
         raise ConfigError("pgq worker needs --app module:attribute (or PGQ_APP)")
-    logging.basicConfig(level=getattr(logging, log_level),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(getattr(logging, log_level), log_format)
     config = WorkerConfig(queues=tuple(parse_queues(queues)), concurrency=concurrency,
                           strict=strict, lease_seconds=lease, poll_seconds=poll_interval,
                           shutdown_seconds=shutdown_timeout, crash_budget=crash_budget,
@@ -162,15 +169,17 @@ def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, pr
     # Always supervised, one process too: the supervisor restarts a worker that recycles
     # itself or dies, renews leases a GIL-bound task would starve, and ends hung tasks.
     sys.exit(Supervisor(app, load_app, (app_path, database_url), config, processes,
-                        getattr(logging, log_level)).run())
+                        getattr(logging, log_level), log_format=log_format).run())
 
 
 @cli.command()
 @app_option
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
               default="INFO", show_envvar=True)
+@log_format_option
 @database_option
-def scheduler(app_path: str | None, log_level: str, database_url: str | None) -> None:
+def scheduler(app_path: str | None, log_level: str, log_format: str,
+              database_url: str | None) -> None:
     """Run the cron scheduler (and maintenance). Run several for availability: the
     leader fires, and each tick is enqueued exactly once whatever happens."""
     import signal
@@ -181,8 +190,7 @@ def scheduler(app_path: str | None, log_level: str, database_url: str | None) ->
     from pgq.worker import new_worker_id
 
     app = load_app(_need_app(app_path), database_url)
-    logging.basicConfig(level=getattr(logging, log_level),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(getattr(logging, log_level), log_format)
     _check_schema(app)
     holder = new_worker_id()
     stop = threading.Event()

@@ -4,7 +4,8 @@ priority) through the operations API (docs/operations.md, "CLI")."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,9 +35,10 @@ from pgq.cli.output import (
 )
 from pgq.client.admin import Progress, Target
 from pgq.client.app import App
-from pgq.client.jobfilter import JobFilter, JobRecord
+from pgq.client.jobfilter import Attempt, JobFilter, JobRecord
 from pgq.client.reads import ActionRecord
 from pgq.core.errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
+from pgq.core.redaction import redact_args, redact_text
 
 EXIT_CODES = ("Exit codes: 0 done, 1 error (bad value, database), 2 usage, 3 no such job, "
               "4 nothing to change (or --dry-run found none), 130 interrupted or not confirmed.")
@@ -60,6 +62,7 @@ def list_jobs(limit: int, cursor: str | None, as_json: bool, database_url: str |
     where = build_filter(**filters) or JobFilter()
     with operator_app(database_url) as app:
         page = app.jobs.list(where, limit=limit, after=cursor)
+        page = replace(page, jobs=tuple(redacted(app, job) for job in page.jobs))
     if as_json:
         emit_json({"jobs": [_job_doc(job, attempts=False) for job in page.jobs],
                    "next_cursor": page.next_cursor})
@@ -83,6 +86,7 @@ def show(job_id: int, as_json: bool, database_url: str | None) -> None:
     """One job: args, timeline, every attempt's error and traceback, operator actions."""
     with operator_app(database_url) as app:
         job = app.jobs.get(job_id)
+        job = job and redacted(app, job)
         actions = app.jobs.actions(job_id)
     if job is None:
         if as_json:
@@ -94,6 +98,18 @@ def show(job_id: int, as_json: bool, database_url: str | None) -> None:
         emit_json({**_job_doc(job, attempts=True), "actions": plain(actions)})
         return
     _show_text(job, actions)
+
+
+def redacted(app: App, job: JobRecord) -> JobRecord:
+    """The job as operator tools show it: args and error texts through the redactor
+    (docs/redaction.md). ``app.jobs.get`` returns them as stored: a task needs its args.
+    Error entries are redacted when stored; this covers those stored before."""
+    args = redact_args(app, job.args, job.task) if isinstance(job.args, Mapping) else job.args
+    errors = tuple({**e, **{k: redact_text(app, e[k], job.task) for k in ("message", "traceback")
+                            if isinstance(e.get(k), str)}} if isinstance(e, Mapping) else e
+                   for e in job.errors)
+    return replace(job, args=args, errors=errors,
+                   attempts=tuple(Attempt.decode(e) for e in errors if isinstance(e, Mapping)))
 
 
 def _job_doc(job: JobRecord, *, attempts: bool) -> dict[str, Any]:

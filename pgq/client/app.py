@@ -35,6 +35,7 @@ from pgq.core.backoff import Backoff
 from pgq.core.clock import Clock, DatabaseClock
 from pgq.core.cron import DEFAULT_BACKFILL_WINDOW, DEFAULT_CATCH_UP, CatchUp, CronEntry, ScheduleError
 from pgq.core.errors import PgqError
+from pgq.core.redaction import Redactor
 from pgq.core.settings import Settings
 from pgq.core.tasks import (
     DEFAULT_MAX_ATTEMPTS,
@@ -61,6 +62,10 @@ class App(StatsReads):  # app.stats(), app.astats()
 
     ``clock``: where statements get "now" (default: the database's ``now()``). Tests
     pass a ``pgq.ManualClock`` to move time without sleeping.
+
+    ``redact``: the ``pgq.Redactor`` that masks args and error text wherever pgq shows
+    them (logs, traces, ``pgq jobs``) or stores errors, for tasks without their own
+    (default: secret-looking keys and card numbers; docs/redaction.md).
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class App(StatsReads):  # app.stats(), app.astats()
         redis_url: str | None = None,
         strict: bool = True,
         clock: Clock | None = None,
+        redact: Redactor | None = None,
     ) -> None:
         overrides = {k: v for k, v in (("database_url", database_url), ("redis_url", redis_url))
                      if v is not None}
@@ -81,12 +87,19 @@ class App(StatsReads):  # app.stats(), app.astats()
         self.settings = settings
         self.strict = strict
         self.clock: Clock = clock or DatabaseClock()
-        self.registry = TaskRegistry()
+        if redact is not None and not isinstance(redact, Redactor):
+            raise TypeError(f"redact must be a pgq.Redactor, got {redact!r}")
+        self.registry = TaskRegistry(redact)
         self.middleware: list[Middleware] = []
         self.schedules: dict[str, CronEntry] = {}
         self.dead_letter_hooks: list[DeadLetterHook] = []
         self._pools = Pools(settings)
         self._coordinator: Coordinator | None = None
+
+    @property
+    def redactor(self) -> Redactor:
+        """The app-wide ``pgq.Redactor`` (``App(redact=...)``)."""
+        return self.registry.redact
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> App:
@@ -112,6 +125,7 @@ class App(StatsReads):  # app.stats(), app.astats()
         timeout: float | None = DEFAULT_TIMEOUT,
         backoff: Backoff | None = None,
         lock: str | None = None,
+        redact: Redactor | None = None,
     ) -> Callable[[Callable[..., Any]], Task]: ...
 
     def task(
@@ -126,14 +140,16 @@ class App(StatsReads):  # app.stats(), app.astats()
         timeout: float | None = DEFAULT_TIMEOUT,
         backoff: Backoff | None = None,
         lock: str | None = None,
+        redact: Redactor | None = None,
     ) -> Task | Callable[[Callable[..., Any]], Task]:
         """Register a task: ``@app.task`` or ``@app.task(name="email:send", queue="critical")``.
-        The options are the defaults of its jobs; each enqueue may override them."""
+        The options are the defaults of its jobs; each enqueue may override them.
+        ``redact``: this task's ``pgq.Redactor``, instead of the app's."""
 
         def register(func: Callable[..., Any]) -> Task:
             return self.registry.register(func, name=name, queue=queue, priority=priority,
                                           max_attempts=max_attempts, timeout=timeout,
-                                          backoff=backoff, lock=lock)
+                                          backoff=backoff, lock=lock, redact=redact)
 
         return register(fn) if fn is not None else register
 

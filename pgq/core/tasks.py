@@ -15,6 +15,8 @@ from typing import Any
 
 from pgq.core.backoff import Backoff
 from pgq.core.errors import InvalidArgsError, PgqError, TaskDefinitionError
+from pgq.core.redaction import DEFAULT as DEFAULT_REDACTOR
+from pgq.core.redaction import Redactor
 from pgq.core.validation import (
     check_max_attempts,
     check_priority,
@@ -52,6 +54,9 @@ class Task:
     lock: str | None = None
     """Run-time lock key template, formatted with the job's args (``"sync:tenant:{tenant_id}"``):
     at most one job holding a given key runs at a time, across all workers."""
+    redact: Redactor = DEFAULT_REDACTOR
+    """What its args and errors look like wherever they are shown or stored as errors
+    (``pgq.core.redaction``): its own, or the app's it was registered with."""
     takes_context: bool = field(default=False)
     is_async: bool = field(default=False)
     _signature: inspect.Signature | None = field(default=None, init=False, repr=False,
@@ -90,10 +95,12 @@ class Task:
 
 
 class TaskRegistry:
-    """Task names to ``Task`` objects; a name can be registered once."""
+    """Task names to ``Task`` objects; a name can be registered once. ``redact``: the
+    redactor of tasks registered without their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, redact: Redactor | None = None) -> None:
         self._tasks: dict[str, Task] = {}
+        self.redact = redact or DEFAULT_REDACTOR
 
     def register(
         self,
@@ -106,6 +113,7 @@ class TaskRegistry:
         timeout: float | None = DEFAULT_TIMEOUT,
         backoff: Backoff | None = None,
         lock: str | None = None,
+        redact: Redactor | None = None,
     ) -> Task:
         task_name = name if name is not None else default_task_name(fn)
         try:
@@ -118,6 +126,7 @@ class TaskRegistry:
                 timeout=check_timeout(timeout),
                 backoff=backoff or Backoff(),
                 lock=lock,
+                redact=_redactor(redact, self.redact),
                 takes_context=_takes_context(fn),
                 is_async=inspect.iscoroutinefunction(fn),
             )
@@ -143,6 +152,14 @@ class TaskRegistry:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+def _redactor(given: object, default: Redactor) -> Redactor:
+    if given is None:
+        return default
+    if not isinstance(given, Redactor):
+        raise TaskDefinitionError(f"redact must be a pgq.Redactor, got {given!r}")
+    return given
 
 
 def default_task_name(fn: Callable[..., Any]) -> str:

@@ -24,6 +24,7 @@ from pgq.client.app import App
 from pgq.coordination import Coordinator
 from pgq.core.errors import InvalidArgsError, LeaseLost, PgqError
 from pgq.core.outcomes import Cancel, Fail, Retry, Snooze
+from pgq.core.redaction import redact_args
 from pgq.core.tasks import Task
 from pgq.core.validation import encode_result
 from pgq.worker.config import WorkerConfig
@@ -88,7 +89,8 @@ class Executor:
             running.lock_token = f"{self.worker_id}:{job_id}:{attempt}"
         self.held.add(running, timeout)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("job=%s task=%s args=%s", job_id, task_name, json.dumps(args))
+            log.debug("job=%s task=%s args=%s", job_id, task_name,
+                      json.dumps(redact_args(task, args)))  # args, redacted: only here
         if task.is_async or running.lock_key is not None:
             running.handle = asyncio.ensure_future(self._execute(running, args, timeout))
         else:
@@ -226,7 +228,8 @@ class Executor:
         except Exception as exc:  # a bug in pgq or in a task's policy must not strand the job
             log.exception("job=%s: could not decide the outcome", running.job_id)
             return Outcome(running.job_id, running.attempt, "failed", error=error_entry(
-                running.attempt, self.worker_id, exc, type_name="pgq.InternalError"))
+                running.attempt, self.worker_id, exc, type_name="pgq.InternalError",
+                redact=running.task.redact))
 
     def _raised(self, running: Running, exc: BaseException) -> Outcome | None:
         failure = exc
@@ -254,6 +257,7 @@ class Executor:
     def _failure(self, running: Running, exc: BaseException,
                  timed_out: float | None = None) -> Outcome | None:
         ctx, job_id, attempt = running.ctx, running.job_id, running.attempt
+        redact = running.task.redact  # what its errors entry keeps, and every log shows
         if running.lost or isinstance(exc, LeaseLost):
             log_job(running, "lease-lost", "nothing written; the new owner decides")
             self.held.forget(running, "lease-lost")
@@ -262,12 +266,13 @@ class Executor:
             return Outcome(job_id, attempt, "scheduled", delay=exc.delay, refund=1)
         if isinstance(exc, Cancel):
             return Outcome(job_id, attempt, "cancelled",
-                           error=error_entry(attempt, self.worker_id, exc))
+                           error=error_entry(attempt, self.worker_id, exc, redact=redact))
         if timed_out is not None:
             error = error_entry(attempt, self.worker_id, exc, type_name="pgq.Timeout",
-                                message=f"attempt exceeded its timeout of {timed_out:g}s")
+                                message=f"attempt exceeded its timeout of {timed_out:g}s",
+                                redact=redact)
         else:
-            error = error_entry(attempt, self.worker_id, exc)
+            error = error_entry(attempt, self.worker_id, exc, redact=redact)
         if isinstance(exc, Fail) or attempt >= ctx.max_attempts:
             return Outcome(job_id, attempt, "failed", error=error)
         delay = exc.delay if isinstance(exc, Retry) else running.task.backoff.delay(attempt)

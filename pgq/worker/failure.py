@@ -3,13 +3,16 @@
 Recording a failure must never fail: a message with NUL bytes (jsonb rejects them),
 lone surrogates (not UTF-8), or ten megabytes of text would otherwise make the failure
 write itself fail and leave the job stuck in ``running``. Everything is sanitised and
-truncated here, before it reaches SQL.
+truncated here, before it reaches SQL, and redacted (``pgq.core.redaction``) with the
+task's redactor: the entry is what logs and operator tools show, and it is kept.
 """
 
 from __future__ import annotations
 
 import json
 import traceback as tb
+
+from pgq.core.redaction import Redactor, redact_text
 
 MAX_MESSAGE_CHARS = 2_000
 MAX_TRACEBACK_CHARS = 8_000
@@ -27,6 +30,12 @@ def clean_text(text: str, limit: int) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _redacted(redact: Redactor | None, text: str, limit: int) -> str:
+    # Redacted before the final cut, so the cut cannot split a secret from its key; but
+    # after a first, looser one: ten megabytes of message must not cost seconds of regex.
+    return clean_text(redact_text(redact, clean_text(text, 4 * limit)), limit)
+
+
 _MOVED = (("pgq.core.outcomes.", "pgq.outcomes."), ("pgq.core.errors.", "pgq.errors."))
 """pgq's own exceptions are recorded under the names they had before issue 13 moved the
 vocabulary into pgq.core: errors entries are an audit trail, and queries match them."""
@@ -42,9 +51,10 @@ def _stable(name: str) -> str:
 
 def error_entry(attempt: int, worker: str, exc: BaseException | None = None, *,
                 type_name: str | None = None, message: str | None = None,
-                charged: bool = True) -> str:
+                charged: bool = True, redact: Redactor | None = None) -> str:
     """The JSON of one ``errors`` entry; the database adds ``at`` from its clock.
-    ``charged=False`` marks a lost worker the job is not blamed for (``pgq.worker.reclaim``)."""
+    ``charged=False`` marks a lost worker the job is not blamed for (``pgq.worker.reclaim``);
+    ``redact``: the task's redactor, for message and traceback (None: pgq's default)."""
     if exc is not None:
         type_name = type_name or _stable(f"{type(exc).__module__}.{type(exc).__qualname__}")
         try:
@@ -60,8 +70,8 @@ def error_entry(attempt: int, worker: str, exc: BaseException | None = None, *,
     entry = {
         "attempt": attempt,
         "type": clean_text(type_name or "Error", 200),
-        "message": clean_text(message or "", MAX_MESSAGE_CHARS),
-        "traceback": clean_text(trace, MAX_TRACEBACK_CHARS),
+        "message": _redacted(redact, message or "", MAX_MESSAGE_CHARS),
+        "traceback": _redacted(redact, trace, MAX_TRACEBACK_CHARS),
         "worker": worker,
     }
     if not charged:

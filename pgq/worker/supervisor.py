@@ -41,6 +41,7 @@ import psycopg
 
 from pgq.client.app import App
 from pgq.core.errors import ConfigError, DatabaseUnavailable, MigrationError, PgqError
+from pgq.core.logs import configure_logging
 from pgq.core.outage import Outage
 from pgq.store.database import connect, connect_async, execute
 from pgq.worker.config import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, WorkerConfig, new_worker_id
@@ -65,11 +66,12 @@ class _Child:
 
 
 def _child_main(load: Any, app_args: tuple[Any, ...], config: WorkerConfig,
-                worker_id: str, log_level: int, leases: LeaseTable) -> None:
+                worker_id: str, log_level: int, leases: LeaseTable,
+                log_format: str = "text") -> None:
     # Ctrl-C in a terminal reaches the whole group: the supervisor alone decides, and
     # stops the children with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(log_level, log_format)  # the supervisor's format (--log-format)
     try:
         app = load(*app_args)
         worker = Worker(app, config, worker_id=worker_id, lease_table=leases)
@@ -106,7 +108,8 @@ def _process_state(pid: int) -> str:
 
 class Supervisor:
     def __init__(self, app: App, load: Any, app_args: tuple[Any, ...], config: WorkerConfig,
-                 processes: int, log_level: int = logging.INFO) -> None:
+                 processes: int, log_level: int = logging.INFO,
+                 log_format: str = "text") -> None:
         self.app = app
         self.load, self.app_args = load, app_args
         self.config = config
@@ -115,6 +118,7 @@ class Supervisor:
         network fails them within a quarter of the lease, as it does the children's."""
         self.processes = processes
         self.log_level = log_level
+        self.log_format = log_format
         self.id = new_worker_id()
         self._mp = multiprocessing.get_context("spawn")
         self._children: dict[int, _Child] = {}
@@ -134,7 +138,8 @@ class Supervisor:
         leases = LeaseTable.create(self._mp, self.config.max_held + 4)
         process = self._mp.Process(
             target=_child_main, name=f"pgq-worker-{slot}",
-            args=(self.load, self.app_args, self.config, worker_id, self.log_level, leases))
+            args=(self.load, self.app_args, self.config, worker_id, self.log_level, leases,
+                  self.log_format))
         process.start()
         with self._children_lock:
             self._children[slot] = _Child(slot, worker_id, process, time.monotonic(), leases,
