@@ -13,6 +13,7 @@ import click
 
 import pgq
 from pgq.cli.jobs import jobs
+from pgq.cli.observe import health, metrics_command, worker_metrics_options
 from pgq.cli.options import CONTEXT, app_option, database_option
 from pgq.cli.queues import queues, workers
 from pgq.cli.stats import stats
@@ -118,6 +119,7 @@ log_format_option = click.option(
 @click.option("--processes", type=click.IntRange(1, 256), default=1, show_envvar=True,
               help="Worker processes under one supervisor (always there, for 1 too) that restarts "
               "any that die, renews their leases and ends tasks stuck past their timeout.")
+@worker_metrics_options
 @click.option("--shutdown-timeout", type=click.FloatRange(0), default=30.0, show_envvar=True,
               metavar="SECONDS", help="On SIGTERM, how long running jobs may finish before "
               "they are handed back (attempt not spent). A second signal exits at once.")
@@ -144,6 +146,7 @@ log_format_option = click.option(
 @log_format_option
 @database_option
 def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, processes: int,
+           metrics_port: int | None, metrics_host: str, liveness_threshold: float,
            shutdown_timeout: float, lease: float, poll_interval: float, with_scheduler: bool,
            no_maintenance: bool, no_wakeups: bool, async_commit: bool, crash_budget: int,
            log_level: str, log_format: str, database_url: str | None) -> None:
@@ -160,7 +163,9 @@ def worker(app_path: str | None, queues: str, concurrency: int, strict: bool, pr
                           strict=strict, lease_seconds=lease, poll_seconds=poll_interval,
                           shutdown_seconds=shutdown_timeout, crash_budget=crash_budget,
                           wakeups=not no_wakeups, scheduler=with_scheduler,
-                          maintenance=not no_maintenance, async_commit=async_commit)
+                          maintenance=not no_maintenance, async_commit=async_commit,
+                          metrics_port=metrics_port, metrics_host=metrics_host,
+                          liveness_seconds=liveness_threshold)
     app = load_app(app_path, database_url)
     # Refused here, in one line, before any child starts: a child that cannot start would
     # only be restarted (the child checks again, for a schema changed meanwhile).
@@ -235,6 +240,8 @@ cli.add_command(jobs)
 cli.add_command(queues)
 cli.add_command(workers)
 cli.add_command(stats)
+cli.add_command(metrics_command)
+cli.add_command(health)
 
 
 @cli.command()

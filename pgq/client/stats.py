@@ -283,6 +283,19 @@ async def aread(coordinator: Coordinator, pools: Pools, now: datetime | None = N
     return Stats.from_document(doc, "direct", 0.0)
 
 
+def read_cached(coordinator: Coordinator, pools: Pools,
+                now: datetime | None = None) -> Stats | None:
+    """The document the stats leader stored last, however old (None if none): never
+    computed here. For the metrics exporter, scraped every few seconds: a stale document
+    is served with its age, which is what an alert on a dead stats leader reads."""
+    text = coordinator.cache_get(KEY)
+    if text is not None:
+        return Stats.from_document(json.loads(text), "redis")
+    with pools.connection() as conn:
+        loaded = run_plan(conn, plan_load(now), atomic=False)
+    return None if loaded is None else Stats.from_document(loaded[0], "postgres", loaded[1])
+
+
 class StatsReads:
     """``App``'s stats calls (a base class, so ``App`` stays within its size)."""
 
@@ -297,6 +310,11 @@ class StatsReads:
         """Queue stats as the stats leader cached them (Redis, else ``pgq_stats``), or
         computed now if neither is fresh; ``source`` and ``age_seconds`` say which."""
         return read(self.coordinator, self._pools, self.clock.now())
+
+    def cached_stats(self) -> Stats | None:
+        """The stats leader's last document, however old, or None: never computed (see
+        ``read_cached``; the metrics exporter's read)."""
+        return read_cached(self.coordinator, self._pools, self.clock.now())
 
     async def astats(self) -> Stats:
         """``stats()`` for async code."""

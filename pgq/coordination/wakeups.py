@@ -127,7 +127,7 @@ class WakeupListener:
 
     def _listen_postgres(self) -> None:
         wanted = set(self.queues)
-        outage = Outage("wake-up LISTEN connection", logger=log)
+        outage = Outage("wake-up LISTEN connection", logger=log, kind="listen")
         while not self._stop.is_set():
             try:
                 with connect(self.coordinator.settings, autocommit=True) as conn:

@@ -15,8 +15,13 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("pgq.outage")
+
+observer: Callable[[str, bool], None] | None = None
+"""Told (kind, True) when an outage begins and (kind, False) when it ends: the metrics
+(``pgq.observability.metrics.enable`` sets it; this layer imports nothing of pgq)."""
 
 FIRST_DELAY = 0.1
 MAX_DELAY = 5.0
@@ -24,8 +29,10 @@ MAX_DELAY = 5.0
 
 class Outage:
     def __init__(self, what: str, *, first: float = FIRST_DELAY, cap: float = MAX_DELAY,
-                 logger: logging.Logger = log) -> None:
+                 logger: logging.Logger = log, kind: str = "connection") -> None:
         self.what = what
+        self.kind = kind
+        """A bounded name for metrics (``what`` names the worker): claim, outcome, ..."""
         self.first, self.cap = first, cap
         self.log = logger
         self.failures = 0
@@ -40,6 +47,8 @@ class Outage:
         if self._since is None:
             self._since = time.monotonic()
             self.log.warning("%s: lost (%s); reconnecting", self.what, reason)
+            if observer is not None:
+                observer(self.kind, True)
         else:
             self.log.debug("%s: still unavailable (%s)", self.what, reason)
         self.failures += 1
@@ -50,6 +59,8 @@ class Outage:
         if self._since is not None:
             self.log.info("%s: reconnected after %.1f s (%d attempt(s))", self.what,
                           time.monotonic() - self._since, self.failures)
+            if observer is not None:
+                observer(self.kind, False)
         self._since = None
         self.failures = 0
 

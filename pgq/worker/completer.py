@@ -32,6 +32,7 @@ from pgq.core.clock import Clock
 from pgq.core.errors import DatabaseError, DatabaseUnavailable, LeaseLost
 from pgq.core.outage import Outage
 from pgq.core.settings import Settings
+from pgq.observability import metrics
 from pgq.store.database import connect, execute, execute_async
 from pgq.worker.config import WorkerConfig
 from pgq.worker.connection import Conn, open_connection, reopen
@@ -62,7 +63,8 @@ class Completer:
         self._stored_instead: dict[int, Outcome] = {}
         """Per job, the ``pgq.UnstorableOutcome`` failure ``_store`` wrote in place of the
         outcome the database refused: it is what ``_settle`` logs and reports."""
-        self._outage = Outage(f"worker {worker_id}: outcome connection", logger=log)
+        self._outage = Outage(f"worker {worker_id}: outcome connection", logger=log,
+                               kind="outcome")
         self._flush_now = asyncio.Event()
         self._all_decided = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -92,6 +94,7 @@ class Completer:
         """The job's outcome is decided: it frees its slot now and is stored soon, with
         the producer's next claim if one is coming, else by this service."""
         running.decided = True
+        running.ended = time.monotonic()
         self._outcomes.append(outcome)
         self.held.on_freed()
         if not self.claim_coming() or self._solo:
@@ -160,7 +163,9 @@ class Completer:
                 return
 
     async def _flush(self, batch: list[Outcome]) -> None:
+        began = time.monotonic()
         rows = await self._store(batch)
+        metrics.recorder.flushed(len(batch), time.monotonic() - began)
         self._settle(batch, {row[0] for row in rows})
 
     def _settle(self, batch: list[Outcome], stored: set[int]) -> None:

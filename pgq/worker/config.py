@@ -76,6 +76,15 @@ class WorkerConfig:
     lock_wait_seconds: float = 0.5
     """A job whose run-time lock is taken waits this long (±50 %) before trying again,
     without spending an attempt."""
+    metrics_port: int | None = None
+    """Serve ``/metrics``, ``/livez`` and ``/readyz`` on this port (the supervisor), and
+    record metrics in every process (docs/observability.md)."""
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - probes and scrapers come from outside
+    """Address the metrics port listens on (all, for Kubernetes probes and scrapers)."""
+    liveness_seconds: float = 30.0
+    """``/livez`` fails once a process's event loop has not ticked for this long (a task
+    blocking it), or its heartbeat thread has not gone round for this long or three
+    heartbeat intervals, whichever is longer."""
 
     def __post_init__(self) -> None:
         if not self.queues:

@@ -72,7 +72,8 @@ class ClaimLink:
         self.label = label
         self.log = log
         self.stop_requested = stop_requested
-        self.outage = Outage(f"{label}: claim connection", logger=log)
+        self.outage = Outage(f"{label}: claim connection", logger=log,
+                             kind="claim")
         self._conn: Conn | None = None
 
     @property

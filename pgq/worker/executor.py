@@ -27,6 +27,7 @@ from pgq.core.outcomes import Cancel, Fail, Retry, Snooze
 from pgq.core.redaction import redact_args
 from pgq.core.tasks import Task
 from pgq.core.validation import encode_result
+from pgq.observability import metrics
 from pgq.worker.config import WorkerConfig
 from pgq.worker.context import Context
 from pgq.worker.failure import error_entry
@@ -81,6 +82,7 @@ class Executor:
         ctx = Context(job_id, task_name, queue, attempt, max_attempts, lease, self.worker_id,
                       _transaction=self.transaction)
         running = Running(job_id, attempt, task, ctx, time.monotonic())
+        metrics.recorder.job_started(queue, task_name)
         if task.lock is not None:
             try:
                 running.lock_key = task.lock_key(args)

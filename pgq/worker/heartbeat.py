@@ -33,10 +33,12 @@ from pgq.core.clock import Clock
 from pgq.core.errors import DatabaseUnavailable, PgqError
 from pgq.core.outage import Outage
 from pgq.core.settings import Settings
+from pgq.observability import metrics
 from pgq.store.database import connect, execute
 from pgq.worker.config import WorkerConfig
 from pgq.worker.held import HeldJobs
 from pgq.worker.joblog import log
+from pgq.worker.leasetable import HEARTBEAT
 
 LEASE_MARGIN_SECONDS = 2.0
 """A worker whose heartbeats keep failing gives its jobs up this long (at most a sixth
@@ -60,7 +62,8 @@ class Heartbeat(threading.Thread):
         self.coordinator = coordinator
         self.lease_lost = lease_lost
         self.conn: psycopg.Connection[Any] | None = None
-        self._outage = Outage(f"worker {worker_id}: heartbeat connection", logger=log)
+        self._outage = Outage(f"worker {worker_id}: heartbeat connection", logger=log,
+                               kind="heartbeat")
         self._stop_event = threading.Event()
         self._renewed = time.monotonic()
         """When the last renewal that succeeded began: the leases it renewed run until
@@ -108,6 +111,15 @@ class Heartbeat(threading.Thread):
             self.conn = connect(self.settings, autocommit=True)
         return wait
 
+    def _pulse(self) -> None:
+        """Each round: the liveness probe's sign of this thread (even when the database
+        is down: a restart would not bring it back; readiness says so), and the
+        coordination mode for the metrics."""
+        if self.held.lease_table is not None:
+            self.held.lease_table.beat(HEARTBEAT)
+        if metrics.recorder.on:
+            metrics.recorder.coordination(self.coordinator.redis_ok())
+
     def _judge_leases(self) -> None:
         """Give up the jobs whose leases no renewal could extend (see the module)."""
         given_up: set[int] = set()
@@ -134,8 +146,10 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         interval = self.config.heartbeat_interval
         wait = interval
+        self._pulse()
         while not self._stop_event.wait(wait):
             wait = interval
+            self._pulse()
             held = self.held.to_renew()
             began = time.monotonic()
             try:

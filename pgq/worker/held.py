@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pgq.core.tasks import Task
+from pgq.observability import metrics
 from pgq.worker.context import Context
 from pgq.worker.leasetable import LeaseTable
 
@@ -41,6 +43,8 @@ class Running:
     slot: int | None = None
     cancelled_by: str | None = None
     """An operator cancelled it (who and why, for the log): its row is ``cancelled``."""
+    ended: float | None = None
+    """When its outcome was decided (``time.monotonic()``): the end of its run time."""
     """Its entry in the lease table shared with the supervisor, if any."""
 
 
@@ -107,7 +111,12 @@ class HeldJobs:
     def forget(self, running: Running, outcome: str) -> None:
         """The job is no longer this process's: release all it held, count its outcome."""
         with self.lock:
-            self._jobs.pop(running.job_id, None)
+            held = self._jobs.pop(running.job_id, None)
+        recorder = metrics.recorder
+        if recorder.on and held is not None:  # counted once, where every outcome ends
+            ctx = running.ctx
+            recorder.job_ended(ctx.queue, ctx.task, outcome,
+                               (running.ended or time.monotonic()) - running.started)
         if running.slot is not None and self.lease_table is not None:
             slot, running.slot = running.slot, None
             self.lease_table.clear(slot)

@@ -15,6 +15,11 @@ event loop writes, and only at a job's start and end; the supervisor reads witho
 lock. A slot is filled id-last and emptied id-first, and a reader re-checks the id, so a
 torn read is rare and harmless anyway: every statement the supervisor runs with an entry
 is fenced on (id, attempt, owner, running).
+
+Two more int64 after the slots are the child's pulse, for the liveness probe the
+supervisor serves (``pgq.worker.health``): when its event loop last ran a tick
+(``LOOP``) and when its heartbeat thread last went round (``HEARTBEAT``), in the same
+milliseconds. One writer each, read without a lock: a torn read is one stale probe.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import time
 from typing import Any
 
 _FIELDS = 4
+LOOP, HEARTBEAT = 0, 1
+_PULSES = 2
 
 
 def hard_grace(timeout: float) -> float:
@@ -37,12 +44,12 @@ class LeaseTable:
 
     def __init__(self, array: Any) -> None:
         self._a = array
-        self._slots = len(array) // _FIELDS
+        self._slots = (len(array) - _PULSES) // _FIELDS
         self._free = list(range(self._slots - 1, -1, -1))
 
     @classmethod
     def create(cls, mp_context: Any, slots: int) -> LeaseTable:
-        return cls(mp_context.RawArray("q", slots * _FIELDS))
+        return cls(mp_context.RawArray("q", slots * _FIELDS + _PULSES))
 
     def __getstate__(self) -> Any:
         return self._a
@@ -71,6 +78,15 @@ class LeaseTable:
     def clear(self, slot: int) -> None:
         self._a[slot * _FIELDS] = 0
         self._free.append(slot)
+
+    def beat(self, which: int) -> None:
+        """The loop (``LOOP``) or the heartbeat thread (``HEARTBEAT``) is alive now."""
+        self._a[self._slots * _FIELDS + which] = int(time.monotonic() * 1000)
+
+    def last_beat(self, which: int) -> float | None:
+        """When ``which`` last beat (``time.monotonic()`` seconds), None if never."""
+        ms = self._a[self._slots * _FIELDS + which]
+        return ms / 1000 if ms else None
 
     # --- the supervisor --------------------------------------------------------------------
 

@@ -46,8 +46,11 @@ from pgq.worker.executor import Executor
 from pgq.worker.heartbeat import Heartbeat
 from pgq.worker.held import HeldJobs, Stats
 from pgq.worker.joblog import log
-from pgq.worker.leasetable import LeaseTable
+from pgq.worker.leasetable import LOOP, LeaseTable
 from pgq.worker.producer import Producer
+
+PULSE_SECONDS = 1.0
+"""How often the event loop marks itself alive for the liveness probe."""
 
 
 class Worker:
@@ -81,6 +84,7 @@ class Worker:
         self._signals = 0
         self._grace = self.config.shutdown_seconds
         self._checks: set[asyncio.Future[None]] = set()
+        self._ticker: asyncio.TimerHandle | None = None
 
     @property
     def stats(self) -> Stats:
@@ -144,6 +148,7 @@ class Worker:
                 loop.add_signal_handler(sig, self.request_stop)
         self.executor.start()
         self.dead_letters.start()
+        self._tick()
         await self.producer.start()
         await self.completer.start()
 
@@ -193,9 +198,20 @@ class Worker:
                 service.stop()
             await self.producer.stop()
             self.executor.stop()
+            if self._ticker is not None:
+                self._ticker.cancel()
             log.info("worker %s stopped: claimed=%d finished=%s", self.id,
                      self.stats.claimed, self.stats.finished)
         return self._exit_code
+
+    def _tick(self) -> None:
+        """Every ``PULSE_SECONDS`` on the loop: the liveness probe's sign that the loop
+        runs (a task blocking it stops the ticks; ``pgq.worker.health``)."""
+        table = self.held.lease_table
+        if table is None or self._loop is None:
+            return
+        table.beat(LOOP)
+        self._ticker = self._loop.call_later(PULSE_SECONDS, self._tick)
 
     def _services(self) -> list[LeaderService]:
         """The leader-only services this process campaigns for, started."""

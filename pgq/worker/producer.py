@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, Protocol
 
 from pgq.client.app import App
 from pgq.core.settings import Settings
+from pgq.observability import metrics
 from pgq.store.database import execute_async
 from pgq.worker.claim_cursor import ClaimCursors
 from pgq.worker.config import WorkerConfig
@@ -255,6 +257,8 @@ class Producer:
             return False
         # job_claim's last two columns are each job's place in its queue (claim cursors).
         self._cursors.claimed((row[1], row[9], row[10], row[0]) for row in rows)
+        if metrics.recorder.on:
+            self._pickups(rows)
         got: dict[str, int] = {}
         for row in rows:
             got[row[1]] = got.get(row[1], 0) + 1
@@ -277,6 +281,13 @@ class Producer:
             self._hungry.get(q.name, True) and q.name not in wanted
             and (q.cap is None or running.get(q.name, 0) + got.get(q.name, 0) < q.cap)
             for q in self.config.queues)
+
+    def _pickups(self, rows: list[Any]) -> None:
+        """Each claimed job's pickup delay: its claim (``started_at``, the lease's start)
+        minus when it was due (``run_at``, its enqueue for a job due at once)."""
+        lease, pickup = self.config.lease_seconds, metrics.recorder.pickup
+        for row in rows:
+            pickup(row[1], (row[7] - row[10]).total_seconds() - lease)
 
     async def _gather_slots(self) -> None:
         """Wait (``claim_window`` at most) while jobs run and fewer than half the slots
@@ -303,8 +314,10 @@ class Producer:
                                 ) -> list[Any]:
         """Store ``batch`` and claim in one statement; returns the claimed rows (as
         ``job_claim`` returns them) and tells the completer which outcomes were stored."""
+        began = time.monotonic()
         rows = await self._execute("job_finish_and_claim",
                                    {**self.outcomes.params(batch), **params}, binary=True)
+        metrics.recorder.flushed(len(batch), time.monotonic() - began)
         self.outcomes.stored(batch, {row[1] for row in rows if row[0]})
         return [row[1:] for row in rows if not row[0]]
 

@@ -46,6 +46,7 @@ import psycopg
 
 from pgq.core.backoff import Backoff
 from pgq.core.tasks import TaskRegistry
+from pgq.observability import metrics
 from pgq.store.database import execute_async
 from pgq.worker.deadletters import FailedJob
 from pgq.worker.failure import LOST_TYPE, error_entry
@@ -156,6 +157,7 @@ async def reclaim(
     for lost_job, state, error in decided:
         if lost_job.job_id not in stored:
             continue
+        metrics.recorder.reclaimed(lost_job.queue, lost_job.task, state == "failed")
         # The worker's per-job line (pgq.worker.joblog), with who reclaimed it for the
         # duration nobody measured.
         log.warning("job=%s task=%s queue=%s attempt=%d/%d outcome=%s reclaimed_by=%s %s",

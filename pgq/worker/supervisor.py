@@ -43,9 +43,11 @@ from pgq.client.app import App
 from pgq.core.errors import ConfigError, DatabaseUnavailable, MigrationError, PgqError
 from pgq.core.logs import configure_logging
 from pgq.core.outage import Outage
+from pgq.observability import metrics
 from pgq.store.database import connect, connect_async, execute
 from pgq.worker.config import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, WorkerConfig, new_worker_id
 from pgq.worker.deadletters import DeadLetterHooks
+from pgq.worker.health import pulse
 from pgq.worker.leasetable import LeaseTable
 from pgq.worker.process import Worker
 from pgq.worker.reclaim import reclaim
@@ -73,6 +75,8 @@ def _child_main(load: Any, app_args: tuple[Any, ...], config: WorkerConfig,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(log_level, log_format)  # the supervisor's format (--log-format)
     try:
+        if config.metrics_port is not None:  # into the supervisor's directory (telemetry)
+            metrics.enable().worker_up()
         app = load(*app_args)
         worker = Worker(app, config, worker_id=worker_id, lease_table=leases)
     except (ConfigError, MigrationError) as exc:
@@ -158,6 +162,32 @@ class Supervisor:
                 os.kill(child.process.pid, sig)
 
     def run(self) -> int:
+        telemetry = None
+        if self.config.metrics_port is not None:
+            from pgq.worker.telemetry import Telemetry
+
+            telemetry = Telemetry(self.app, self._settings, self.config.metrics_host,
+                                  self.config.metrics_port, self.liveness)
+        try:
+            return self._run(telemetry)
+        finally:
+            if telemetry is not None:
+                telemetry.close()
+
+    def liveness(self) -> dict[str, Any]:
+        """``/livez``: every child's loop and heartbeat beat recently (``health``)."""
+        config = self.config
+        limit = config.liveness_seconds
+        heartbeat_limit = max(limit, 3 * config.heartbeat_interval)
+        with self._children_lock:
+            children = list(self._children.values())
+        processes = [{"worker": c.worker_id, "pid": c.process.pid,
+                      **pulse(c.leases, c.started, limit=limit, heartbeat_limit=heartbeat_limit)}
+                     for c in children if c.process.is_alive()]
+        return {"ok": all(p["ok"] for p in processes), "limit_seconds": limit,
+                "processes": processes}
+
+    def _run(self, telemetry: Any) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.dead_letters.start()
@@ -180,6 +210,8 @@ class Supervisor:
                 child.process.join()
                 with self._children_lock:
                     del self._children[child.slot]
+                if telemetry is not None:
+                    telemetry.child_exited(child.process.pid)
                 delay = self._handle_exit(child)
                 if delay is not None and not self._stopping:
                     pending_restarts[child.slot] = time.monotonic() + delay
@@ -243,7 +275,8 @@ class Supervisor:
     def _keep_leases(self) -> None:
         """Every heartbeat interval: renew the leases of every live, running child's jobs
         in one statement, and end a child whose job is past its hard deadline."""
-        outage = Outage(f"supervisor {self.id}: lease connection", logger=log)
+        outage = Outage(f"supervisor {self.id}: lease connection", logger=log,
+                         kind="lease")
         conn: psycopg.Connection[Any] | None = None
         while not self._keeper_stop.wait(self.config.heartbeat_interval):
             ids: list[int] = []
