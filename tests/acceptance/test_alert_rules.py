@@ -2,7 +2,8 @@
 deploy/prometheus/pgq-alerts.yml, `promtool test rules` passes
 deploy/prometheus/pgq-alerts.test.yml, every alert has at least one test case in which
 it fires and one in which it stays quiet, and every alert has its runbook section in
-docs/alerts.md, named by its runbook_url.
+docs/alerts.md, named by its runbook_url. The Grafana dashboard deploy/grafana/pgq.json
+is checked too: every query in it is PromQL that promtool accepts.
 
 promtool is required, like PostgreSQL and Redis: without it these tests FAIL with the
 way to install it; they never skip. The README promises that the tests never skip, and a
@@ -19,6 +20,7 @@ own count of rules so that a layout it does not understand fails instead of pass
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy/prometheus/pgq-alerts.yml"
 RULE_TESTS = ROOT / "deploy/prometheus/pgq-alerts.test.yml"
 RUNBOOKS = ROOT / "docs/alerts.md"
+DASHBOARD = ROOT / "deploy/grafana/pgq.json"
 SEVERITIES = {"critical", "warning", "info"}
 
 
@@ -113,3 +116,22 @@ def test_every_alert_has_labels_annotations_and_a_runbook_section() -> None:
         assert url and url.group(1) == f"docs/alerts.md#{name.lower()}", f"{name}: runbook_url"
         if name != "PgqStatsMissing":  # absent() has no labels to name
             assert "$labels." in block, f"{name}: its annotations should name what it is about"
+
+
+def test_grafana_dashboard_queries_are_promql(promtool: str, tmp_path: Path) -> None:
+    """Each panel query, with Grafana's variables given values, becomes a recording rule
+    that `promtool check rules` parses: a typo in a query fails here, not on a screen."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    exprs = [target["expr"] for panel in panels for target in panel["targets"]]
+    assert exprs and all(p["datasource"]["uid"] == "${datasource}" for p in panels)
+    rules = "groups:\n  - name: dashboard\n    rules:\n" + "".join(
+        f"      - record: dashboard:query_{i}\n        expr: {json.dumps(expr)}\n"
+        for i, expr in enumerate(
+            e.replace("$__rate_interval", "5m").replace("$queue", ".*") for e in exprs))
+    (tmp_path / "dashboard-rules.yml").write_text(rules)
+    out = subprocess.run([promtool, "check", "rules", str(tmp_path / "dashboard-rules.yml")],
+                         capture_output=True, text=True, check=False, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in out.stdout, out.stdout
