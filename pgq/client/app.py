@@ -30,6 +30,7 @@ from pgq.client.hooks import DeadLetterHook
 from pgq.client.plans import plan_enqueue_one, plan_for_many
 from pgq.client.queueops import Queues
 from pgq.client.stats import StatsReads
+from pgq.client.tracing import Publishing, publish
 from pgq.coordination import Coordinator
 from pgq.core.backoff import Backoff
 from pgq.core.clock import Clock, DatabaseClock
@@ -226,17 +227,17 @@ class App(StatsReads):  # app.stats(), app.astats()
         row = self._prepare_one(task, args, options)
         # One job's statements are each a consistent unit (the insert, or a release of
         # a lapsed unique hold before inserting again): no transaction around them.
-        result: Enqueued = self._run(conn, partial(plan_enqueue_one, row, self.clock.now()),
-                                     [row.queue], atomic=False)
-        return result
+        with publish(self, row.queue, row.task) as span:  # a no-op unless OpenTelemetry records
+            return span.sent(self._run(conn, partial(plan_enqueue_one, span.inject(row),
+                                                     self.clock.now()), [row.queue], atomic=False))
 
     def enqueue_many(self, specs: Iterable[JobSpec], *, conn: object = None) -> list[Enqueued]:
         """Enqueue many jobs in a few statements (COPY for jobs without unique keys).
         One bad spec rejects the whole call and writes nothing. Results are in input
         order."""
-        plan, queues = self._plan_many(specs, conn)
-        result: list[Enqueued] = self._run(conn, plan, queues) if queues is not None else []
-        return result
+        with publish(self) as span:  # one span per call (pgq.client.tracing)
+            plan, queues = self._plan_many(specs, conn, span)
+            return span.sent_many(self._run(conn, plan, queues) if queues is not None else [], queues)
 
     async def enqueue_async(
         self,
@@ -248,23 +249,23 @@ class App(StatsReads):  # app.stats(), app.astats()
     ) -> Enqueued:
         """``enqueue`` for asyncio code and async connections."""
         row = self._prepare_one(task, args, options)
-        result: Enqueued = await self._run_async(
-            conn, partial(plan_enqueue_one, row, self.clock.now()), [row.queue], atomic=False)
-        return result
+        with publish(self, row.queue, row.task) as span:
+            return span.sent(await self._run_async(conn, partial(
+                plan_enqueue_one, span.inject(row), self.clock.now()), [row.queue], atomic=False))
 
     async def enqueue_many_async(
         self, specs: Iterable[JobSpec], *, conn: object = None
     ) -> list[Enqueued]:
         """``enqueue_many`` for asyncio code and async connections."""
-        plan, queues = self._plan_many(specs, conn)
-        if queues is None:
-            return []
-        result: list[Enqueued] = await self._run_async(conn, plan, queues)
-        return result
+        with publish(self) as span:
+            plan, queues = self._plan_many(specs, conn, span)
+            if queues is None:
+                return []
+            return span.sent_many(await self._run_async(conn, plan, queues), queues)
 
-    def _plan_many(self, specs: Iterable[JobSpec], conn: object
+    def _plan_many(self, specs: Iterable[JobSpec], conn: object, span: Publishing
                    ) -> tuple[Callable[..., Plan], Collection[str] | None]:
-        return plan_for_many(specs, self._prepare, self.clock.now(), own=conn is None)
+        return plan_for_many(specs, span.prepare(self._prepare), self.clock.now(), own=conn is None)
 
     def _prepare(self, spec: JobSpec) -> JobRow:
         return prepare(spec, self.registry, strict=self.strict,

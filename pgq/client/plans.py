@@ -100,7 +100,9 @@ def _plan_stream(specs: Sequence[JobSpec], prepare: Callable[[JobSpec], JobRow],
                  now: datetime | None, queues: set[str]) -> Generator[Step, Any, list[Enqueued]]:
     ((db_now, ids),) = yield Exec("clock_now_and_ids", {"now": now, "n": len(specs)})
     rows = _validated(specs, prepare, queues)
-    if now is None and all(map(_plain_spec, specs)):
+    # prepare may add meta the specs do not have: tracing adds its context to every row
+    # of a call or to none (pgq.client.tracing), so the first row says which.
+    if now is None and all(map(_plain_spec, specs)) and _due_plain(prepare(specs[0])):
         yield Copy("job_copy_now", _copy_rows_now(rows, ids))
     else:
         yield Copy("job_copy", _copy_rows(rows, ids, db_now))

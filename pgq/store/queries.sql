@@ -159,6 +159,8 @@ FROM STDIN;
 -- so the scan begins there rather than filtering. RETURNING ends with each job's
 -- priority and run_at, which pgq.claim_cursor keeps. A paused queue (pgq_queues) is
 -- dropped from the wanted list: one primary-key probe of a tiny table per queue.
+-- The last column is the enqueue's trace context (pgq.client.tracing): only that key of
+-- meta, NULL for a job enqueued without tracing, so an untraced claim carries no meta.
 WITH wanted AS (
     SELECT w.queue, w.n, w.priority, w.run_at, w.id
     FROM unnest(%(queues)s::text[], %(limits)s::int[], %(start_priorities)s::smallint[],
@@ -197,7 +199,7 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.timeout_se
           (SELECT count(*) FROM jsonb_array_elements(j.errors) AS e
            WHERE e->>'type' = 'pgq.WorkerLost'
              AND (e->>'charged') IS DISTINCT FROM 'false')::int AS lost,
-          j.priority, j.run_at;
+          j.priority, j.run_at, j.meta->'_pgq_trace' AS trace;
 
 -- name: job_isolated_due
 -- Does a job that must run alone wait in these queues? pgq_jobs_isolated_idx is nearly
@@ -216,6 +218,7 @@ SELECT EXISTS (
 -- Claim one job that must run alone (a suspect of a worker crash, see pgq.reclaim), for a
 -- worker process that runs nothing else until it ends. Same lease and RETURNING as
 -- job_claim; found through pgq_jobs_isolated_idx. Paused queues are skipped, as in job_claim.
+-- Its last column is job_claim's last too: the enqueue's trace context.
 WITH picked AS MATERIALIZED (
     SELECT id FROM pgq_jobs
     WHERE isolated AND queue = ANY(%(queues)s::text[])
@@ -240,7 +243,8 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.timeout_se
           j.lease_expires_at,
           (SELECT count(*) FROM jsonb_array_elements(j.errors) AS e
            WHERE e->>'type' = 'pgq.WorkerLost'
-             AND (e->>'charged') IS DISTINCT FROM 'false')::int AS lost;
+             AND (e->>'charged') IS DISTINCT FROM 'false')::int AS lost,
+          j.meta->'_pgq_trace' AS trace;
 
 -- name: job_isolate_many
 -- Reclaim: these jobs run alone from now on (suspects of a crash, or its proven cause).
@@ -396,14 +400,15 @@ claimed AS (
               (SELECT count(*) FROM jsonb_array_elements(j.errors) AS e
                WHERE e->>'type' = 'pgq.WorkerLost'
                  AND (e->>'charged') IS DISTINCT FROM 'false')::int AS lost,
-              j.priority, j.run_at
+              j.priority, j.run_at, j.meta->'_pgq_trace' AS trace
 )
 SELECT true AS finished, f.id, NULL::text, NULL::text, NULL::jsonb, NULL::int, NULL::int,
-       NULL::float8, NULL::timestamptz, NULL::int, NULL::smallint, NULL::timestamptz
+       NULL::float8, NULL::timestamptz, NULL::int, NULL::smallint, NULL::timestamptz,
+       NULL::jsonb AS trace
 FROM finished AS f
 UNION ALL
 SELECT false, c.id, c.queue, c.task, c.args, c.attempt, c.max_attempts, c.timeout_seconds,
-       c.lease_expires_at, c.lost, c.priority, c.run_at
+       c.lease_expires_at, c.lost, c.priority, c.run_at, c.trace
 FROM claimed AS c;
 
 -- name: job_lost_lock

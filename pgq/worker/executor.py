@@ -21,6 +21,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from pgq.client.app import App
+from pgq.client.tracing import Attempt, attempt_span
 from pgq.coordination import Coordinator
 from pgq.core.errors import InvalidArgsError, LeaseLost, PgqError
 from pgq.core.outcomes import Cancel, Fail, Retry, Snooze
@@ -72,8 +73,9 @@ class Executor:
 
     # --- starting a job ----------------------------------------------------------------
 
-    def run(self, row: tuple[Any, ...]) -> None:
-        """Start a claimed job (a ``job_claim`` row, its first nine columns)."""
+    def run(self, row: tuple[Any, ...], trace: Any = None) -> None:
+        """Start a claimed job (a ``job_claim`` row, its first nine columns; ``trace``:
+        its last, the enqueue's trace context, for the attempt's span)."""
         job_id, queue, task_name, args, attempt, max_attempts, timeout, lease, _lost = row
         task = self.app.registry.get(task_name)
         assert task is not None, "the claim only takes known tasks"
@@ -90,6 +92,7 @@ class Executor:
                 log.error("job=%s: %s", job_id, exc)
             running.lock_token = f"{self.worker_id}:{job_id}:{attempt}"
         self.held.add(running, timeout)
+        running.span = attempt_span(trace, job_id, queue, task, attempt)  # None: untraced
         if log.isEnabledFor(logging.DEBUG):
             log.debug("job=%s task=%s args=%s", job_id, task_name,
                       json.dumps(redact_args(task, args)))  # args, redacted: only here
@@ -117,7 +120,7 @@ class Executor:
         timer = asyncio.timeout(timeout)
         try:
             async with timer:
-                result = await self._call_async(task, ctx, call_args, args)
+                result = await self._call_async(task, ctx, call_args, args, running.span)
             outcome = self._decide(running, lambda: self._success(running, result))
         except asyncio.CancelledError:
             if not running.released and not running.lost:
@@ -140,9 +143,9 @@ class Executor:
         task, ctx = running.task, running.ctx
         fn = task.fn
         call_args = (ctx,) if task.takes_context else ()
-        if self.app.middleware:
+        if self.app.middleware or running.span is not None:
             def call() -> Any:
-                with self._middleware(ctx):
+                with self._middleware(ctx, running.span):
                     return fn(*call_args, **args)
         else:
             call = functools.partial(fn, *call_args, **args)
@@ -195,13 +198,15 @@ class Executor:
             return False
 
     async def _call_async(self, task: Task, ctx: Context, call_args: tuple[Any, ...],
-                          args: dict[str, Any]) -> Any:
-        with self._middleware(ctx):
+                          args: dict[str, Any], span: Attempt | None) -> Any:
+        with self._middleware(ctx, span):
             return await task.fn(*call_args, **args)
 
     @contextmanager
-    def _middleware(self, ctx: Context) -> Iterator[None]:
+    def _middleware(self, ctx: Context, span: Attempt | None = None) -> Iterator[None]:
         with ExitStack() as stack:
+            if span is not None:  # outermost: the app's middleware runs inside the span
+                stack.enter_context(span.activate())
             for middleware in self.app.middleware:
                 stack.enter_context(middleware(ctx))
             yield

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgq.client.tracing import Attempt
 from pgq.core.tasks import Task
 from pgq.observability import metrics
 from pgq.worker.context import Context
@@ -31,6 +32,8 @@ class Running:
     ctx: Context
     started: float
     handle: asyncio.Future[Any] | None = None
+    span: Attempt | None = None
+    """Its attempt's OpenTelemetry span, ended by ``forget`` (None: not traced)."""
     lost: bool = False
     released: bool = False
     lock_key: str | None = None
@@ -125,6 +128,8 @@ class HeldJobs:
             # Off the loop: releasing talks to Redis or PostgreSQL.
             threading.Thread(target=self._release_lock, args=(key, running.lock_token),
                              daemon=True).start()
+        if running.span is not None:
+            running.span.end(outcome)
         self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
         self.on_freed()
 

@@ -52,7 +52,9 @@ def log_job(running: Running, outcome: str, detail: str = "",
             "job_id": ctx.job_id, "task": ctx.task, "queue": ctx.queue, "attempt": ctx.attempt,
             "max_attempts": ctx.max_attempts, "outcome": outcome, "duration": duration,
             "error_type": None if error is None else str(error.get("type") or "Error"),
-            "error_message": None if error is None else str(error.get("message") or "")}))
+            "error_message": None if error is None else str(error.get("message") or ""),
+            # the attempt's trace (pgq.client.tracing), for --log-format json's trace_id
+            "pgq_trace_id": None if running.span is None else running.span.trace_id}))
 
 
 ERROR_CHARS = 200

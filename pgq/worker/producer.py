@@ -51,7 +51,7 @@ class Outcomes(Protocol):
 
 class Producer:
     def __init__(self, app: App, config: WorkerConfig, settings: Settings, worker_id: str,
-                 held: HeldJobs, run_job: Callable[[tuple[Any, ...]], None],
+                 held: HeldJobs, run_job: Callable[[tuple[Any, ...], Any], None],
                  outcomes: Outcomes) -> None:
         self.app = app
         self.config = config
@@ -179,7 +179,7 @@ class Producer:
             self._isolated_due = False
             return False
         self.held.stats.claimed += 1
-        self.run_job(rows[0])
+        self.run_job(rows[0][:9], rows[0][9])  # the job, and its trace context
         return True
 
     def claim_coming(self) -> bool:
@@ -262,7 +262,7 @@ class Producer:
         got: dict[str, int] = {}
         for row in rows:
             got[row[1]] = got.get(row[1], 0) + 1
-            self.run_job(row[:9])
+            self.run_job(row[:9], row[11])  # the job, and its trace context
         self.held.stats.claimed += len(rows)
         full = False
         woken = self.wake.is_set()  # during the claim
