@@ -13,11 +13,12 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from functools import cached_property, partial
-from typing import Any, Unpack, overload
+from typing import Any, Unpack
 
 from psycopg.pq import TransactionStatus
 
 from pgq.client.admin import Jobs
+from pgq.client.declare import TaskDeclarations
 from pgq.client.enqueue import (
     Enqueued,
     EnqueueOptions,
@@ -32,20 +33,12 @@ from pgq.client.queueops import Queues
 from pgq.client.stats import StatsReads
 from pgq.client.tracing import Publishing, publish
 from pgq.coordination import Coordinator
-from pgq.core.backoff import Backoff
 from pgq.core.clock import Clock, DatabaseClock
 from pgq.core.cron import DEFAULT_BACKFILL_WINDOW, DEFAULT_CATCH_UP, CatchUp, CronEntry, ScheduleError
 from pgq.core.errors import PgqError
 from pgq.core.redaction import Redactor
 from pgq.core.settings import Settings
-from pgq.core.tasks import (
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_PRIORITY,
-    DEFAULT_QUEUE,
-    DEFAULT_TIMEOUT,
-    Task,
-    TaskRegistry,
-)
+from pgq.core.tasks import Task, TaskRegistry
 from pgq.store.database import Pools, async_connection, run_plan, run_plan_async, sync_connection
 from pgq.store.plan import Plan
 from pgq.store.sessions import after_session_commit
@@ -54,7 +47,7 @@ Middleware = Callable[[Any], AbstractContextManager[Any]]
 """``middleware(ctx) -> context manager`` wrapped around each task execution."""
 
 
-class App(StatsReads):  # app.stats(), app.astats()
+class App(StatsReads, TaskDeclarations):  # app.stats(), app.astats(); app.task()
     """A pgq application.
 
     ``strict`` (default ``True``): enqueueing a task name that is not registered raises
@@ -64,9 +57,7 @@ class App(StatsReads):  # app.stats(), app.astats()
     ``clock``: where statements get "now" (default: the database's ``now()``). Tests
     pass a ``pgq.ManualClock`` to move time without sleeping.
 
-    ``redact``: the ``pgq.Redactor`` that masks args and error text wherever pgq shows
-    them (logs, traces, ``pgq jobs``) or stores errors, for tasks without their own
-    (default: secret-looking keys and card numbers; docs/redaction.md).
+    ``redact``: the ``pgq.Redactor`` of tasks without their own (docs/redaction.md).
     """
 
     def __init__(
@@ -88,19 +79,12 @@ class App(StatsReads):  # app.stats(), app.astats()
         self.settings = settings
         self.strict = strict
         self.clock: Clock = clock or DatabaseClock()
-        if redact is not None and not isinstance(redact, Redactor):
-            raise TypeError(f"redact must be a pgq.Redactor, got {redact!r}")
         self.registry = TaskRegistry(redact)
         self.middleware: list[Middleware] = []
         self.schedules: dict[str, CronEntry] = {}
         self.dead_letter_hooks: list[DeadLetterHook] = []
         self._pools = Pools(settings)
         self._coordinator: Coordinator | None = None
-
-    @property
-    def redactor(self) -> Redactor:
-        """The app-wide ``pgq.Redactor`` (``App(redact=...)``)."""
-        return self.registry.redact
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> App:
@@ -110,49 +94,7 @@ class App(StatsReads):  # app.stats(), app.astats()
     def __repr__(self) -> str:
         return f"App({self.settings!r}, tasks={len(self.registry)}, strict={self.strict})"
 
-    # --- tasks -----------------------------------------------------------------------
-
-    @overload
-    def task(self, fn: Callable[..., Any], /) -> Task: ...
-    @overload
-    def task(
-        self,
-        /,
-        *,
-        name: str | None = None,
-        queue: str = DEFAULT_QUEUE,
-        priority: int = DEFAULT_PRIORITY,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        backoff: Backoff | None = None,
-        lock: str | None = None,
-        redact: Redactor | None = None,
-    ) -> Callable[[Callable[..., Any]], Task]: ...
-
-    def task(
-        self,
-        fn: Callable[..., Any] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        queue: str = DEFAULT_QUEUE,
-        priority: int = DEFAULT_PRIORITY,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        backoff: Backoff | None = None,
-        lock: str | None = None,
-        redact: Redactor | None = None,
-    ) -> Task | Callable[[Callable[..., Any]], Task]:
-        """Register a task: ``@app.task`` or ``@app.task(name="email:send", queue="critical")``.
-        The options are the defaults of its jobs; each enqueue may override them.
-        ``redact``: this task's ``pgq.Redactor``, instead of the app's."""
-
-        def register(func: Callable[..., Any]) -> Task:
-            return self.registry.register(func, name=name, queue=queue, priority=priority,
-                                          max_attempts=max_attempts, timeout=timeout,
-                                          backoff=backoff, lock=lock, redact=redact)
-
-        return register(fn) if fn is not None else register
+    # --- tasks (``app.task``: pgq.client.declare) -------------------------------------
 
     def cron(
         self,

@@ -99,6 +99,8 @@ class TaskRegistry:
     redactor of tasks registered without their own."""
 
     def __init__(self, redact: Redactor | None = None) -> None:
+        if redact is not None and not isinstance(redact, Redactor):
+            raise TypeError(f"redact must be a pgq.Redactor, got {redact!r}")
         self._tasks: dict[str, Task] = {}
         self.redact = redact or DEFAULT_REDACTOR
 

@@ -96,7 +96,7 @@ def test_which_redactor_applies() -> None:
     @app.task(name="t.wide")
     def with_wide(body: str) -> None: ...
 
-    assert app.redactor is wide
+    assert app.registry.redact is wide
     assert redactor_of(with_own) is own and redactor_of(with_wide) is wide
     assert redactor_of(app, "t.own") is own and redactor_of(app, "t.wide") is wide
     assert redactor_of(app, "not.registered") is wide and redactor_of(app) is wide
