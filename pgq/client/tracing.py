@@ -52,7 +52,8 @@ _QUOTED_KEY = json.dumps(TRACE_META_KEY)
 _otel: Any = None
 """The API's modules once looked for: ``None`` not yet, ``False`` not installed."""
 _tracer_of: tuple[Any, Any] = (None, None)
-"""(provider, pgq's tracer from it): a tracer is made once per configured provider."""
+"""(provider, pgq's tracer from it, None if it is the API's no-op default): decided
+once per provider, since the global one is set once."""
 
 
 def _load() -> Any:
@@ -79,11 +80,9 @@ def _tracer() -> Any:
     if otel is False:
         return None
     provider = otel.trace.get_tracer_provider()
-    if isinstance(provider, otel.idle):
-        return None
     cached, tracer = _tracer_of
     if cached is not provider:
-        tracer = provider.get_tracer("pgq", _version())
+        tracer = None if isinstance(provider, otel.idle) else provider.get_tracer("pgq", _version())
         _tracer_of = (provider, tracer)
     return tracer
 
