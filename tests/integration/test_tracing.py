@@ -304,3 +304,28 @@ def test_a_sampled_out_enqueue_passes_the_decision_on(
     assert ran == [stored.split("-")[1]]  # the task still runs inside the (unsampled) trace
     assert exporter.get_finished_spans() == ()
     provider.shutdown()
+
+
+def test_the_async_enqueues_trace_as_the_sync_ones(
+        make_app: Callable[..., pgq.App], conn: psycopg.Connection,
+        spans: InMemorySpanExporter) -> None:
+    app = make_app(strict=False)
+
+    async def request() -> tuple[int, list[pgq.Enqueued], int]:
+        try:
+            with trace.get_tracer("web").start_as_current_span("web request") as span:
+                one = await app.enqueue_async("t.a", meta={"m": 1})
+                many = await app.enqueue_many_async([pgq.JobSpec("t.a"), pgq.JobSpec("t.a")])
+            return one.id, many, span.get_span_context().span_id
+        finally:
+            await app.aclose()  # its async pool belongs to this loop
+
+    one, many, request_id = asyncio.run(request())
+    sends = named(spans, "send default")
+    assert [(s.attributes or {}).get("messaging.message.id") for s in sends] == [str(one), None]
+    assert all(s.parent is not None and s.parent.span_id == request_id for s in sends)
+    assert sends[1].attributes is not None
+    assert sends[1].attributes["messaging.batch.message_count"] == 2
+    assert meta(conn, one) == {"m": 1, "_pgq_trace": {"traceparent": traceparent(sends[0])}}
+    assert [meta(conn, e.id) for e in many] == [
+        {"_pgq_trace": {"traceparent": traceparent(sends[1])}}] * 2
