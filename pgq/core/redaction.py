@@ -56,6 +56,8 @@ _QUOTED = r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\''
 _SCHEME = r"(?:bearer|basic|token|digest)\s+[^\s,;&'\"]+"
 _BARE = r"[^\s,;&'\"()\[\]{}<>]+"
 _BEARER = re.compile(r"\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
+_SHORTEST = 7
+"""The shortest text the masking can change: ``token=x``."""
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])")
 
 
@@ -90,8 +92,13 @@ class Redactor:
         self.args_hook = args
         self.text_hook = text
         self.failed_once = False
+        self._verdicts: dict[str, bool] = {}
         """A hook raised and was logged; later failures fall back silently."""
         key = _key_pattern(fragments)
+        self._probes = tuple({w.lower() for k in fragments
+                              for w in re.split(r"[\s_.-]+", k)[:1] if w})
+        """Each fragment's first word: most text has none, and substring searches find
+        that far faster than a pattern tried at every word."""
         self._key_in_text = None if key is None else re.compile(
             # the key (maybe quoted, with a prefix or suffix: access_token, "apiKey"),
             # a separator, then a quoted value, a scheme and its credential, or a bare word
@@ -103,8 +110,14 @@ class Redactor:
                 f"text={self.text_hook!r})")
 
     def is_secret(self, key: object) -> bool:
-        squashed = _squash(str(key))
-        return any(k in squashed for k in self.keys)
+        text = str(key)
+        verdict = self._verdicts.get(text)
+        if verdict is None:
+            squashed = _squash(text)
+            verdict = any(k in squashed for k in self.keys)
+            if len(self._verdicts) < 4096:  # args' keys repeat; odd ones must not grow it
+                self._verdicts[text] = verdict
+        return verdict
 
     # --- args --------------------------------------------------------------------------
 
@@ -124,7 +137,8 @@ class Redactor:
         if isinstance(value, list | tuple):
             return [self._value(v) for v in value]
         if isinstance(value, str):
-            return self.mask_text(value)
+            # shorter than any pair, credential or card the text masking finds
+            return self.mask_text(value) if len(value) >= _SHORTEST else value
         return value
 
     # --- text --------------------------------------------------------------------------
@@ -132,8 +146,11 @@ class Redactor:
     def mask_text(self, text: str) -> str:
         """The built-in masking of text, without the hook."""
         if self._key_in_text is not None:
-            text = self._key_in_text.sub(_masked_pair, text)
-            text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+            lowered = text.lower()
+            if any(probe in lowered for probe in self._probes):
+                text = self._key_in_text.sub(_masked_pair, text)
+            if "bearer" in lowered:
+                text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
         if self.cards:
             text = _CARD.sub(_masked_card, text)
         return text

@@ -50,7 +50,7 @@ def test_a_workers_json_lines(how: str, databases: Databases, migrated_template:
         with psycopg.connect(url, autocommit=True) as conn:
             wait_until(lambda: conn.execute(
                 "SELECT count(*) FROM pgq_jobs WHERE state IN ('failed', 'completed')"
-            ).fetchone()[0] == 2, 60, "both jobs to finish")
+            ).fetchone() == (2,), 60, "both jobs to finish")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log.read_text()
     finally:
