@@ -75,3 +75,27 @@ def test_a_workers_json_lines(how: str, databases: Databases, migrated_template:
     assert "ssn" in text, "the args line is there (DEBUG)"
     for secret in (TOKEN, "4111", "123-45-6789"):
         assert secret not in text, secret  # "ssn" is the app's extra key
+
+
+def test_the_schedulers_json_lines(databases: Databases, migrated_template: str,
+                                   tmp_path: Path) -> None:
+    url = url_for(databases.create(template=migrated_template, prefix="pgq_h15l"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGQ_")}
+    env["PGQ_DATABASE_URL"] = url
+    log = tmp_path / "scheduler.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pgq", "scheduler", "--app", "tests.support.redaction_app:app",
+             "--log-format", "json"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=out,
+            text=True, start_new_session=True)
+    try:
+        wait_until(lambda: "maintenance: " in log.read_text(), 60, "the maintenance leader")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    docs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {"pgq.scheduler", "pgq.leader"} <= {d["logger"] for d in docs}
+    assert any(d["message"].startswith("maintenance: ") and d["level"] == "INFO" for d in docs)
