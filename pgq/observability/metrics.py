@@ -175,7 +175,14 @@ def enable() -> Recorder:
         raise ConfigError(NEEDS_EXTRA)
     multiprocess = bool(os.environ.get(MULTIPROC_ENV))
     registry = None
-    if not multiprocess:
+    if multiprocess:
+        from prometheus_client import values
+
+        if values.ValueClass.__name__ != "MmapedValue":
+            # The app imported prometheus-client before the directory was set (the
+            # supervisor loads it first): values made from now on go to the files.
+            values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    else:
         from prometheus_client import REGISTRY
         registry = REGISTRY
     live = _Live(registry)
