@@ -39,6 +39,7 @@ from pgq.core.errors import PgqError
 from pgq.core.redaction import Redactor
 from pgq.core.settings import Settings
 from pgq.core.tasks import Task, TaskRegistry
+from pgq.observability import metrics
 from pgq.store.database import Pools, async_connection, run_plan, run_plan_async, sync_connection
 from pgq.store.plan import Plan
 from pgq.store.sessions import after_session_commit
@@ -170,8 +171,9 @@ class App(StatsReads, TaskDeclarations):  # app.stats(), app.astats(); app.task(
         # One job's statements are each a consistent unit (the insert, or a release of
         # a lapsed unique hold before inserting again): no transaction around them.
         with publish(self, row.queue, row.task) as span:  # a no-op unless OpenTelemetry records
-            return span.sent(self._run(conn, partial(plan_enqueue_one, span.inject(row),
-                                                     self.clock.now()), [row.queue], atomic=False))
+            return _counted(row, span.sent(self._run(
+                conn, partial(plan_enqueue_one, span.inject(row), self.clock.now()), [row.queue],
+                atomic=False)))
 
     def enqueue_many(self, specs: Iterable[JobSpec], *, conn: object = None) -> list[Enqueued]:
         """Enqueue many jobs in a few statements (COPY for jobs without unique keys).
@@ -192,8 +194,8 @@ class App(StatsReads, TaskDeclarations):  # app.stats(), app.astats(); app.task(
         """``enqueue`` for asyncio code and async connections."""
         row = self._prepare_one(task, args, options)
         with publish(self, row.queue, row.task) as span:
-            return span.sent(await self._run_async(conn, partial(
-                plan_enqueue_one, span.inject(row), self.clock.now()), [row.queue], atomic=False))
+            return _counted(row, span.sent(await self._run_async(conn, partial(
+                plan_enqueue_one, span.inject(row), self.clock.now()), [row.queue], atomic=False)))
 
     async def enqueue_many_async(
         self, specs: Iterable[JobSpec], *, conn: object = None
@@ -311,3 +313,12 @@ class App(StatsReads, TaskDeclarations):  # app.stats(), app.astats(); app.task(
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _counted(row: JobRow, result: Enqueued) -> Enqueued:
+    """``pgq_jobs_enqueued_total`` for one job, unless it was a duplicate (where metrics
+    are on in this process; counted when the statement returned, before a caller's own
+    commit: best effort, as the metric says)."""
+    if not result.duplicate:
+        metrics.recorder.enqueued(row.queue, row.task)
+    return result

@@ -6,6 +6,7 @@ known number of attempts, so a test knows every counter's value after a run.
 * ``m.fail``: retried once, then failed (2, ``max_attempts=2``);
 * ``m.cancel``: cancels itself (1); ``m.snooze``: snoozes once, then completes (2
   starts, 1 attempt; the ``snoozed`` table remembers it across processes);
+* ``m.spawn``: enqueues one ``m.ok`` (counted as enqueued by the worker's process);
 * ``m.block``: blocks the event loop (``time.sleep`` in ``async def``) for ``seconds``.
 """
 
@@ -51,6 +52,11 @@ def snooze(ctx: pgq.Context) -> None:
                              "RETURNING job_id", [ctx.job_id]).fetchone()
     if first:
         raise pgq.Snooze(0)
+
+
+@app.task(name="m.spawn")
+async def spawn() -> None:
+    await app.enqueue_async("m.ok")
 
 
 @app.task(name="m.block")

@@ -94,3 +94,17 @@ def test_liveness_judges_the_loop_and_the_heartbeat_apart() -> None:
     blocked = pulse(table, 0.0, limit=30, heartbeat_limit=40, now=loop + 35)
     assert not blocked["ok"], "the loop is 35 s late; the heartbeat still within 40"
     assert table.entries() == [], "the pulse words are not lease slots"
+
+
+def test_values_go_to_the_directory_even_if_the_app_imported_the_client_first(
+        tmp_path: object) -> None:
+    """The supervisor loads the app (which may import prometheus-client for its own
+    metrics) before it sets the directory: its own counts must still reach the files."""
+    code = ("import os, sys, prometheus_client; "
+            f"os.environ['PROMETHEUS_MULTIPROC_DIR'] = {str(tmp_path)!r}; "
+            "from pgq.observability import metrics; "
+            "metrics.enable().reclaimed('q', 't', False); "
+            "print(sorted(os.listdir(os.environ['PROMETHEUS_MULTIPROC_DIR'])))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    assert "counter_" in out, out
