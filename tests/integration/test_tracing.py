@@ -329,3 +329,19 @@ def test_the_async_enqueues_trace_as_the_sync_ones(
     assert meta(conn, one) == {"m": 1, "_pgq_trace": {"traceparent": traceparent(sends[0])}}
     assert [meta(conn, e.id) for e in many] == [
         {"_pgq_trace": {"traceparent": traceparent(sends[1])}}] * 2
+
+
+def test_an_enqueue_that_raises_ends_its_span_in_error(
+        make_app: Callable[..., pgq.App], conn: psycopg.Connection,
+        spans: InMemorySpanExporter) -> None:
+    app = make_app(strict=False)
+    with psycopg.connect(conn.info.dsn) as closed:
+        pass
+    with pytest.raises(pgq.DatabaseUnavailable):
+        app.enqueue("t.lost", conn=closed)
+    (send,) = named(spans, "send default")
+    assert send.status.status_code == StatusCode.ERROR
+    assert send.attributes is not None
+    assert send.attributes["error.type"] == "pgq.core.errors.DatabaseUnavailable"
+    assert [e.name for e in send.events] == ["exception"]
+    assert trace.get_current_span() is trace.INVALID_SPAN  # its context was detached
