@@ -238,12 +238,21 @@ class Attempt:
             # A snooze is a decision, and a cancellation the worker's (timeout, lost
             # lease, shutdown): the outcome says which. Once the span has ended (an
             # abandoned thread returning late), there is nothing left to record on.
-            if not isinstance(exc, Snooze | asyncio.CancelledError) and self.span.is_recording():
+            # A sync task returning after its timeout decided the outcome keeps that one.
+            if not isinstance(exc, Snooze | asyncio.CancelledError) and self.span.is_recording() \
+                    and self._error_type is None:
                 self._error_type = _type_name(exc)
                 _record(self.span, exc, self._task)
             raise
         finally:
             _otel.context.detach(token)
+
+    def timed_out(self, seconds: float) -> None:
+        """The attempt overran its timeout: nothing was raised that ``activate`` could
+        record (a sync task's thread is abandoned, an async task only cancelled)."""
+        self._error_type = "pgq.Timeout"
+        if self.span.is_recording():
+            self.span.add_event("pgq.timeout", {"pgq.timeout_seconds": seconds})
 
     def end(self, outcome: str) -> None:
         if not self.span.is_recording():

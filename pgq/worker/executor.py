@@ -278,6 +278,8 @@ class Executor:
             error = error_entry(attempt, self.worker_id, exc, type_name="pgq.Timeout",
                                 message=f"attempt exceeded its timeout of {timed_out:g}s",
                                 redact=redact)
+            if running.span is not None:
+                running.span.timed_out(timed_out)
         else:
             error = error_entry(attempt, self.worker_id, exc, redact=redact)
         if isinstance(exc, Fail) or attempt >= ctx.max_attempts:

@@ -345,3 +345,32 @@ def test_an_enqueue_that_raises_ends_its_span_in_error(
     assert send.attributes["error.type"] == "pgq.core.errors.DatabaseUnavailable"
     assert [e.name for e in send.events] == ["exception"]
     assert trace.get_current_span() is trace.INVALID_SPAN  # its context was detached
+
+
+def test_a_timed_out_attempt_says_so(make_app: Callable[..., pgq.App],
+                                     conn: psycopg.Connection,
+                                     spans: InMemorySpanExporter) -> None:
+    app = make_app()
+
+    @app.task(name="t.slow_sync", timeout=0.2, max_attempts=1)
+    def slow_sync(ctx: pgq.Context) -> None:
+        ctx.cancelled.wait(20)
+        raise RuntimeError("noticed the timeout")  # after the outcome was decided
+
+    @app.task(name="t.slow_async", timeout=0.2, max_attempts=1, queue="other")
+    async def slow_async() -> None:
+        await asyncio.sleep(20)
+
+    app.enqueue("t.slow_sync")
+    app.enqueue("t.slow_async")
+    run(app)
+    processed = named(spans, "process default") + named(spans, "process other")
+    assert len(processed) == 2
+    for span in processed:
+        assert span.attributes is not None
+        assert (span.attributes["pgq.outcome"], span.attributes["error.type"]) == (
+            "failed", "pgq.Timeout")
+        assert span.status.status_code == StatusCode.ERROR
+        assert span.status.description == "pgq.Timeout"
+        assert [(e.name, dict(e.attributes or {})) for e in span.events] == [
+            ("pgq.timeout", {"pgq.timeout_seconds": 0.2})]
