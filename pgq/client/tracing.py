@@ -3,8 +3,9 @@ attempt, joined by the trace context the enqueue stores in the job's ``meta``.
 
 Optional twice over. Without ``opentelemetry-api`` installed (the ``otel`` extra), or
 with it but no SDK tracer provider configured (the API's no-op default), every function
-here answers ``None``/a no-op after a module-global check and one ``isinstance``: no
-span, no context, no meta written, so a bulk enqueue keeps its fastest COPY. This is
+here answers ``None``/a no-op after a module-global check (and, with the API, its
+``get_tracer_provider()`` and an identity check): no span, no context, no meta
+written, so a bulk enqueue keeps its fastest COPY. This is
 the only module that imports ``opentelemetry`` (an import-linter contract), and only
 on first use, so ``import pgq`` does not pay for it.
 
