@@ -20,6 +20,7 @@ alert rules use them): labels are queue, task, state, role, what, never ids or a
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -44,6 +45,8 @@ PICKUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                   300.0, 900.0, 3600.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 FLUSH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+BOUNDS: dict[str, tuple[float, ...]] = {"run": RUN_BUCKETS, "pickup": PICKUP_BUCKETS,
+                                        "batch": BATCH_BUCKETS, "flush": FLUSH_BUCKETS}
 
 
 def available() -> bool:
@@ -69,6 +72,7 @@ class Recorder:
     def outage(self, what: str, active: bool) -> None: ...
     def coordination(self, redis: bool) -> None: ...
     def worker_up(self) -> None: ...
+    def flush(self) -> None: ...
 
 
 recorder: Recorder = Recorder()
@@ -108,48 +112,75 @@ class _Live(Recorder):
         self._outages = Counter("pgq_outages", "Outages begun", ("what",), registry=registry)
         self._up = Gauge("pgq_worker_up", "Live worker processes", registry=registry,
                          multiprocess_mode="livesum")
-        self._by_job: dict[tuple[str, str, str], Callable[..., None]] = {}
-        self._by_queue: dict[str, Callable[[float], None]] = {}
+        self._histograms = {"run": self._run, "pickup": self._pickup, "batch": self._batch,
+                            "flush": self._flush}
+        self._tally: dict[tuple[str, str, str], int] = {}
+        """Counts since the last ``flush``: (counter, queue, task) -> n."""
+        self._observed: dict[tuple[str, str, str], list[float]] = {}
+        """Observations since the last ``flush``: (histogram, label, label) -> a count per
+        bucket (the last one +Inf), then their sum."""
 
-    def _job(self, kind: str, queue: str, task: str) -> Callable[..., None]:
-        """The bound ``inc`` (or ``observe``, kind "run") of one labelled child, cached."""
+    # The hot path (the worker's event loop): plain dict arithmetic, written to
+    # prometheus-client by ``flush`` once a second. Each of the client's own calls
+    # takes a lock and writes its mmap'd file, ~2 µs each in multiprocess mode: 13 µs
+    # per job for the six values a job touches, where a worker spends ~200 µs per job.
+
+    def _count(self, kind: str, queue: str, task: str) -> None:
         key = (kind, queue, task)
-        fn = self._by_job.get(key)
-        if fn is None:
-            if kind == "run":
-                fn = self._run.labels(queue, task).observe
-            else:
-                fn = self._counters[kind].labels(queue, task).inc
-            self._by_job[key] = fn
-        return fn
+        tally = self._tally
+        tally[key] = tally.get(key, 0) + 1
+
+    def _observe(self, kind: str, a: str, b: str, value: float) -> None:
+        key = (kind, a, b)
+        seen = self._observed.get(key)
+        if seen is None:
+            seen = self._observed[key] = [0.0] * (len(BOUNDS[kind]) + 2)
+        seen[bisect_left(BOUNDS[kind], value)] += 1  # the first bucket with value <= bound
+        seen[-1] += value
 
     def job_started(self, queue: str, task: str) -> None:
-        self._job("started", queue, task)()
+        self._count("started", queue, task)
 
     def job_ended(self, queue: str, task: str, outcome: str, seconds: float) -> None:
         kind = OUTCOME_COUNTERS.get(outcome)
         if kind is not None:
-            self._job(kind, queue, task)()
+            self._count(kind, queue, task)
         if outcome in TIMED:
-            self._job("run", queue, task)(seconds)
+            self._observe("run", queue, task, seconds)
 
     def pickup(self, queue: str, seconds: float) -> None:
-        fn = self._by_queue.get(queue)
-        if fn is None:
-            fn = self._by_queue[queue] = self._pickup.labels(queue).observe
-        fn(max(0.0, seconds))
+        self._observe("pickup", queue, "", max(0.0, seconds))
 
     def flushed(self, size: int, seconds: float) -> None:
-        self._batch.observe(size)
-        self._flush.observe(seconds)
+        self._observe("batch", "", "", size)
+        self._observe("flush", "", "", seconds)
+
+    def flush(self) -> None:
+        """Write what the hot path tallied to prometheus-client (once a second from the
+        worker's loop tick, and when it stops); call it on the thread that records."""
+        tally, self._tally = self._tally, {}
+        observed, self._observed = self._observed, {}
+        for (kind, queue, task), n in tally.items():
+            self._counters[kind].labels(queue, task).inc(n)
+        for (kind, a, b), seen in observed.items():
+            metric = self._histograms[kind]
+            labels = (a, b) if kind == "run" else (a,) if kind == "pickup" else ()
+            child = metric.labels(*labels) if labels else metric
+            # What Histogram.observe does per value, once per bucket: the client has no
+            # public call for adding a batch of observations.
+            for i, hits in enumerate(seen[:-1]):
+                if hits:
+                    child._buckets[i].inc(hits)
+            child._sum.inc(seen[-1])
+    # Elsewhere (rare, or on threads of their own): straight to prometheus-client.
 
     def enqueued(self, queue: str, task: str) -> None:
-        self._job("enqueued", queue, task)()
+        self._counters["enqueued"].labels(queue, task).inc()
 
     def reclaimed(self, queue: str, task: str, failed: bool) -> None:
-        self._job("reclaimed", queue, task)()
+        self._counters["reclaimed"].labels(queue, task).inc()
         if failed:
-            self._job("failed", queue, task)()
+            self._counters["failed"].labels(queue, task).inc()
 
     def outage(self, what: str, active: bool) -> None:
         if active:

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pgq.client.app import App
 from pgq.coordination import Coordinator, WakeupListener
 from pgq.core.errors import ConfigError, PgqError
+from pgq.observability import metrics
 from pgq.scheduling.maintenance import Maintenance
 from pgq.scheduling.scheduler import Scheduler
 from pgq.scheduling.service import LeaderService
@@ -198,20 +199,26 @@ class Worker:
                 service.stop()
             await self.producer.stop()
             self.executor.stop()
-            if self._ticker is not None:
-                self._ticker.cancel()
+            self._stop_ticking()
             log.info("worker %s stopped: claimed=%d finished=%s", self.id,
                      self.stats.claimed, self.stats.finished)
         return self._exit_code
 
     def _tick(self) -> None:
         """Every ``PULSE_SECONDS`` on the loop: the liveness probe's sign that the loop
-        runs (a task blocking it stops the ticks; ``pgq.worker.health``)."""
-        table = self.held.lease_table
-        if table is None or self._loop is None:
+        runs (a task blocking it stops the ticks; ``pgq.worker.health``), and the
+        metrics the loop's services tallied, written out."""
+        if self._loop is None:
             return
-        table.beat(LOOP)
+        if self.held.lease_table is not None:
+            self.held.lease_table.beat(LOOP)
+        metrics.recorder.flush()  # what the services tallied on this loop since the last tick
         self._ticker = self._loop.call_later(PULSE_SECONDS, self._tick)
+
+    def _stop_ticking(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        metrics.recorder.flush()  # the last outcomes, stored just now
 
     def _services(self) -> list[LeaderService]:
         """The leader-only services this process campaigns for, started."""

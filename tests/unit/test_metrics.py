@@ -108,3 +108,34 @@ def test_values_go_to_the_directory_even_if_the_app_imported_the_client_first(
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True).stdout
     assert "counter_" in out, out
+
+
+def test_tallied_observations_land_in_the_buckets_observe_would_choose() -> None:
+    """The hot path tallies and ``flush`` writes: the same buckets and sum as the
+    client's own ``observe``, bounds included (a value equal to a bound is in it)."""
+    code = """
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from pgq.observability import metrics
+values = [0.0, 0.005, 0.0051, 0.3, 1.0, 2.5, 7.0, 3600.0, 9999.0]
+rec = metrics.enable()
+for v in values:
+    rec.job_ended("q", "t", "completed", v)
+    rec.job_started("q", "t")
+rec.flush()
+mine = {(s.name[len("pgq_job_run_seconds"):], s.labels.get("le")): s.value
+        for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())
+        if f.name == "pgq_job_run_seconds" for s in f.samples if not s.name.endswith("_created")}
+ref_registry = CollectorRegistry()
+ref = Histogram("ref", "", buckets=metrics.RUN_BUCKETS, registry=ref_registry)
+for v in values:
+    ref.observe(v)
+theirs = {(s.name[len("ref"):], s.labels.get("le")): s.value
+          for f in text_string_to_metric_families(generate_latest(ref_registry).decode())
+          for s in f.samples if s.name != "ref_created"}
+assert mine == theirs and len(mine) == len(metrics.RUN_BUCKETS) + 3, (mine, theirs)
+started = [s.value for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())
+           if f.name == "pgq_jobs_started" for s in f.samples if s.name.endswith("_total")]
+assert started == [len(values)], started
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
