@@ -37,23 +37,26 @@ def test_the_import_contracts_hold() -> None:
 
 
 def test_a_wrong_import_fails_the_contracts_and_names_the_import(tmp_path: Path) -> None:
-    """The same contracts on a copy of the package with four deliberate mistakes: the
+    """The same contracts on a copy of the package with five deliberate mistakes: the
     store importing the worker (a layer upwards), the vocabulary importing redis, the
     worker reading the SQL catalogue itself, the worker importing opentelemetry (only
-    pgq.client.tracing may, lazily)."""
+    pgq.client.tracing may, lazily), and prometheus_client (only
+    pgq.observability.metrics may)."""
     shutil.copytree(PGQ, tmp_path / "pgq", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     for module, line in (("store/database.py", "from pgq.worker import Worker"),
                          ("core/errors.py", "import redis"),
                          ("worker/producer.py", "from pgq.store.queries import QUERIES"),
-                         ("worker/held.py", "from opentelemetry import trace")):
+                         ("worker/held.py", "from opentelemetry import trace"),
+                         ("worker/telemetry.py", "import prometheus_client")):
         path = tmp_path / "pgq" / module
         path.write_text(path.read_text() + f"\n{line}  # deliberately wrong\n")
     out = _lint_imports(tmp_path, pythonpath=tmp_path)
     assert out.returncode != 0
-    assert f"Contracts: {CONTRACTS - 4} kept, 4 broken." in out.stdout, out.stdout
+    assert f"Contracts: {CONTRACTS - 5} kept, 5 broken." in out.stdout, out.stdout
     for named in ("pgq.store.database -> pgq.worker", "pgq.core.errors -> redis",
-                  "pgq.worker.producer -> pgq.store.queries", "pgq.worker.held -> opentelemetry"):
+                  "pgq.worker.producer -> pgq.store.queries", "pgq.worker.held -> opentelemetry",
+                  "pgq.worker.telemetry -> prometheus_client"):
         assert named in out.stdout, out.stdout
 
 
