@@ -4,8 +4,9 @@ extra, ``pip install 'pgq-jobs[metrics]'``).
 Recording goes through ``recorder``, which is off (``Recorder``: every call returns at
 once) until ``enable`` swaps in a live one, so a worker without the extra, or without
 ``--metrics-port``, pays one attribute lookup and an empty call per event. The live
-recorder keeps each (queue, task) pair's counters and histograms in a dict, so an event
-costs a dict lookup and the client's own increment, not its ``labels()`` parsing.
+recorder tallies the per-job events (started, outcomes, run time, pickup, flushes) in
+plain dicts and writes them to prometheus-client in ``flush``, once a second from the
+worker's loop: a locked mmap write per value cost 13 µs per job, the tally 2 µs.
 
 Under ``pgq worker --metrics-port`` every process records into files of a per-run
 directory (prometheus-client's multiprocess mode; ``PROMETHEUS_MULTIPROC_DIR`` is set
