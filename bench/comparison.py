@@ -4,7 +4,9 @@ measured by ``pgbench`` in the same run; and what one INFO log line per job cost
 Targets (issue 12, "Speed"): ``drain_cmp_2p`` ≥ ``TARGET_2P`` (0.25) x the ceiling, aim
 ``AIM_2P`` (0.35); sync tasks within ``TARGET_SYNC`` (0.8) of async (``drain_cmp_2p_sync``
 / ``drain_cmp_2p``); one INFO line per job costs at most 10 % of the drain
-(``drain_cmp_2p`` / ``drain_cmp_2p_warning`` ≥ ``TARGET_LOG``, 0.9).
+(``drain_cmp_2p`` / ``drain_cmp_2p_warning`` ≥ ``TARGET_LOG``, 0.9); metrics cost nothing
+measurable (issue 15: ``drain_cmp_2p_metrics``, the same drain with ``--metrics-port``,
+over ``drain_cmp_2p`` ≥ ``TARGET_METRICS``, 0.95; read its CPU-per-job ratio too).
 
 Scratch database ``pgq_bench_cmp``. Before every measurement the table is truncated and
 checkpointed and ``JOBS`` (20,000) jobs are enqueued with one ``App.enqueue_many``.
@@ -92,6 +94,7 @@ TARGET_2P = 0.25
 AIM_2P = 0.35
 TARGET_SYNC = 0.80
 TARGET_LOG = 0.90
+TARGET_METRICS = 0.95
 DRAIN_TIMEOUT = 600.0
 QUIET_BUSY = 0.50
 QUIET_WAIT = 30.0
@@ -104,6 +107,8 @@ class Shape:
     processes: int
     task: str
     log_level: str
+    metrics: bool = False
+    """``--metrics-port`` (a free port; every process records, the supervisor serves)."""
 
 
 DRAINS = {
@@ -111,6 +116,7 @@ DRAINS = {
     "drain_cmp_2p": Shape(2, "bench.anoop", "INFO"),
     "drain_cmp_2p_sync": Shape(2, "bench.noop", "INFO"),
     "drain_cmp_2p_warning": Shape(2, "bench.anoop", "WARNING"),
+    "drain_cmp_2p_metrics": Shape(2, "bench.anoop", "INFO", metrics=True),
 }
 CEILING = "ceiling"
 SHAPE = "ceiling_shape"
@@ -172,7 +178,8 @@ class ComparisonResult:
         for figure, num, den, target in (
                 ("drain 2p / ceiling", "drain_cmp_2p", CEILING, TARGET_2P),
                 ("sync / async", "drain_cmp_2p_sync", "drain_cmp_2p", TARGET_SYNC),
-                ("INFO / WARNING", "drain_cmp_2p", "drain_cmp_2p_warning", TARGET_LOG)):
+                ("INFO / WARNING", "drain_cmp_2p", "drain_cmp_2p_warning", TARGET_LOG),
+                ("metrics on / off", "drain_cmp_2p_metrics", "drain_cmp_2p", TARGET_METRICS)):
             value = self.ratio(num, den)
             if value is not None:
                 out.append((figure, num, den, value, target))
@@ -452,7 +459,8 @@ def _worker(url: str, shape: Shape, log_path: Path) -> Iterator[subprocess.Popen
         proc = subprocess.Popen(
             [sys.executable, "-m", "pgq", "worker", "--app", "bench.app:app",
              "--processes", str(shape.processes), "--concurrency", str(CONCURRENCY),
-             "--log-level", shape.log_level],
+             "--log-level", shape.log_level,
+             *(["--metrics-host", "127.0.0.1", "--metrics-port", "0"] if shape.metrics else [])],
             env=worker_env(url), cwd=ROOT, stdout=log, stderr=log)
     try:
         yield proc
