@@ -252,3 +252,26 @@ def test_metrics_port_without_the_extra_is_one_line(db_url: str, tmp_path: Path)
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert errors == ["error: --metrics-port: metrics need prometheus-client, which is not "
                       "installed: pip install 'pgq-jobs[metrics]'"], done.stderr
+
+
+def test_a_killed_childs_job_is_counted_reclaimed_and_its_gauge_dies_with_it(
+        db_url: str, conn: psycopg.Connection, tmp_path: Path) -> None:
+    """The supervisor's own recording (its rescue of a dead child's job) reaches the
+    sums, and the dead child's pgq_worker_up stops counting (mark_process_dead)."""
+    with worker(db_url, tmp_path, "--crash-budget", "1") as (_process, port):
+        with pgq.App(pgq.Settings(database_url=db_url), strict=False) as app:
+            job_id = app.enqueue("m.block", {"seconds": 60}).id
+        wait_until(lambda: conn.execute("SELECT state FROM pgq_jobs WHERE id = %s",
+                                         [job_id]).fetchone()[0] == "running", 30, "the job")
+        (child,) = json.loads(_get(port, "/livez")[1])["processes"]
+        os.kill(child["pid"], signal.SIGKILL)
+        labels = (("queue", "default"), ("task", "m.block"))
+        wait_until(lambda: scrape(port).get("pgq_jobs_reclaimed_total", {}).get(labels) == 1,
+                   60, "the rescue to be counted")
+        # The replacement registers (pgq_workers) after it enabled its metrics.
+        wait_until(lambda: conn.execute("SELECT count(*) FROM pgq_workers WHERE pid <> %s",
+                                        [child["pid"]]).fetchone()[0], 60,
+                   "the replacement child")
+        samples = scrape(port)
+        assert samples["pgq_jobs_failed_total"][labels] == 1, "its crash budget was 1"
+        assert samples["pgq_worker_up"][()] == 1, "the dead child no longer counts"
