@@ -9,6 +9,8 @@ here, into ``pgq.core.errors`` with the original as ``__cause__``.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from itertools import islice
@@ -28,7 +30,7 @@ from pgq.core.errors import (
     UnsupportedConnectionError,
 )
 from pgq.core.settings import Settings, redact_url
-from pgq.store.plan import Copy, Exec, Plan
+from pgq.store.plan import Copy, Exec, Pause, Plan
 from pgq.store.queries import QUERIES
 
 T = TypeVar("T")
@@ -72,6 +74,9 @@ def _drive(conn: psycopg.Connection[Any], plan: Plan) -> Any:
                 if isinstance(step, Exec):
                     cur.execute(_STATEMENTS[step.name], step.params)
                     reply = cur.fetchall() if _has_rows(cur.pgresult) else []
+                elif isinstance(step, Pause):
+                    time.sleep(step.seconds)
+                    reply = None
                 else:
                     with cur.copy(QUERIES[step.name]) as copy:
                         for chunk in _copy_chunks(step.rows):
@@ -104,6 +109,9 @@ async def run_plan_async(conn: psycopg.AsyncConnection[Any], plan: Plan, *,
                         async with cur.copy(QUERIES[step.name]) as copy:
                             for chunk in _copy_chunks(step.rows):
                                 await copy.write(chunk)
+                        reply = None
+                    elif isinstance(step, Pause):
+                        await asyncio.sleep(step.seconds)
                         reply = None
                     else:
                         await cur.execute(_STATEMENTS[step.name], step.params)

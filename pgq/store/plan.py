@@ -29,5 +29,15 @@ class Copy:
     rows: Iterable[Sequence[str]]
 
 
-Step = Exec | Copy
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait ``seconds`` before the next step (the async driver without blocking its loop);
+    the driver sends back ``None``. For plans run with ``atomic=False`` only, whose
+    statements each commit on their own: a bulk action paces its batches with it, so no
+    transaction or lock is held across the pause."""
+
+    seconds: float
+
+
+Step = Exec | Copy | Pause
 Plan = Generator[Step, Any, Any]

@@ -18,8 +18,12 @@ from pathlib import Path
 
 import psycopg
 
+from pgq.client.admin import BATCH
+
 ROOT = Path(__file__).resolve().parents[2]
-JOBS = 3_500
+JOBS = BATCH * 3 + BATCH // 2
+DONE = BATCH * 2
+"""Jobs the two batches before the held one commit."""
 LOCK = 914_014
 
 SEED = """
@@ -42,12 +46,12 @@ def test_sigint_mid_batch_then_rerun_retries_each_job_once(conn: psycopg.Connect
                                                            db_url: str) -> None:
     conn.execute(SEED, [JOBS])
     ids = [r[0] for r in conn.execute("SELECT id FROM pgq_jobs ORDER BY id")]
-    # The third batch (ids in order, 1,000 a batch) blocks on its first action row.
+    # The third batch (ids in order, BATCH a batch) blocks on its first action row.
     conn.execute(f"""
         CREATE FUNCTION test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN PERFORM pg_advisory_xact_lock_shared({LOCK}); RETURN NEW; END $$;
         CREATE TRIGGER test_hold BEFORE INSERT ON pgq_job_actions FOR EACH ROW
-        WHEN (NEW.job_id = {ids[2000]}) EXECUTE FUNCTION test_hold()""")
+        WHEN (NEW.job_id = {ids[DONE]}) EXECUTE FUNCTION test_hold()""")
     conn.execute("SELECT pg_advisory_lock(%s)", [LOCK])
 
     first = retry(db_url)
@@ -59,18 +63,18 @@ def test_sigint_mid_batch_then_rerun_retries_each_job_once(conn: psycopg.Connect
     first.send_signal(signal.SIGINT)  # the operator's Ctrl-C, the third batch in flight
     out, err = first.communicate(timeout=30)
     assert first.returncode == 130, (out, err)
-    assert "interrupted: 2000 jobs retried so far" in err and "Run the same command again" in err
+    assert f"interrupted: {DONE} jobs retried so far" in err and "Run the same command again" in err
     # The statement in flight was cancelled (psycopg cancels on Ctrl-C): its batch rolled
     # back whole, changes and records together, and nothing waits on the lock any more.
-    assert conn.execute("SELECT count(*) FROM pgq_job_actions").fetchone() == (2000,)
-    assert conn.execute("SELECT count(*) FROM pgq_jobs WHERE state = 'available'").fetchone() == (2000,)
+    assert conn.execute("SELECT count(*) FROM pgq_job_actions").fetchone() == (DONE,)
+    assert conn.execute("SELECT count(*) FROM pgq_jobs WHERE state = 'available'").fetchone() == (DONE,)
     assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
                         "AND datname = current_database()").fetchone() == (0,)
 
     conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK])
     again = retry(db_url)
     out, err = again.communicate(timeout=60)
-    assert (again.returncode, out) == (0, f"retried {JOBS - 2000} jobs\n"), err
+    assert (again.returncode, out) == (0, f"retried {JOBS - DONE} jobs\n"), err
     assert conn.execute(
         "SELECT count(*), count(DISTINCT job_id), min(actor) FROM pgq_job_actions "
         "WHERE action = 'retry'").fetchone() == (JOBS, JOBS, "tester")

@@ -1,10 +1,13 @@
 """What the operations API gained for the CLI: app.jobs.count / preview / actions,
 app.queues.workers, and the per-batch progress callback of every action (with an
-interrupted bulk retry run again: only what is left is changed, nothing twice)."""
+interrupted bulk retry run again: only what is left is changed, nothing twice), and
+the pause between a bulk action's batches."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -13,8 +16,9 @@ import psycopg
 import pytest
 
 import pgq
-from pgq.client.admin import BATCH
+from pgq.client.admin import BATCH, plan_action
 from pgq.client.jobfilter import JobFilter
+from pgq.store.database import run_plan, run_plan_async
 
 MakeApp = Callable[..., pgq.App]
 T = TypeVar("T")
@@ -92,7 +96,7 @@ def test_workers_lists_the_registry(app: pgq.App, conn: psycopg.Connection) -> N
 
 def test_progress_per_batch_and_an_interrupted_retry_rerun(app: pgq.App,
                                                            conn: psycopg.Connection) -> None:
-    ids = enqueue(app, BATCH * 2 + 500, queue="dead")
+    ids = enqueue(app, BATCH * 2 + BATCH // 2, queue="dead")
     fail(conn, ids)
     seen: list[int] = []
 
@@ -107,7 +111,7 @@ def test_progress_per_batch_and_an_interrupted_retry_rerun(app: pgq.App,
 
     seen.clear()
     again = app.jobs.retry(JobFilter(queue="dead"), actor="ops", progress=seen.append)
-    assert again.changed == BATCH + 500 and seen == [BATCH, 500]
+    assert again.changed == BATCH + BATCH // 2 and seen == [BATCH, BATCH // 2]
     (recorded, distinct) = conn.execute(
         "SELECT count(*), count(DISTINCT job_id) FROM pgq_job_actions WHERE action = 'retry'").fetchone()
     assert recorded == distinct == len(ids)  # each job retried once, never twice
@@ -115,3 +119,41 @@ def test_progress_per_batch_and_an_interrupted_retry_rerun(app: pgq.App,
     progress: list[int] = []
     result = run_async(app, lambda: app.jobs.acancel(ids[:3], progress=progress.append))
     assert result.changed == 3 and progress == [3]
+
+
+def test_bulk_actions_pause_between_batches_sync_and_async(app: pgq.App, db_url: str) -> None:
+    """``pause`` seconds between two batches (a bulk action's back-to-back batches slowed
+    other sessions' commits: bench bulk_retry), none before the first or after the last;
+    the async driver waits without blocking its event loop."""
+    ids = enqueue(app, BATCH * 2 + 1, queue="bulk")
+    params = {"actor": "ops", "reason": None, "now": None, "priority": 5}
+    stamps: list[float] = []
+    for target in (JobFilter(queue="bulk"), ids):
+        stamps[:] = [time.monotonic()]
+        plan = plan_action("set_priority", target, params, pause=0.2,
+                           progress=lambda _: stamps.append(time.monotonic()))
+        with psycopg.connect(db_url, autocommit=True) as own:
+            assert run_plan(own, plan, atomic=False).changed == len(ids)
+        stamps.append(time.monotonic())
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        assert len(gaps) == 4 and min(gaps[1:3]) >= 0.2, gaps  # between the 3 batches
+        assert gaps[0] < 0.2 and gaps[3] < 0.2, gaps  # none before the first or after the last
+
+    ticks: list[float] = []
+
+    async def main() -> float:
+        async def tick() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        began = time.monotonic()
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as own:
+            await run_plan_async(own, plan_action("set_priority", JobFilter(queue="bulk"),
+                                                  params, pause=0.2), atomic=False)
+        ticker.cancel()
+        return time.monotonic() - began
+
+    assert asyncio.run(main()) >= 0.4
+    assert len(ticks) >= 20  # the loop ran on through both pauses
