@@ -250,7 +250,11 @@ class Attempt:
 
     def timed_out(self, seconds: float) -> None:
         """The attempt overran its timeout: nothing was raised that ``activate`` could
-        record (a sync task's thread is abandoned, an async task only cancelled)."""
+        record (a sync task's thread is abandoned, an async task only cancelled).
+        Idempotent: the executor says it before telling a sync task, then again with
+        the outcome."""
+        if self._error_type == "pgq.Timeout":
+            return
         self._error_type = "pgq.Timeout"
         if self.span.is_recording():
             self.span.add_event("pgq.timeout", {"pgq.timeout_seconds": seconds})

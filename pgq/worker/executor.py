@@ -179,6 +179,10 @@ class Executor:
         if running.released or running.lost:
             return
         running.timed_out = True
+        if running.span is not None:
+            # Before the thread is told: told first, it may raise at once, and its span
+            # would record that exception instead of the timeout.
+            running.span.timed_out(timeout)
         running.ctx.cancelled.set()
         self._abandon_thread(running)
         outcome = self._decide(
