@@ -117,7 +117,9 @@ class Heartbeat(threading.Thread):
         coordination mode for the metrics."""
         if self.held.lease_table is not None:
             self.held.lease_table.beat(HEARTBEAT)
-        if metrics.recorder.on:
+        # Only where Redis is configured: without it every role is on PostgreSQL by
+        # design, not in a fallback, and a 0 would keep PgqRedisFallback firing.
+        if metrics.recorder.on and self.coordinator.redis_configured:
             metrics.recorder.coordination(self.coordinator.redis_ok())
 
     def _judge_leases(self) -> None:
