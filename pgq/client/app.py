@@ -179,9 +179,11 @@ class App(StatsReads, TaskDeclarations):  # app.stats(), app.astats(); app.task(
         """Enqueue many jobs in a few statements (COPY for jobs without unique keys).
         One bad spec rejects the whole call and writes nothing. Results are in input
         order."""
+        specs = list(specs)
         with publish(self) as span:  # one span per call (pgq.client.tracing)
-            plan, queues = self._plan_many(specs, conn, span)
-            return span.sent_many(self._run(conn, plan, queues) if queues is not None else [], queues)
+            plan, queues, rows = self._plan_many(specs, conn, span)
+            return _counted_many(specs, rows, span.sent_many(
+                self._run(conn, plan, queues) if queues is not None else [], queues))
 
     async def enqueue_async(
         self,
@@ -201,15 +203,28 @@ class App(StatsReads, TaskDeclarations):  # app.stats(), app.astats(); app.task(
         self, specs: Iterable[JobSpec], *, conn: object = None
     ) -> list[Enqueued]:
         """``enqueue_many`` for asyncio code and async connections."""
+        specs = list(specs)
         with publish(self) as span:
-            plan, queues = self._plan_many(specs, conn, span)
+            plan, queues, rows = self._plan_many(specs, conn, span)
             if queues is None:
                 return []
-            return span.sent_many(await self._run_async(conn, plan, queues), queues)
+            return _counted_many(specs, rows, span.sent_many(
+                await self._run_async(conn, plan, queues), queues))
 
-    def _plan_many(self, specs: Iterable[JobSpec], conn: object, span: Publishing
-                   ) -> tuple[Callable[..., Plan], Collection[str] | None]:
-        return plan_for_many(specs, span.prepare(self._prepare), self.clock.now(), own=conn is None)
+    def _plan_many(self, specs: list[JobSpec], conn: object, span: Publishing
+                   ) -> tuple[Callable[..., Plan], Collection[str] | None,
+                              dict[int, JobRow] | None]:
+        """``plan_for_many``, and where metrics are on, each spec's row by ``id(spec)``
+        as it is validated (before or while the plan runs), for ``_counted_many``."""
+        prepare = span.prepare(self._prepare)
+        rows: dict[int, JobRow] | None = None
+        if metrics.recorder.on:
+            rows, validate = {}, prepare
+
+            def prepare(spec: JobSpec) -> JobRow:
+                row = rows[id(spec)] = validate(spec)
+                return row
+        return (*plan_for_many(specs, prepare, self.clock.now(), own=conn is None), rows)
 
     def _prepare(self, spec: JobSpec) -> JobRow:
         return prepare(spec, self.registry, strict=self.strict,
@@ -313,6 +328,22 @@ class App(StatsReads, TaskDeclarations):  # app.stats(), app.astats(); app.task(
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _counted_many(specs: list[JobSpec], rows: dict[int, JobRow] | None,
+                  results: list[Enqueued]) -> list[Enqueued]:
+    """``_counted`` for each job of an ``enqueue_many`` that committed (``rows`` is None
+    where metrics are off)."""
+    if rows is not None:
+        tally: dict[tuple[str, str], int] = {}
+        for spec, result in zip(specs, results, strict=True):
+            if not result.duplicate:
+                row = rows[id(spec)]
+                key = (row.queue, row.task)
+                tally[key] = tally.get(key, 0) + 1
+        for (queue, task), n in tally.items():
+            metrics.recorder.enqueued(queue, task, n)
+    return results
 
 
 def _counted(row: JobRow, result: Enqueued) -> Enqueued:
