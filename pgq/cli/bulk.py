@@ -65,8 +65,11 @@ def run_action(app: App, action: str, ids: tuple[int, ...], where: JobFilter | N
         with bar if bar is not None else nullcontext():
             result = call(target, progress)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: {done[0]} jobs {PAST[action]} so far, in committed "
-                   f"batches. Run the same command again to finish: it takes only jobs still "
+        # A Ctrl-C that reaches psycopg while a batch's statement runs cancels it, but the
+        # server may have committed it already; its count is then lost with its reply.
+        click.echo(f"\ninterrupted: {done[0]} jobs {PAST[action]} so far in committed "
+                   f"batches, plus the batch in flight if the server committed it first. "
+                   f"Run the same command again to finish: it takes only jobs still "
                    f"{' / '.join(SOURCES[action])}, so none twice.", err=True)
         raise click.Abort() from None
     _report(result, bool(ids), as_json)
