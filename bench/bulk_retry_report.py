@@ -70,7 +70,9 @@ class BulkRetryResult:
                 tally = Counter(run["profile"].get(w, {}))
                 samples = tally.pop("samples", 0)
                 top = ", ".join(f"{k} {v / samples:.2f}" for k, v in tally.most_common(PROFILE_TOP))
-                out.append(f"{f'{i}: active in {w}':<24} per sample ({samples}): {top}")
+                locks = sum(v for k, v in tally.items() if " Lock:" in k)
+                out.append(f"{f'{i}: active in {w}':<24} per sample ({samples}): {top}; "
+                           f"waiting on a lock: {locks / samples:.2f}")
         if len(self.runs) > 1:
             pooled = self.pooled()
             for w in ("before", "during"):
