@@ -71,7 +71,9 @@ def metrics_command(port: int, host: str, database_url: str | None) -> None:
 @click.option("--worker-url", metavar="URL", show_envvar=True,
               help="A worker's metrics port (e.g. http://127.0.0.1:9464): check its /livez.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
-              help="Shorthand for --worker-url http://127.0.0.1:PORT.")
+              envvar="PGQ_WORKER_METRICS_PORT", show_envvar=True,
+              help="The same as a worker URL of http://127.0.0.1:PORT (the worker's own "
+              "variable: a healthcheck in the worker's container finds its port).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=5.0, show_envvar=True,
               metavar="SECONDS", help="How long the worker may take to answer.")
 @json_option

@@ -27,13 +27,17 @@ def test_help_describes_exactly_what_exists() -> None:
     out = pgq_cmd("--help")
     assert out.returncode == 0
     lines = out.stdout.split("Commands:")[1].strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["check", "cron", "enqueue", "jobs", "migrate",
-                                                   "queues", "scheduler", "stats", "worker", "workers"]
-    for sub in (["migrate"], ["enqueue"], ["worker"], ["scheduler"], ["check"], ["cron", "list"]):
+    assert [line.split()[0] for line in lines] == ["check", "cron", "enqueue", "health", "jobs",
+                                                   "metrics", "migrate", "queues", "scheduler",
+                                                   "stats", "worker", "workers"]
+    for sub in (["migrate"], ["enqueue"], ["worker"], ["scheduler"], ["check"], ["cron", "list"],
+                ["metrics"], ["health"]):
         help_text = pgq_cmd(*sub, "--help").stdout
         if sub[0] not in ("check", "cron"):  # these two never touch the database
             assert "PGQ_DATABASE_URL" in help_text, f"{sub} --help must name its env var"
         options = " ".join(help_text.split("Options:")[1].split("-h, --help")[0].split())
+        # --json is how one invocation prints, not configuration: it has no variable.
+        options = options.replace("--json Print one JSON document on stdout instead of text.", "")
         # every option's help names its PGQ_* variable
         assert options.count(" --") + options.startswith("--") == options.count("env var: PGQ_"), options
 
