@@ -17,6 +17,7 @@ from pgq.cli.observe import health, metrics_command, worker_metrics_options
 from pgq.cli.options import CONTEXT, app_option, database_option
 from pgq.cli.queues import queues, workers
 from pgq.cli.stats import stats
+from pgq.cli.web import hash_password_command, web
 from pgq.client.app import App
 from pgq.core.errors import ConfigError, PgqError
 from pgq.core.logs import LOG_FORMATS, configure_logging
@@ -242,6 +243,8 @@ cli.add_command(workers)
 cli.add_command(stats)
 cli.add_command(metrics_command)
 cli.add_command(health)
+cli.add_command(web)
+cli.add_command(hash_password_command)
 
 
 @cli.command()

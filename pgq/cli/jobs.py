@@ -4,7 +4,7 @@ priority) through the operations API (docs/operations.md, "CLI")."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -35,10 +35,10 @@ from pgq.cli.output import (
 )
 from pgq.client.admin import Progress, Target
 from pgq.client.app import App
-from pgq.client.jobfilter import Attempt, JobFilter, JobRecord
+from pgq.client.display import redacted
+from pgq.client.jobfilter import JobFilter, JobRecord
 from pgq.client.reads import ActionRecord
 from pgq.core.errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
-from pgq.core.redaction import redact_args, redact_text
 
 EXIT_CODES = ("Exit codes: 0 done, 1 error (bad value, database), 2 usage, 3 no such job, "
               "4 nothing to change (or --dry-run found none), 130 interrupted or not confirmed.")
@@ -98,18 +98,6 @@ def show(job_id: int, as_json: bool, database_url: str | None) -> None:
         emit_json({**_job_doc(job, attempts=True), "actions": plain(actions)})
         return
     _show_text(job, actions)
-
-
-def redacted(app: App, job: JobRecord) -> JobRecord:
-    """The job as operator tools show it: args and error texts through the redactor
-    (docs/redaction.md). ``app.jobs.get`` returns them as stored: a task needs its args.
-    Error entries are redacted when stored; this covers those stored before."""
-    args = redact_args(app, job.args, job.task) if isinstance(job.args, Mapping) else job.args
-    errors = tuple({**e, **{k: redact_text(app, e[k], job.task) for k in ("message", "traceback")
-                            if isinstance(e.get(k), str)}} if isinstance(e, Mapping) else e
-                   for e in job.errors)
-    return replace(job, args=args, errors=errors,
-                   attempts=tuple(Attempt.decode(e) for e in errors if isinstance(e, Mapping)))
 
 
 def _job_doc(job: JobRecord, *, attempts: bool) -> dict[str, Any]:

@@ -1,0 +1,21 @@
+"""Serving the web app with uvicorn (what ``pgq web`` runs)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from pgq.client.app import App
+from pgq.web.config import WebConfig
+from pgq.web.factory import create_app
+
+
+def serve(app: App, config: WebConfig, *, host: str, port: int, root_path: str = "") -> None:
+    """Serve until SIGINT or SIGTERM (uvicorn's graceful shutdown), then close ``app``."""
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(app, config), host=host, port=port, root_path=root_path, log_level="info",
+        server_header=False,  # no version banner for scanners
+        proxy_headers=True, forwarded_allow_ips="127.0.0.1"))
+    try:
+        server.run()
+    finally:
+        app.close()
