@@ -59,11 +59,16 @@ def test_overview_shows_a_queues_counts_from_the_stats_leader(
     for _ in range(3):
         pgq_app.enqueue("mail.send", {"to": "x"}, queue="mail")
     pgq_app.enqueue("mail.send", queue="mail", delay=timedelta(hours=1))
+    dead = pgq_app.enqueue("mail.send", queue="mail").id
+    conn.execute("UPDATE pgq_jobs SET state = 'failed', finished_at = now(), "
+                 "attempt = max_attempts WHERE id = %s", (dead,))
     StatsService(pgq_app, holder="test").refresh(conn)
     page = client.get("/").text
     assert (cell(page, "mail", "available"), cell(page, "mail", "scheduled")) == ("3", "1")
     assert '<a href="/jobs?queue=mail">mail</a>' in row(page, "mail")
     assert re.search(r'data-total="waiting"><b>4</b>', page)
+    assert '<a href="/jobs?queue=mail&amp;state=failed">1</a>' in row(page, "mail")
+    assert re.search(r'data-total="failed"><b><a href="/dead-letters">1</a>', page)
     assert "Stats from redis" in page and "Stale" not in page
     assert "No history yet: the stats leader records one point a minute." in page
     assert "<svg" not in page
@@ -86,6 +91,15 @@ def test_overview_draws_the_last_hours_throughput(
     assert re.search(r'<polyline class="completed" points="[\d.]+,[\d.]+"/>', page)
     assert '<circle class="completed dot"' in page, "a single point gets a marker"
     assert "No history yet" not in page
+
+
+def test_overview_says_stale_when_the_leader_has_missed_refreshes(
+        make_app: Callable[..., pgq.App], conn: psycopg.Connection,
+        signed_in: Callable[[pgq.App], TestClient]) -> None:
+    app = make_app(strict=False, clock=pgq.ManualClock(datetime.now(UTC) - timedelta(seconds=11)))
+    StatsService(app, holder="test", every=5).refresh(conn)  # 11 s old: two refreshes missed
+    page = signed_in(app).get("/").text
+    assert "Stale: these stats were computed" in page and "refreshes every 5s." in page
 
 
 def test_the_chart_scales_points_to_the_hour_and_the_busiest_minute() -> None:

@@ -17,9 +17,11 @@ from pgq.web.render import render
 
 router = APIRouter(include_in_schema=False)
 
-STALE_REFRESHES = 3
+STALE_REFRESHES = 2
 """A document older than this many of its leader's refresh intervals is called stale:
-one late refresh is normal, three in a row mean the leader is gone or stuck."""
+one refresh can be late, two missed mean the leader is gone or stuck. Readers still
+serve a document up to ``stale_after(every)`` (3 intervals, at least every + 10 s)
+before computing their own, so this is the window in which the page warns."""
 
 
 @dataclass(frozen=True)
