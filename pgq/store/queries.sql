@@ -753,6 +753,16 @@ ORDER BY 1;
 -- source states). Reads what the filter selects, like a batch of the action does: an
 -- operator's call, not a dashboard's.
 SELECT count(*)
+-- name: queue_settings
+-- The named queues (a dashboard passes the stats cache's names) and every queue with a
+-- pgq_queues row, with its settings: queue_list without the scan of pgq_jobs, so a page
+-- that refreshes every few seconds reads only the small settings table.
+SELECT coalesce(n.name, q.name), coalesce(q.paused, false), q.paused_at, q.paused_by,
+       q.pause_reason
+FROM unnest(%(names)s::text[]) AS n(name)
+FULL JOIN pgq_queues AS q ON q.name = n.name
+ORDER BY 1;
+
 FROM pgq_jobs
 WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))

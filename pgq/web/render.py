@@ -4,7 +4,8 @@ flash messages.
 
 A page's live part is its ``live`` block. ``static/pgq.js`` re-fetches the page every
 few seconds with ``X-PGQ-Partial: 1``, and ``render`` then answers with that block
-alone, so pages refresh without a reload and without a second set of templates.
+alone (``base.html`` renders nothing else when ``partial`` is set), so pages refresh
+without a reload and without a second set of templates.
 """
 
 from __future__ import annotations
@@ -85,12 +86,10 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
         "url": lambda name, query=None, **params: url(request, name, query, **params),
         "now": datetime.now(UTC), **context,
     }
-    if request.headers.get("x-pgq-partial") == "1" and "live" in page.blocks:
-        body = "".join(page.blocks["live"](page.new_context(values)))
-    else:
-        values["flashes"] = request.session.pop("flash", [])
-        body = page.render(values)
-    return HTMLResponse(body, status_code=status_code)
+    values["partial"] = request.headers.get("x-pgq-partial") == "1"
+    # A flash waits for the next full page: a refresh must not swallow it unseen.
+    values["flashes"] = [] if values["partial"] else request.session.pop("flash", [])
+    return HTMLResponse(page.render(values), status_code=status_code)
 
 
 def back(request: Request, name: str, /, query: dict[str, Any] | None = None,

@@ -96,3 +96,17 @@ def test_mounted_under_a_prefix(pgq_app: pgq.App) -> None:
         assert answer.headers["location"] == "/pgq/login?next=%2Fpgq%2F"
         page = client.get("/pgq/login").text
         assert 'href="/pgq/static/pgq.css"' in page and 'action="/pgq/login"' in page
+
+
+@pytest.mark.parametrize("path", ["/", "/queues", "/jobs", "/jobs?state=failed",
+                                  "/dead-letters", "/cron", "/workers"])
+def test_every_page_refreshes_its_live_part_alone(operator: tuple[TestClient, str],
+                                                  path: str) -> None:
+    client, _ = operator
+    full = client.get(path)
+    part = client.get(path, headers={"X-PGQ-Partial": "1"})
+    assert full.status_code == part.status_code == 200, part.text
+    assert full.text.lstrip().startswith("<!doctype html>") and "<header" in full.text
+    assert "<header" not in part.text and "<!doctype" not in part.text
+    heading = full.text.split("<h1>")[1].split("</h1>")[0]
+    assert f"<h1>{heading}</h1>" in part.text

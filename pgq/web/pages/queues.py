@@ -1,4 +1,4 @@
-"""The queues page: every queue with its pause state (``app.queues.alist()``) beside its
+"""The queues page: every queue with its pause state (``app.queues.asettings()``) beside its
 figures from the stats cache, and, for operators, Pause (with a reason) and Resume.
 
 The list and the actions go to the primary (``app.state.pgq``), not a replica: after a
@@ -28,8 +28,9 @@ async def _page(request: Request, error: str | None = None,
                 status_code: int = 200) -> HTMLResponse:
     app: App = request.app.state.pgq
     reads: App = request.app.state.reads
-    listed = await app.queues.alist()
     stats = await reads.astats()
+    # The cache's queues plus those with settings: no scan of pgq_jobs on a refresh.
+    listed = await app.queues.asettings(stats.queues)
     names = sorted({q.name for q in listed} | set(stats.queues))
     infos = {q.name: q for q in listed}
     rows = [(name, infos.get(name), stats.queues.get(name, QueueStats(name))) for name in names]
