@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
+from pgq.client.deadgroups import DeadLetterGroups
 from pgq.client.jobfilter import (
     NO_FILTER,
     ActionResult,
@@ -179,7 +180,7 @@ class _Runner:
             return await run_plan_async(conn, plan, atomic=False)
 
 
-class Jobs(_Runner):
+class Jobs(DeadLetterGroups, _Runner):
     """``app.jobs``. Actions take one id, a list of ids, or a ``JobFilter``; ``actor``
     (default: the OS user) and ``reason`` are recorded in ``pgq_job_actions``."""
 

@@ -18,6 +18,7 @@ from typing import Any, Unpack
 from psycopg.pq import TransactionStatus
 
 from pgq.client.admin import Jobs
+from pgq.client.apikeys import ApiKeyAccess
 from pgq.client.declare import TaskDeclarations
 from pgq.client.enqueue import (
     Enqueued,
@@ -48,7 +49,7 @@ Middleware = Callable[[Any], AbstractContextManager[Any]]
 """``middleware(ctx) -> context manager`` wrapped around each task execution."""
 
 
-class App(StatsReads, TaskDeclarations):  # app.stats(), app.astats(); app.task()
+class App(StatsReads, TaskDeclarations, ApiKeyAccess):  # app.stats(); app.task(); app.api_keys
     """A pgq application.
 
     ``strict`` (default ``True``): enqueueing a task name that is not registered raises

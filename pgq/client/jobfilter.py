@@ -60,7 +60,9 @@ def _aware(value: datetime | None, what: str) -> datetime | None:
 class JobFilter:
     """Which jobs: every field given must match (AND); a list means any of its values.
     ``tag``: the job carries this tag; ``meta``: the job's meta contains these pairs;
-    ``since`` / ``until``: ``since <= created_at < until``. All None matches every job."""
+    ``since`` / ``until``: ``since <= created_at < until``; ``error_type``: the ``type``
+    of the job's last ``errors`` entry ("" for a job without one: a dead-letter group of
+    ``app.jobs.dead_letter_groups``). All None matches every job."""
 
     state: str | JobState | Sequence[str | JobState] | None = None
     queue: str | Sequence[str] | None = None
@@ -70,6 +72,7 @@ class JobFilter:
     unique_key: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    error_type: str | None = None
 
     def params(self) -> dict[str, Any]:
         """The filter as the statements' parameters, validated (NULL: any)."""
@@ -79,6 +82,8 @@ class JobFilter:
             raise InvalidOptionError(f"tag must be a string, got {self.tag!r}")
         if self.unique_key is not None and not isinstance(self.unique_key, str):
             raise InvalidOptionError(f"unique_key must be a string, got {self.unique_key!r}")
+        if self.error_type is not None and not isinstance(self.error_type, str):
+            raise InvalidOptionError(f"error_type must be a string, got {self.error_type!r}")
         if self.meta is not None and not isinstance(self.meta, Mapping):
             raise InvalidOptionError(f"meta must be a mapping of key to value, got {self.meta!r}")
         since, until = _aware(self.since, "since"), _aware(self.until, "until")
@@ -94,7 +99,7 @@ class JobFilter:
             "queues": [check_queue(q) for q in queues] if queues is not None else None,
             "tasks": [check_task_name(t) for t in tasks] if tasks is not None else None,
             "tag": self.tag, "meta": meta, "unique_key": self.unique_key,
-            "since": since, "until": until,
+            "since": since, "until": until, "error_type": self.error_type,
         }
 
 

@@ -27,6 +27,8 @@ has their plans on 10 million rows):
 * unserved queues: due work (``due`` jobs, or a lag) and no live worker in the registry
   serving the queue; a paused queue is never unserved (nobody is meant to serve it). The
   stats leader logs a WARNING when a queue becomes unserved (pgq.scheduling.stats).
+* history: up to ``HISTORY_POINTS`` per-minute points of jobs completed and failed per
+  queue, oldest first (``history_after``; ``Stats.throughput()``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pgq.coordination import Coordinator
@@ -57,6 +59,8 @@ up to 55/s; beyond, those windows are lower bounds, listed in ``finished_capped`
 SAMPLE = 10_000
 """Completed jobs the run-time percentiles are taken from at most."""
 WINDOWS = ("1m", "5m", "15m")
+HISTORY_POINTS = 60
+"""Per-minute points the document's ``history`` keeps (an hour)."""
 WAITING = ("available", "scheduled", "retryable")
 
 Source = Literal["redis", "postgres", "direct"]
@@ -100,6 +104,18 @@ class QueueStats:
 
 
 @dataclass(frozen=True)
+class ThroughputPoint:
+    """One minute of ``history``: jobs completed and failed in it, in all queues and per
+    queue (``{queue: {"completed": n, "failed": n}}``, queues with none left out)."""
+
+    at: datetime
+    """The minute's start."""
+    completed: int
+    failed: int
+    per_queue: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
 class Stats:
     source: Source
     age_seconds: float
@@ -114,6 +130,14 @@ class Stats:
     def unserved(self) -> list[str]:
         """The queues with due work and no live worker (sorted)."""
         return [name for name, q in self.queues.items() if q.unserved]
+
+    def throughput(self) -> list[ThroughputPoint]:
+        """Jobs finished per minute over the last hour, oldest first (empty until the
+        stats leader has crossed a minute boundary; see ``history_after``)."""
+        return [ThroughputPoint(datetime.fromisoformat(p["at"]),
+                                sum(q["completed"] for q in p["queues"].values()),
+                                sum(q["failed"] for q in p["queues"].values()), p["queues"])
+                for p in self.document.get("history", ())]
 
     @classmethod
     def from_document(cls, doc: dict[str, Any], source: Source,
@@ -221,6 +245,33 @@ def plan_compute(now: datetime | None = None, *, cap: int = CAP, window_cap: int
     return {"computed_at": now.isoformat(), "refresh_seconds": time.perf_counter() - began,
             "queues": dict(sorted(queues.items())),
             "unserved": sorted(name for name, q in queues.items() if q["unserved"])}
+
+
+def _minute(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def history_after(before: dict[str, Any] | None, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """``doc``'s ``history``: ``before``'s (the previous document: the leader's last, or
+    the stored one on a new leader), plus, when ``doc`` is the first refresh of a new
+    minute, a point for the minute that just ended, less points over an hour old.
+
+    An approximation that costs no query: the point's figures are ``doc``'s "1m" window
+    (the 60 s before this refresh, up to ``every`` seconds into the new minute), not the
+    exact minute; a minute without a refresh in its first seconds (no leader) gets no
+    point, and the points of consecutive minutes may overlap by those seconds."""
+    history: list[dict[str, Any]] = list(before.get("history", ())) if before else []
+    now = _minute(datetime.fromisoformat(doc["computed_at"]))
+    ended = now - timedelta(minutes=1)
+    if (before is not None and _minute(datetime.fromisoformat(before["computed_at"])) < now
+            and all(datetime.fromisoformat(p["at"]) < ended for p in history)):
+        history.append({"at": ended.isoformat(), "queues": {
+            name: {"completed": q["finished"]["1m"]["completed"],
+                   "failed": q["finished"]["1m"]["failed"]}
+            for name, q in doc["queues"].items()
+            if q["finished"]["1m"]["completed"] or q["finished"]["1m"]["failed"]}})
+    cutoff = now - timedelta(minutes=HISTORY_POINTS)
+    return [p for p in history if datetime.fromisoformat(p["at"]) >= cutoff][-HISTORY_POINTS:]
 
 
 def encode(doc: dict[str, Any]) -> str:

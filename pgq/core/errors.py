@@ -22,6 +22,7 @@ cancel) are a separate family that arrives with the worker; they are not errors.
         ├── InvalidArgsError         args or meta that JSON cannot carry faithfully
         │   └── PayloadTooLargeError args + meta over the configured byte cap
         └── InvalidOptionError       priority out of range, naive datetime, bad delay, ...
+            └── IdempotencyConflict  an idempotency key reused for a different request
 
 Every ``InvalidJobError`` is raised before pgq sends anything to the database, so a
 rejected enqueue writes nothing. Driver exceptions are wrapped once, at the boundary
@@ -86,6 +87,11 @@ class PayloadTooLargeError(InvalidArgsError):
 
 class InvalidOptionError(InvalidJobError):
     """An enqueue option is out of range or of the wrong kind."""
+
+
+class IdempotencyConflict(InvalidOptionError):
+    """An idempotency key seen within its 24 hours came with a different request (its
+    fingerprint differs from the first one's): nothing was enqueued."""
 
 
 class JobFailed(PgqError):

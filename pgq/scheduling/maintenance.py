@@ -1,6 +1,7 @@
 """Maintenance, done by one process at a time (the leader of the ``maintenance`` role):
-retention of finished jobs and of old cron fire records, and the worker registry's dead
-rows (processes not seen for ``WORKER_STALE_LEASES`` of their leases).
+retention of finished jobs and of old cron fire records, the worker registry's dead
+rows (processes not seen for ``WORKER_STALE_LEASES`` of their leases), and expired
+idempotency keys (``pgq.client.idempotent``).
 
 Every worker campaigns for the role (``pgq worker --no-maintenance`` opts out), so a
 deployment that runs workers prunes without a separate process. Expired leases are not
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from pgq.client.idempotent import TTL as IDEMPOTENCY_TTL
 from pgq.coordination.leader import Leadership
 from pgq.scheduling.service import LeaderService
 from pgq.store.database import execute
@@ -76,6 +78,19 @@ def prune_fires(conn: psycopg.Connection[Any], app: App, now: datetime) -> int:
     return len(execute(conn, "cron_fires_prune", {"before": now - longest - FIRE_RECORDS_KEPT}))
 
 
+def prune_idempotency_keys(conn: psycopg.Connection[Any], now: datetime, batch: int,
+                           between: Callable[[], bool]) -> int:
+    """Delete expired idempotency keys, ``batch`` per statement (a reuse would replace
+    them anyway: this keeps the table to about a day of keys)."""
+    total = 0
+    while True:
+        count = len(execute(conn, "idempotency_prune", {
+            "now": now, "ttl": IDEMPOTENCY_TTL.total_seconds(), "batch": batch}))
+        total += count
+        if count < batch or not between():
+            return total
+
+
 class Maintenance(LeaderService):
     """The leader of the ``maintenance`` role prunes every ``every`` seconds (and, after a
     failed pass, retries after as long); the rest only campaign."""
@@ -109,10 +124,11 @@ class Maintenance(LeaderService):
         ((now,),) = execute(conn, "clock_now", {"now": self.app.clock.now()})
         fires = prune_fires(conn, self.app, now)
         gone = execute(conn, "worker_prune", {"factor": WORKER_STALE_LEASES, "now": now})
+        keys = prune_idempotency_keys(conn, now, self.batch, between)
         self.runs += 1
-        if any(deleted.values()) or fires or gone:
+        if any(deleted.values()) or fires or gone or keys:
             log.info("maintenance: pruned %s finished jobs, %d cron fire records, %d dead "
-                     "workers' registry rows",
+                     "workers' registry rows, %d expired idempotency keys",
                      ", ".join(f"{n} {s}" for s, n in deleted.items() if n) or "no", fires,
-                     len(gone))
+                     len(gone), keys)
         return deleted

@@ -12,6 +12,10 @@ serving it (``unserved`` in the document): one WARNING when a queue becomes unse
 naming it and its due jobs, and one INFO when it no longer is; nothing on the refreshes
 in between, so the line is an alert, not noise. A new leader has seen no earlier
 refresh, so it reports the queues unserved when it takes over once more.
+
+Each document carries the previous one's ``history`` forward (on a new leader, the
+stored document's), with a point added at each minute boundary
+(``pgq.client.stats.history_after``): the dashboard's throughput chart, at no query.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pgq.client.stats import EVERY, KEY, encode, plan_compute, plan_store, stale_after
+from pgq.client.stats import (
+    EVERY,
+    KEY,
+    encode,
+    history_after,
+    plan_compute,
+    plan_load,
+    plan_store,
+    stale_after,
+)
 from pgq.coordination.leader import Leadership
 from pgq.scheduling.service import LeaderService
 from pgq.store.database import run_plan
@@ -57,6 +70,11 @@ class StatsService(LeaderService):
         """Compute the stats and store them in both copies; returns the document."""
         doc: dict[str, Any] = run_plan(conn, plan_compute(self.app.clock.now()), atomic=False)
         doc["every"] = self.every
+        before = self.last
+        if before is None:  # a new leader: carry the stored document's history on
+            loaded = run_plan(conn, plan_load(self.app.clock.now()), atomic=False)
+            before = None if loaded is None else loaded[0]
+        doc["history"] = history_after(before, doc)
         run_plan(conn, plan_store(doc), atomic=False)
         self.app.coordinator.cache_set(KEY, encode(doc), stale_after(self.every))
         report_unserved(self.last, doc)

@@ -465,12 +465,23 @@ WHERE id = %(id)s;
 -- One page of jobs, newest first, by keyset on the primary key (id < before): no
 -- OFFSET, so a page costs the same at any depth and rows inserted meanwhile (larger ids)
 -- never shift the pages that follow.
+-- A first page must not read the table when its filter matches few jobs (10,000,000
+-- rows: bench/README.md, "web_reads: 10M rows"): with the values sent, the planner
+-- folds away the NULL tests and picks, per filter, the newest-first walk of the primary
+-- key (many matches) or an index on the filter, then sorts what it found (few): queue
+-- (queue, id), task (task, created_at), failed/cancelled by task (task, id), unique_key,
+-- waiting and finished states (the claim and finished indexes), tag and meta (GIN, only
+-- rows that have some). Those two GIN indexes are partial, so jobs without tags or meta
+-- cost them nothing on the hot path; the "<> empty" conjuncts below are implied by the
+-- tag and meta filters and are there so the planner can prove the indexes' predicates.
 SELECT id, queue, task, state, priority, attempt, max_attempts, args, run_at, created_at,
        started_at, finished_at, lease_owner, lease_expires_at, timeout_seconds, unique_key,
        unique_until, unique_held, tags, meta, errors, result, progress, isolated,
        notify_done
 FROM pgq_jobs
 WHERE (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+  AND (%(tag)s::text IS NULL OR tags <> '{}')
+  AND (%(meta)s::jsonb IS NULL OR meta <> '{}'::jsonb OR %(meta)s::jsonb = '{}'::jsonb)
   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
   AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
@@ -478,6 +489,7 @@ WHERE (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
   AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
   AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
   AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+  AND (%(error_type)s::text IS NULL OR coalesce(errors->-1->>'type', '') = %(error_type)s::text)
   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
   AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
 ORDER BY id DESC
@@ -523,6 +535,7 @@ WITH picked AS MATERIALIZED (
       AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
       AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
       AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+      AND (%(error_type)s::text IS NULL OR coalesce(errors->-1->>'type', '') = %(error_type)s::text)
       AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
       AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
     ORDER BY id
@@ -574,6 +587,7 @@ WITH picked AS MATERIALIZED (
       AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
       AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
       AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+      AND (%(error_type)s::text IS NULL OR coalesce(errors->-1->>'type', '') = %(error_type)s::text)
       AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
       AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
     ORDER BY id
@@ -624,6 +638,7 @@ WITH picked AS MATERIALIZED (
       AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
       AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
       AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+      AND (%(error_type)s::text IS NULL OR coalesce(errors->-1->>'type', '') = %(error_type)s::text)
       AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
       AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
     ORDER BY id
@@ -659,6 +674,7 @@ WITH picked AS MATERIALIZED (
       AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
       AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
       AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+      AND (%(error_type)s::text IS NULL OR coalesce(errors->-1->>'type', '') = %(error_type)s::text)
       AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
       AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
     ORDER BY id
@@ -697,6 +713,7 @@ WITH picked AS MATERIALIZED (
       AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
       AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
       AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+      AND (%(error_type)s::text IS NULL OR coalesce(errors->-1->>'type', '') = %(error_type)s::text)
       AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
       AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
     ORDER BY id
@@ -747,12 +764,6 @@ FROM (SELECT DISTINCT queue FROM pgq_jobs) AS j
 FULL JOIN pgq_queues AS q ON q.name = j.queue
 ORDER BY 1;
 
--- name: job_count
--- How many jobs a filter matches: the size of a bulk action before it runs (the CLI's
--- --dry-run, progress bar and confirmation; the caller narrows states to the action's
--- source states). Reads what the filter selects, like a batch of the action does: an
--- operator's call, not a dashboard's.
-SELECT count(*)
 -- name: queue_settings
 -- The named queues (a dashboard passes the stats cache's names) and every queue with a
 -- pgq_queues row, with its settings: queue_list without the scan of pgq_jobs, so a page
@@ -763,6 +774,12 @@ FROM unnest(%(names)s::text[]) AS n(name)
 FULL JOIN pgq_queues AS q ON q.name = n.name
 ORDER BY 1;
 
+-- name: job_count
+-- How many jobs a filter matches: the size of a bulk action before it runs (the CLI's
+-- --dry-run, progress bar and confirmation; the caller narrows states to the action's
+-- source states). Reads what the filter selects, like a batch of the action does: an
+-- operator's call, not a dashboard's.
+SELECT count(*)
 FROM pgq_jobs
 WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
@@ -770,6 +787,7 @@ WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
   AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
   AND (%(meta)s::jsonb IS NULL OR meta @> %(meta)s::jsonb)
   AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s::text)
+  AND (%(error_type)s::text IS NULL OR coalesce(errors->-1->>'type', '') = %(error_type)s::text)
   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
   AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz);
 
@@ -1130,3 +1148,114 @@ ON CONFLICT (key) DO UPDATE SET data = excluded.data, computed_at = excluded.com
 SELECT data::text, extract(epoch FROM coalesce(%(now)s::timestamptz, now()) - computed_at)::float8
 FROM pgq_stats
 WHERE key = %(key)s;
+
+-- name: job_dead_letter_groups
+-- Dead letters grouped by task and the type of their last error (the dashboard's
+-- failures page): only jobs that failed in the last %(within)s, one range of
+-- pgq_jobs_finished_idx (state, finished_at) whatever the table's history, then one
+-- primary-key probe per group for its newest job's message. It names its state
+-- with "=" as stats_finished_window does, so the index condition keeps it. A job with
+-- no errors entry groups under the type "" (the error_type filter matches it so too).
+WITH g AS (
+    SELECT task, coalesce(errors->-1->>'type', '') AS error_type, count(*) AS n,
+           max(finished_at) AS latest_at, max(id) AS sample_id
+    FROM pgq_jobs
+    WHERE state IN ('cancelled', 'completed', 'failed') AND state = 'failed'
+      AND finished_at >= coalesce(%(now)s::timestamptz, now()) - %(within)s::interval
+    GROUP BY 1, 2
+    ORDER BY n DESC, latest_at DESC, task, error_type
+    LIMIT %(limit)s
+)
+SELECT g.task, g.error_type, g.n, g.latest_at, g.sample_id,
+       coalesce(j.errors->-1->>'message', '')
+FROM g LEFT JOIN pgq_jobs AS j ON j.id = g.sample_id
+ORDER BY g.n DESC, g.latest_at DESC, g.task, g.error_type;
+
+-- name: cron_recent_fires
+-- The latest %(per_entry)s fires of each declared entry, newest first (one backward
+-- range of the (entry, fire_at) primary key per entry, LATERAL), each with its job's
+-- state now (NULL once the job is pruned): one statement for the whole cron page.
+SELECT e.entry, f.fire_at, f.job_id, f.enqueued_at, f.scheduler, j.state
+FROM unnest(%(entries)s::text[]) AS e(entry)
+CROSS JOIN LATERAL (
+    SELECT fire_at, job_id, enqueued_at, scheduler FROM pgq_cron_fires
+    WHERE entry = e.entry
+    ORDER BY fire_at DESC
+    LIMIT %(per_entry)s) AS f
+LEFT JOIN pgq_jobs AS j ON j.id = f.job_id
+ORDER BY e.entry, f.fire_at DESC;
+
+-- name: api_key_create
+-- A new HTTP API key (pgq.client.apikeys): only the secret's hash is stored. A taken
+-- name or hash fails on its unique constraint (the caller names the name).
+INSERT INTO pgq_api_keys (name, scopes, key_hash, created_at, created_by)
+VALUES (%(name)s, %(scopes)s::text[], %(key_hash)s, coalesce(%(now)s::timestamptz, now()),
+        %(actor)s)
+ON CONFLICT (name) DO NOTHING
+RETURNING id, name, scopes, created_at, created_by, last_used_at, revoked_at;
+
+-- name: api_key_list
+-- Every API key, never its hash (a small table).
+SELECT id, name, scopes, created_at, created_by, last_used_at, revoked_at
+FROM pgq_api_keys
+ORDER BY name;
+
+-- name: api_key_revoke
+-- Revoke a key by name; a key revoked already keeps its first revocation.
+UPDATE pgq_api_keys
+SET revoked_at = coalesce(revoked_at, coalesce(%(now)s::timestamptz, now())),
+    revoked_by = CASE WHEN revoked_at IS NULL THEN %(actor)s ELSE revoked_by END
+WHERE name = %(name)s
+RETURNING id, name, scopes, created_at, created_by, last_used_at, revoked_at;
+
+-- name: api_key_verify
+-- The live key with this hash (unique index: one probe), and its last use recorded, but
+-- only when the recorded one is a minute old or more: a busy client costs one write a
+-- minute, not one per request (the UPDATE matches nothing otherwise, and writes nothing).
+WITH k AS (
+    SELECT id, name, scopes, created_at, created_by, last_used_at, revoked_at
+    FROM pgq_api_keys
+    WHERE key_hash = %(key_hash)s AND revoked_at IS NULL
+), touched AS (
+    UPDATE pgq_api_keys AS a SET last_used_at = coalesce(%(now)s::timestamptz, now())
+    FROM k
+    WHERE a.id = k.id
+      AND (a.last_used_at IS NULL
+           OR a.last_used_at <= coalesce(%(now)s::timestamptz, now()) - interval '1 minute')
+    RETURNING a.last_used_at
+)
+SELECT k.id, k.name, k.scopes, k.created_at, k.created_by,
+       coalesce((SELECT last_used_at FROM touched), k.last_used_at), k.revoked_at
+FROM k;
+
+-- name: idempotency_claim
+-- Take an idempotency key for this request, in the caller's transaction (which then
+-- enqueues and sets job_id before committing). A concurrent request with the same key
+-- waits on the primary key until that commit, then takes nothing and reads the row. A
+-- key older than %(ttl)s seconds is replaced (the request is a new one). Returns true
+-- when this request took the key.
+INSERT INTO pgq_idempotency_keys AS k (key, fingerprint, created_at)
+VALUES (%(key)s, %(fingerprint)s, coalesce(%(now)s::timestamptz, now()))
+ON CONFLICT (key) DO UPDATE
+SET fingerprint = excluded.fingerprint, job_id = NULL, created_at = excluded.created_at
+WHERE k.created_at <= excluded.created_at - make_interval(secs => %(ttl)s)
+RETURNING true;
+
+-- name: idempotency_read
+-- The request that took a key first: its fingerprint and job.
+SELECT fingerprint, job_id FROM pgq_idempotency_keys WHERE key = %(key)s;
+
+-- name: idempotency_set_job
+-- The job the request that took the key enqueued (same transaction as the claim).
+UPDATE pgq_idempotency_keys SET job_id = %(job_id)s WHERE key = %(key)s;
+
+-- name: idempotency_prune
+-- Maintenance: forget one bounded batch of expired idempotency keys (a reuse replaces
+-- an expired key anyway; this keeps the table to a day's keys). No index on created_at:
+-- the table holds a day of keys, and the batch's scan stops at %(batch)s rows.
+DELETE FROM pgq_idempotency_keys
+WHERE key IN (SELECT key FROM pgq_idempotency_keys
+              WHERE created_at <= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(ttl)s)
+              LIMIT %(batch)s
+              FOR UPDATE SKIP LOCKED)
+RETURNING 1;

@@ -5,6 +5,8 @@ SQLAlchemy (about 20 MiB of memory per worker process, and a quarter of a second
 start). ``tests/integration/test_migrations.py`` checks it against Alembic's head.
 """
 
-SCHEMA_REVISION = "0009"
+SCHEMA_REVISION = "0010"
 """0009: ``pgq_jobs.notify_done``, so that only jobs someone waits for
-(``app.jobs.result``) send ``NOTIFY pgq_done`` when they finish."""
+(``app.jobs.result``) send ``NOTIFY pgq_done`` when they finish.
+0010: ``pgq_api_keys`` and ``pgq_idempotency_keys`` (the HTTP API's keys and its
+idempotent enqueues)."""

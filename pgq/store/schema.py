@@ -297,6 +297,43 @@ stats = Table(
             "Redis (the same document is cached in Redis).",
 )
 
+api_keys = Table(
+    "pgq_api_keys",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True, comment="Key id."),
+    Column("name", Text, nullable=False, unique=True,
+           comment="What the key is for, unique (shown in lists and audit)."),
+    Column("scopes", ARRAY(Text), nullable=False,
+           comment="What the key may do: enqueue, read, operate."),
+    # 32 random bytes of secret: a fast hash is enough (nothing to brute-force).
+    Column("key_hash", Text, nullable=False, unique=True,
+           comment="Hex SHA-256 of the secret (the secret itself is never stored)."),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()"),
+           comment="When the key was made."),
+    Column("created_by", Text, comment="Who made it (free-text actor)."),
+    Column("last_used_at", DateTime(timezone=True),
+           comment="Latest accepted use, to the minute (written at most once a minute)."),
+    Column("revoked_at", DateTime(timezone=True),
+           comment="When it was revoked; a revoked key is refused."),
+    Column("revoked_by", Text, comment="Who revoked it."),
+    comment="pgq HTTP API keys, hashed, with their scopes.",
+)
+
+idempotency_keys = Table(
+    "pgq_idempotency_keys",
+    metadata,
+    Column("key", Text, primary_key=True, comment="The client's idempotency key."),
+    Column("fingerprint", Text, nullable=False,
+           comment="What the first request asked for: the same key with another "
+                   "fingerprint is refused."),
+    Column("job_id", BigInteger,
+           comment="The job the first request enqueued (no foreign key: the key "
+                   "outlives a pruned job)."),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()"),
+           comment="First use; the key is honoured for 24 hours, then replaced or pruned."),
+    comment="pgq idempotent enqueues: one job per key for 24 hours.",
+)
+
 # Joint (queue, state) frequencies: the planner's, and the stats' estimates (0008).
 event.listen(jobs, "after_create", DDL(  # type: ignore[no-untyped-call]
     "CREATE STATISTICS pgq_jobs_queue_state (mcv) ON queue, state FROM pgq_jobs"))
