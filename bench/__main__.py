@@ -7,7 +7,9 @@ with ``pgq_bench_aged_empty`` (aged table), ``pgq_bench_snapshot`` (drain under 
 snapshot), ``pgq_bench_memory`` (worker memory), ``pgq_bench_cmp`` (the comparison's
 drain against pgbench's ceiling), ``pgq_bench_recovery`` (crash recovery) and
 ``pgq_bench_stats`` (queue stats on 10 million rows) and ``pgq_bench_retry`` (claim latency
-during a bulk retry of 100,000 dead letters) that it drops and recreates.
+during a bulk retry of 100,000 dead letters) that it drops and recreates; and
+``pgq_bench_web`` (``PGQ_BENCH_WEB_DB``: the dashboard's reads on 10 million rows), which it
+keeps between runs because seeding it takes minutes.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from bench.snapshot import DATABASE as SNAPSHOT_DATABASE
 from bench.snapshot import SNAPSHOT, SnapshotResult
 from bench.stats import DATABASE as STATS_DATABASE
 from bench.stats import STATS, StatsResult
+from bench.web_reads import WEB_READS, WebReadsResult, ensure_database
 from bench.workloads import WORKLOADS, Figure, fresh_database
 
 
@@ -46,13 +49,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("workloads", nargs="*", default=[],
                         choices=[*WORKLOADS, *PICKUP, *PRUNE, *AGED, *SNAPSHOT, *MEMORY,
-                                 *COMPARISON, *RECOVERY, *STATS, *BULK_RETRY, []])
+                                 *COMPARISON, *RECOVERY, *STATS, *BULK_RETRY, *WEB_READS, []])
     parser.add_argument("--runs", type=int, default=None,
                         help="repetitions (throughput, aged drain: median reported; pickup, prune, "
                         "aged claims: samples pooled; memory: each run reported)")
     opts = parser.parse_args()
     chosen = opts.workloads or [*WORKLOADS, *PICKUP, *PRUNE, *AGED, *SNAPSHOT, *MEMORY,
-                                *COMPARISON, *RECOVERY, *STATS, *BULK_RETRY]
+                                *COMPARISON, *RECOVERY, *STATS, *BULK_RETRY, *WEB_READS]
     kwargs = {"runs": opts.runs} if opts.runs else {}
     admin = os.environ.get("PGQ_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     figures: list[Figure] = []
@@ -73,7 +76,7 @@ def main() -> None:
             _describe(url)
         pruned = [PRUNE[name](url, **kwargs) for name in chosen if name in PRUNE]
     reports: list[AgedResult | SnapshotResult | MemoryResult | ComparisonResult
-                  | RecoveryResult | StatsResult | BulkRetryResult] = []
+                  | RecoveryResult | StatsResult | BulkRetryResult | WebReadsResult] = []
     for group, database in ((AGED, AGED_DATABASE), (SNAPSHOT, SNAPSHOT_DATABASE),
                             (MEMORY, MEMORY_DATABASE),
                             (RECOVERY, RECOVERY_DATABASE), (STATS, STATS_DATABASE),
@@ -83,6 +86,8 @@ def main() -> None:
             if not figures and not latencies and not pruned and not reports:
                 _describe(url)
             reports += [group[name](url, **kwargs) for name in chosen if name in group]
+    reports += _web_reads(admin, chosen, kwargs,
+                          describe=not (figures or latencies or pruned or reports))
     reports += _compare(admin, chosen, kwargs,
                         describe=not (figures or latencies or pruned or reports))
     if figures:
@@ -133,6 +138,16 @@ def _compare(admin: str, chosen: list[str], kwargs: dict[str, int], *, describe:
     if describe:
         _describe(url)
     return [comparison(url, compared, **kwargs)]
+
+
+def _web_reads(admin: str, chosen: list[str], kwargs: dict[str, int], *, describe: bool
+               ) -> list[WebReadsResult]:
+    if not any(name in WEB_READS for name in chosen):
+        return []
+    url = ensure_database(admin)  # kept between runs: its 10 million rows take minutes to seed
+    if describe:
+        _describe(url)
+    return [WEB_READS[name](url, **kwargs) for name in chosen if name in WEB_READS]
 
 
 def _describe(url: str) -> None:

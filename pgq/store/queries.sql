@@ -465,12 +465,31 @@ WHERE id = %(id)s;
 -- One page of jobs, newest first, by keyset on the primary key (id < before): no
 -- OFFSET, so a page costs the same at any depth and rows inserted meanwhile (larger ids)
 -- never shift the pages that follow.
+-- A first page must not read the table when its filter matches few jobs (10,000,000
+-- rows: bench/README.md, "web_reads: 10M rows"): with the values sent, the planner
+-- folds away the NULL tests and picks, per filter, the newest-first walk of the primary
+-- key (many matches) or an index on the filter, then sorts what it found (few): task
+-- (task, created_at), failed/cancelled by task (task, id), unique_key, waiting and
+-- finished states (the claim and finished indexes), tag and meta (GIN), queue (below).
+-- The new indexes (migration 0011) are partial so that the hot path pays little for
+-- them: the GIN ones hold only jobs that have tags or meta, and the "<> empty" conjuncts
+-- below, implied by the tag and meta filters, let the planner prove their predicates.
+-- The queue: an index of every job by (queue, id) would take an entry at the insert,
+-- the claim and the finish of every job (+3 WAL records a job, a sixth more WAL); the
+-- finished jobs' (queue, id) index takes one, at the finish, and the always-true state
+-- conjunct below splits the table into finished, waiting and running, so the planner
+-- can read a queue's jobs as a BitmapOr of that index, the claim index (queue leading)
+-- and the running jobs' index (a worker fleet's running jobs, bounded by concurrency).
 SELECT id, queue, task, state, priority, attempt, max_attempts, args, run_at, created_at,
        started_at, finished_at, lease_owner, lease_expires_at, timeout_seconds, unique_key,
        unique_until, unique_held, tags, meta, errors, result, progress, isolated,
        notify_done
 FROM pgq_jobs
 WHERE (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+  AND (%(tag)s::text IS NULL OR tags <> '{}')
+  AND (%(meta)s::jsonb IS NULL OR meta <> '{}'::jsonb OR %(meta)s::jsonb = '{}'::jsonb)
+  AND (state IN ('cancelled', 'completed', 'failed')
+       OR state IN ('available', 'retryable', 'scheduled') OR state = 'running')
   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
   AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
@@ -753,12 +772,6 @@ FROM (SELECT DISTINCT queue FROM pgq_jobs) AS j
 FULL JOIN pgq_queues AS q ON q.name = j.queue
 ORDER BY 1;
 
--- name: job_count
--- How many jobs a filter matches: the size of a bulk action before it runs (the CLI's
--- --dry-run, progress bar and confirmation; the caller narrows states to the action's
--- source states). Reads what the filter selects, like a batch of the action does: an
--- operator's call, not a dashboard's.
-SELECT count(*)
 -- name: queue_settings
 -- The named queues (a dashboard passes the stats cache's names) and every queue with a
 -- pgq_queues row, with its settings: queue_list without the scan of pgq_jobs, so a page
@@ -769,6 +782,12 @@ FROM unnest(%(names)s::text[]) AS n(name)
 FULL JOIN pgq_queues AS q ON q.name = n.name
 ORDER BY 1;
 
+-- name: job_count
+-- How many jobs a filter matches: the size of a bulk action before it runs (the CLI's
+-- --dry-run, progress bar and confirmation; the caller narrows states to the action's
+-- source states). Reads what the filter selects, like a batch of the action does: an
+-- operator's call, not a dashboard's.
+SELECT count(*)
 FROM pgq_jobs
 WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))

@@ -30,6 +30,16 @@ Index budget (every index costs every insert and every state change):
     that must run alone (suspects of a worker crash, see ``pgq.worker.reclaim``); nearly always
     empty, so asking "does any wait?" costs one index page.
 
+``pgq_jobs_queue_done_idx``, ``pgq_jobs_unique_key_idx``, ``pgq_jobs_dead_task_idx``,
+``pgq_jobs_tags_idx``, ``pgq_jobs_meta_idx``
+    The dashboard's job lists (``job_list``, issue 16): the first page of a filter that
+    matches few jobs (a quiet queue, a unique key, failed jobs of a rare task, a tag, a
+    tenant in meta) reads its index instead of the whole table newest first. All partial:
+    ``(queue, id)`` of finished jobs takes one entry per job, at its finish (a queue's
+    waiting and running jobs come from the claim and running indexes); the others only
+    keyed, dead (failed or cancelled), tagged or meta-carrying jobs. Costs and timings:
+    bench/README.md, "web_reads: 10M rows".
+
 ``pgq_job_actions_job_idx``
     ``(job_id, at)`` on ``pgq_job_actions``: "who did what to this job, when" is one
     index range.
@@ -171,6 +181,18 @@ Index(
     unique=True,
     postgresql_where=text("unique_held"),
 )
+# The dashboard's job lists (migration 0011): a filter matching few jobs reads an index,
+# not the whole table newest first. Partial, so the hot path pays little for them.
+Index("pgq_jobs_queue_done_idx", jobs.c.queue, jobs.c.id,
+      postgresql_where=text("state IN ('cancelled', 'completed', 'failed')"))
+Index("pgq_jobs_unique_key_idx", jobs.c.unique_key,
+      postgresql_where=text("unique_key IS NOT NULL"))
+Index("pgq_jobs_dead_task_idx", jobs.c.task, jobs.c.id,
+      postgresql_where=text("state IN ('failed', 'cancelled')"))
+Index("pgq_jobs_tags_idx", jobs.c.tags, postgresql_using="gin",
+      postgresql_where=text("tags <> '{}'"))
+Index("pgq_jobs_meta_idx", jobs.c.meta, postgresql_using="gin",
+      postgresql_ops={"meta": "jsonb_path_ops"}, postgresql_where=text("meta <> '{}'::jsonb"))
 
 locks = Table(
     "pgq_locks",

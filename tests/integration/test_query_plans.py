@@ -219,3 +219,45 @@ def test_claim_from_a_start_skips_the_dead_head(
     assert len(full_ids) == 64 and bounded_ids == full_ids
     assert full > 50, full  # the dead head: FINISHED + RUNNING entries
     assert bounded * 10 < full, (bounded, full)
+
+
+# --- the dashboard's job lists (issue 16): a rare filter's first page uses an index ------
+
+LISTED = 20_000
+
+
+@pytest.fixture
+def listed(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """LISTED completed jobs of one busy queue and task, without tags, meta or unique key,
+    then five jobs of each rare kind the list filters on; analyzed. (At 10,000,000 rows
+    each rare filter below read the whole table: bench/README.md, web_reads.)"""
+    conn = psycopg.connect(db_url, autocommit=True)
+    conn.execute("INSERT INTO pgq_jobs (queue, task, state, finished_at) "
+                 "SELECT 'busy', 'plan.busy', 'completed', now() FROM generate_series(1, %s)",
+                 [LISTED])
+    conn.execute(
+        "INSERT INTO pgq_jobs (queue, task, state, finished_at, tags, meta, unique_key) "
+        "SELECT 'quiet', 'plan.rare', 'failed', now(), ARRAY['rare-tag'], "
+        "'{\"tenant\": \"t1\"}', 'key-' || i FROM generate_series(1, 5) AS i")
+    conn.execute("VACUUM ANALYZE pgq_jobs")
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("fields", "index"), [
+    ({"queue": "quiet"}, "pgq_jobs_queue_done_idx"),
+    ({"unique_key": "key-3"}, "pgq_jobs_unique_key_idx"),
+    ({"tag": "rare-tag"}, "pgq_jobs_tags_idx"),
+    ({"meta": {"tenant": "t1"}}, "pgq_jobs_meta_idx"),
+    ({"state": "failed", "task": "plan.rare"}, "pgq_jobs_dead_task_idx"),
+], ids=["queue", "unique_key", "tag", "meta", "failed+task"])
+def test_rare_list_filters_use_their_index(listed: psycopg.Connection[Any],
+                                           fields: dict[str, Any], index: str) -> None:
+    from pgq.client.jobfilter import JobFilter
+    params = {**JobFilter(**fields).params(), "ids": None, "limit": 51, "before": None}
+    text = plan(listed, "job_list", params)
+    assert index in text and "Seq Scan" not in text, text
+    rows = listed.execute(QUERIES["job_list"], params).fetchall()
+    assert {r[2] for r in rows} == {"plan.rare"} and len(rows) == (1 if "unique_key" in fields else 5)
