@@ -12,6 +12,7 @@ import sys
 import click
 
 import pgq
+from pgq.cli.apikeys import api_keys
 from pgq.cli.jobs import jobs
 from pgq.cli.observe import health, metrics_command, worker_metrics_options
 from pgq.cli.options import CONTEXT, app_option, database_option
@@ -245,6 +246,7 @@ cli.add_command(metrics_command)
 cli.add_command(health)
 cli.add_command(web)
 cli.add_command(hash_password_command)
+cli.add_command(api_keys)
 
 
 @cli.command()

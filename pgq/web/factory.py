@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 
 import pgq
 from pgq.client.app import App
-from pgq.web import errors
+from pgq.web import api, errors
 from pgq.web.auth import guard
 from pgq.web.config import WebConfig
 from pgq.web.headers import SecurityHeaders
@@ -43,6 +43,6 @@ def create_app(app: App, config: WebConfig | None = None) -> FastAPI:
     web.add_middleware(SecurityHeaders)  # added last: outermost, so errors carry them too
     web.mount("/static", StaticFiles(packages=[("pgq.web", "static")]), name="static")
     errors.install(web)
-    for module in (login, overview, queues, jobs, deadletters, cron, workers):
+    for module in (login, overview, queues, jobs, deadletters, cron, workers, api):
         web.include_router(module.router)
     return web

@@ -27,12 +27,13 @@ def test_help_describes_exactly_what_exists() -> None:
     out = pgq_cmd("--help")
     assert out.returncode == 0
     lines = out.stdout.split("Commands:")[1].strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["check", "cron", "enqueue", "hash-password",
-                                                   "health", "jobs", "metrics", "migrate",
+    assert [line.split()[0] for line in lines] == ["api-keys", "check", "cron", "enqueue",
+                                                   "hash-password", "health", "jobs",
+                                                   "metrics", "migrate",
                                                    "queues", "scheduler", "stats", "web",
                                                    "worker", "workers"]
     for sub in (["migrate"], ["enqueue"], ["worker"], ["scheduler"], ["check"], ["cron", "list"],
-                ["metrics"], ["health"], ["web"]):
+                ["metrics"], ["health"], ["web"], ["api-keys", "create"]):
         help_text = pgq_cmd(*sub, "--help").stdout
         if sub[0] not in ("check", "cron"):  # these two never touch the database
             assert "PGQ_DATABASE_URL" in help_text, f"{sub} --help must name its env var"
