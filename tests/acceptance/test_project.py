@@ -19,9 +19,16 @@ def readme_commands() -> list[str]:
             if line.strip().startswith("python3 -m venv")]
 
 
-# A line of .ci/run that installs a system tool the tests need (promtool, for the alert
-# rules) and does nothing where the tool is already there.
-INSTALL_IF_MISSING = re.compile(r"command -v [\w-]+ >/dev/null \|\| \{[^{}]*apt-get install [^{}]*\}")
+# A line of .ci/run that installs a system tool the tests need and does nothing where the
+# tool is already there: group 1 is the tool, group 2 the Debian package that provides it.
+INSTALL_IF_MISSING = re.compile(
+    r"command -v ([\w-]+) >/dev/null \|\| \{[^{}]*apt-get install [^{}]* ([\w.+-]+); \}")
+SYSTEM_TOOLS = {
+    "promtool": "prometheus",  # checks and unit-tests the alert rules (test_alert_rules.py)
+    "chromium": "chromium",  # the dashboard's browser tests (tests/browser, Playwright)
+}
+"""The system tools the tests need besides the services, and their Debian packages: CI
+installs exactly these, each only when absent."""
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
@@ -35,6 +42,8 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci = [line for line in raw if not line.startswith("#")]
     assert tests in ci, ".ci/run must call the README's test command"
     installs = [line for line in ci if INSTALL_IF_MISSING.fullmatch(line)]
+    tools = {m.group(1): m.group(2) for m in map(INSTALL_IF_MISSING.fullmatch, installs) if m}
+    assert tools == SYSTEM_TOOLS, ".ci/run installs the tools the tests need, and no others"
     assert all(line.startswith(("set ", "cd ")) or line == tests or line in installs
                for line in ci), (
         ".ci/run must do nothing but run the README's test command (and install missing tools)")
