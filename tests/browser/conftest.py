@@ -45,13 +45,16 @@ def chromium_path() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: sync Playwright runs an event loop in this thread while it
+# is open, and every later test calling asyncio.run() failed with "cannot be called from
+# a running event loop" (tests/integration runs after tests/browser).
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as p:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     # As root, Chromium refuses to start with its sandbox (CI containers run as root).
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
