@@ -65,6 +65,10 @@ WAITING = ("available", "scheduled", "retryable")
 
 Source = Literal["redis", "postgres", "direct"]
 
+ALWAYS_ESTIMATED = ("completed", "cancelled")
+"""States whose counts are always the planner's estimate (they grow without bound and
+are never read row by row); absent from ``counts`` until PostgreSQL has analyzed."""
+
 
 def stale_after(every: float) -> float:
     """A cached document older than this is not served (its leader is gone)."""
@@ -191,7 +195,7 @@ def plan_compute(now: datetime | None = None, *, cap: int = CAP, window_cap: int
         for w, r in zip(WINDOWS, (r1, r5, r15), strict=True):
             q["finished"][w]["retried"] += r
     capped = {p for p, n in part_rows.items() if n >= cap}
-    estimated_states = {"completed", "cancelled"} | {
+    estimated_states = set(ALWAYS_ESTIMATED) | {
         s for p in capped for s in ({"waiting": WAITING, "running": ("running",),
                                      "failed": ("failed",)}[p])}
     for queue, state, n in (yield Exec("stats_estimates", {})):

@@ -52,7 +52,9 @@ class Chart:
 
 def _x(at: datetime, start: datetime) -> float:
     share = (at - start) / SPAN
-    return round(min(1.0, max(0.0, share)) * WIDTH, 1)
+    # Inset like y: the latest point sits at the right edge, and its marker (a lone
+    # point's dot) would otherwise be cut in half there.
+    return round(PAD + min(1.0, max(0.0, share)) * (WIDTH - 2 * PAD), 1)
 
 
 def _y(value: int, peak: int) -> float:

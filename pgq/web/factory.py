@@ -10,6 +10,7 @@ headers (``pgq.web.headers``); errors map to one status each (``pgq.web.errors``
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.staticfiles import StaticFiles
 
@@ -28,7 +29,9 @@ def create_app(app: App, config: WebConfig | None = None) -> FastAPI:
     """The web app over ``app``'s database. ``config`` defaults to ``PGQ_WEB_*``; a
     config without any credentials is refused (``ConfigError``)."""
     config = (WebConfig.from_env() if config is None else config).check()
-    web = FastAPI(title="pgq", version=pgq.__version__, openapi_url="/api/openapi.json",
+    # openapi_url=None: FastAPI would serve the document outside the app's dependencies,
+    # i.e. to anyone; the route below serves it behind the guard like every other.
+    web = FastAPI(title="pgq", version=pgq.__version__, openapi_url=None,
                   docs_url=None, redoc_url=None,  # their pages load scripts from a CDN
                   dependencies=[Depends(guard)],
                   description="The pgq HTTP API: enqueue, inspect and operate jobs. "
@@ -45,4 +48,9 @@ def create_app(app: App, config: WebConfig | None = None) -> FastAPI:
     errors.install(web)
     for module in (login, overview, queues, jobs, deadletters, cron, workers, api):
         web.include_router(module.router)
+
+    @web.get("/api/openapi.json", include_in_schema=False, name="openapi")
+    async def openapi() -> JSONResponse:
+        return JSONResponse(web.openapi())
+
     return web

@@ -42,7 +42,7 @@ def seeded(web: FastAPI, pgq_app: pgq.App) -> FastAPI:
 
 
 def test_the_api_answers_as_its_document_says(seeded: FastAPI) -> None:
-    schema = schemathesis.openapi.from_asgi("/api/openapi.json", seeded)
+    schema = schemathesis.openapi.from_asgi("/api/openapi.json", seeded, headers=AUTH)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 13
     calls: dict[str, int] = {}
@@ -67,8 +67,9 @@ def test_the_api_answers_as_its_document_says(seeded: FastAPI) -> None:
 
 
 def test_the_document_declares_the_error_shape_everywhere(web: FastAPI) -> None:
-    with TestClient(web) as client:  # no credentials: the document is public, like /health
-        paths = client.get("/api/openapi.json").json()["paths"]
+    with TestClient(web) as client:
+        assert client.get("/api/openapi.json").status_code == 401  # closed like every route
+        paths = client.get("/api/openapi.json", headers=AUTH).json()["paths"]
     assert "HTTPValidationError" not in str(paths), "422 answers are the Error shape"
     for path, operations in paths.items():
         for method, operation in operations.items():

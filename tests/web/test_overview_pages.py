@@ -113,8 +113,9 @@ def test_the_chart_scales_points_to_the_hour_and_the_busiest_minute() -> None:
     assert chart is not None and chart.peak == 10
     completed, failed = chart.series
     bottom, top = HEIGHT - PAD, PAD
-    assert completed.points == f"0.0,{bottom - 2 / 10 * (bottom - top):.1f} " \
-        f"{WIDTH / 2},{top} {WIDTH},{bottom}"
+    left, right = PAD, WIDTH - PAD  # inset, so a marker at either edge is whole
+    assert completed.points == f"{left},{bottom - 2 / 10 * (bottom - top):.1f} " \
+        f"{WIDTH / 2},{top} {right},{bottom}"
     assert (completed.total, failed.total, completed.dots) == (12, 6, ())
     assert chart.per_queue == {"a": {"completed": 6, "failed": 6},
                                "b": {"completed": 6, "failed": 0}}

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from pgq.client.app import App
-from pgq.client.stats import EVERY, WAITING, Stats
+from pgq.client.stats import ALWAYS_ESTIMATED, EVERY, WAITING, Stats
 from pgq.core.states import JobState
 from pgq.web.chart import throughput_chart
 from pgq.web.render import render
@@ -57,4 +57,5 @@ async def overview(request: Request) -> HTMLResponse:
     stats = await reads.astats()
     return render(request, "overview.html", active="overview", refresh=3, stats=stats,
                   states=[s.value for s in JobState], totals=totals(stats),
-                  stale=is_stale(stats), chart=throughput_chart(stats.throughput()))
+                  stale=is_stale(stats), chart=throughput_chart(stats.throughput()),
+                  always_estimated=ALWAYS_ESTIMATED)
