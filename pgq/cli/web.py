@@ -22,7 +22,7 @@ NEEDS_EXTRA = "pgq web needs the web extra: pip install 'pgq-jobs[web]'"
               help="Port to listen on.")
 @click.option("--token", envvar="PGQ_WEB_TOKEN", show_envvar=True, metavar="TOKEN",
               help="An operator token (>= 16 characters): Authorization: Bearer TOKEN, or "
-              "the sign-in form's password.")
+              "the sign-in form's password. Prefer the variable: a flag shows in ps.")
 @click.option("--user", "users", envvar="PGQ_WEB_USERS", show_envvar=True, multiple=True,
               metavar="NAME:ROLE:HASH", help="A user of the sign-in form; ROLE is read or "
               "operator, HASH is what pgq hash-password prints. Repeat for more.")
@@ -34,9 +34,13 @@ NEEDS_EXTRA = "pgq web needs the web extra: pip install 'pgq-jobs[web]'"
               "(the others are read-only).")
 @click.option("--secret", envvar="PGQ_WEB_SECRET", show_envvar=True, metavar="SECRET",
               help="Signs session cookies; set it when several processes serve the "
-              "dashboard (default: random, sessions end on restart).")
+              "dashboard (default: random, sessions end on restart). Prefer the variable.")
 @click.option("--secure-cookies", is_flag=True, envvar="PGQ_WEB_SECURE_COOKIES", show_envvar=True,
-              help="Send the session cookie over HTTPS only.")
+              help="Served over HTTPS: the session cookie goes over HTTPS only, and "
+              "answers carry Strict-Transport-Security.")
+@click.option("--read-timeout", type=click.FloatRange(0.1, 600), default=5.0, show_envvar=True,
+              envvar="PGQ_WEB_READ_TIMEOUT", metavar="SECONDS",
+              help="A page's or the API's read is cancelled past this.")
 @click.option("--replica-url", envvar="PGQ_WEB_REPLICA_URL", show_envvar=True, metavar="URL",
               help="Read job lists and details from this PostgreSQL replica.")
 @click.option("--root-path", envvar="PGQ_WEB_ROOT_PATH", show_envvar=True, default="",
@@ -44,7 +48,7 @@ NEEDS_EXTRA = "pgq web needs the web extra: pip install 'pgq-jobs[web]'"
 @database_option
 def web(app_path: str | None, host: str, port: int, token: str | None, users: tuple[str, ...],
         proxy_header: str | None, proxy_operators: str | None, secret: str | None,
-        secure_cookies: bool, replica_url: str | None, root_path: str,
+        secure_cookies: bool, read_timeout: float, replica_url: str | None, root_path: str,
         database_url: str | None) -> None:
     """Serve the dashboard and the HTTP API (/api, OpenAPI at /api/openapi.json).
     Refuses to start without credentials (a token, users or a proxy header)."""
@@ -59,7 +63,8 @@ def web(app_path: str | None, host: str, port: int, token: str | None, users: tu
         proxy_header=proxy_header or None,
         proxy_operators=frozenset(n.strip() for n in (proxy_operators or "").split(",")
                                   if n.strip()),
-        secure_cookies=secure_cookies, replica_url=replica_url or None)
+        secure_cookies=secure_cookies, replica_url=replica_url or None,
+        read_timeout=read_timeout)
     if secret:
         config = dataclasses.replace(config, secret=secret)
     config.check()

@@ -76,7 +76,8 @@ def public(endpoint: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def token_fingerprint(token: str) -> str:
-    """What a session remembers of the token it signed in with: a changed token ends it."""
+    """What a session remembers of the token or password hash it signed in with: a
+    changed token, or a user's new password, ends it."""
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
@@ -95,7 +96,8 @@ async def check_csrf(request: Request) -> None:
             ("application/x-www-form-urlencoded", "multipart/form-data")):
         value = (await request.form()).get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
-    if not isinstance(expected, str) or sent is None or not hmac.compare_digest(sent, expected):
+    if not isinstance(expected, str) or sent is None or not hmac.compare_digest(
+            sent.encode(), expected.encode()):  # bytes: a str with non-ASCII raises
         raise Forbidden("CSRF token missing or wrong: reload the page and try again")
 
 
@@ -132,7 +134,9 @@ def session_principal(request: Request, config: WebConfig) -> Principal | None:
         return Principal(name, ROLE_SCOPES["operator"], "session")
     user = config.users.get(name)
     # The role is read from the config on every request: a demoted user is demoted now.
-    return None if user is None else Principal(user.name, ROLE_SCOPES[user.role], "session")
+    if user is None or session.get("pw") != token_fingerprint(user.password_hash):
+        return None
+    return Principal(user.name, ROLE_SCOPES[user.role], "session")
 
 
 async def guard(request: Request) -> None:

@@ -72,6 +72,8 @@ class WebConfig:
     replica_url: str | None = field(default=None, repr=False)
     """Read the job lists from this PostgreSQL (a streaming replica)."""
     session_hours: float = 12.0
+    read_timeout: float = 5.0
+    """Seconds a read (a page's or the API's) may run before PostgreSQL cancels it."""
 
     def check(self) -> WebConfig:
         if not (self.token or self.users or self.proxy_header):
@@ -80,6 +82,9 @@ class WebConfig:
             raise ConfigError("PGQ_WEB_TOKEN must be at least 16 characters (it is a password)")
         if self.proxy_header is not None and not _HEADER.match(self.proxy_header):
             raise ConfigError(f"PGQ_WEB_PROXY_HEADER {self.proxy_header!r} is not a header name")
+        if not 0.1 <= self.read_timeout <= 600:
+            raise ConfigError(f"PGQ_WEB_READ_TIMEOUT must be 0.1 to 600 seconds, got "
+                              f"{self.read_timeout}")
         if len(self.secret) < 16:
             raise ConfigError("PGQ_WEB_SECRET must be at least 16 characters")
         return self
@@ -98,6 +103,12 @@ class WebConfig:
             "secure_cookies": env.get("PGQ_WEB_SECURE_COOKIES", "").lower() in ("1", "true", "yes"),
             "replica_url": env.get("PGQ_WEB_REPLICA_URL") or None,
         }
+        if env.get("PGQ_WEB_READ_TIMEOUT"):
+            try:
+                values["read_timeout"] = float(env["PGQ_WEB_READ_TIMEOUT"])
+            except ValueError:
+                raise ConfigError("PGQ_WEB_READ_TIMEOUT must be a number of seconds, got "
+                                  f"{env['PGQ_WEB_READ_TIMEOUT']!r}") from None
         if env.get("PGQ_WEB_SECRET"):
             values["secret"] = env["PGQ_WEB_SECRET"]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -6,6 +6,7 @@ API errors are ``{"error": message, "type": name}``.
 
 from __future__ import annotations
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
@@ -35,12 +36,18 @@ def status_of(exc: Exception) -> int:
         return 404
     if isinstance(exc, InvalidJobError | ConfigError):
         return 422
-    if isinstance(exc, DatabaseUnavailable):
+    if isinstance(exc, DatabaseUnavailable | ReadTimeout):
         return 503
     return 400
 
 
 def error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
+        # The store reports a cancelled statement as DatabaseUnavailable; here it is the
+        # read timeout (reads_app), and the operator can do something about it.
+        exc = ReadTimeout("the read took longer than the dashboard allows "
+                          f"({request.app.state.web_config.read_timeout:g} s) and was cancelled: "
+                          "narrow it (a state, a queue, a time range)")
     status = status_of(exc)
     message = exc.message if isinstance(exc, Forbidden) else (
         "authentication required" if isinstance(exc, NotAuthenticated) else str(exc))
@@ -54,6 +61,10 @@ def error_response(request: Request, exc: Exception) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(url(request, "login", {"next": target}), status_code=303)
     return render(request, "error.html", status_code=status, status=status, message=message)
+
+
+class ReadTimeout(PgqError):
+    """A read cancelled by the web app's statement timeout (``WebConfig.read_timeout``)."""
 
 
 def install(web: FastAPI) -> None:

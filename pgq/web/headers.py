@@ -26,8 +26,12 @@ HEADERS: list[tuple[bytes, bytes]] = [
 
 
 class SecurityHeaders:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
         self.app = app
+        # Only when served over HTTPS (secure cookies): on plain HTTP the browser would
+        # ignore it, and on a mistaken setting it pins a host to HTTPS for a year.
+        self.headers = [*HEADERS, *([(b"strict-transport-security",
+                                      b"max-age=31536000")] if hsts else [])]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,7 +42,7 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers: list[Any] = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
-                headers.extend(h for h in HEADERS if h[0] not in present)
+                headers.extend(h for h in self.headers if h[0] not in present)
                 if b"cache-control" not in present:
                     # Pages and API answers show live, possibly sensitive, job data.
                     headers.append((b"cache-control", b"no-store"))
@@ -46,3 +50,55 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class BodyLimit:
+    """413 for a request body over ``limit`` bytes, by its Content-Length or as it
+    streams: FastAPI reads and parses a body before any dependency runs, the guard
+    included, so without this an anonymous client could make it parse gigabytes."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await _too_large(send, self.limit)
+            return
+        seen = 0
+        started = answered = False
+
+        async def counted() -> Message:
+            nonlocal seen, answered
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # Answer 413 now and tell the app the client left: it stops reading
+                    # (an exception raised here would be turned into a 400 by FastAPI's
+                    # body parsing), and whatever it sends after is dropped.
+                    if not started and not answered:
+                        answered = True
+                        await _too_large(send, self.limit)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if answered:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counted, guarded)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = b'{"error":"request body over %d bytes","type":"PayloadTooLarge"}' % limit
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *HEADERS]})
+    await send({"type": "http.response.body", "body": body})

@@ -11,11 +11,12 @@ from pgq.web.factory import create_app
 
 def serve(app: App, config: WebConfig, *, host: str, port: int, root_path: str = "") -> None:
     """Serve until SIGINT or SIGTERM (uvicorn's graceful shutdown), then close ``app``."""
+    web = create_app(app, config)
     server = uvicorn.Server(uvicorn.Config(
-        create_app(app, config), host=host, port=port, root_path=root_path, log_level="info",
+        web, host=host, port=port, root_path=root_path, log_level="info",
         server_header=False,  # no version banner for scanners
         proxy_headers=True, forwarded_allow_ips="127.0.0.1"))
     try:
         server.run()
     finally:
-        app.close()
+        app.close()  # the reads App is closed by the web app's lifespan

@@ -4,6 +4,7 @@ the same code, and the same checks, as Python callers and the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -66,7 +67,7 @@ def _fingerprint(body: EnqueueRequest) -> str:
           "is the first job's (its unique key is still held, or the Idempotency-Key was "
           "used before with the same body)."}},
     summary="Enqueue a job")
-async def enqueue(body: EnqueueRequest, request: Request, response: Response, _: Enqueuer,
+async def enqueue(body: EnqueueRequest, request: Request, response: Response, who: Enqueuer,
                   idempotency_key: Annotated[str | None, Header(
                       description="Enqueue once per key (24 hours): a repeat with the same "
                       "body answers 200 with the first job's id; with another body, 422 "
@@ -77,8 +78,11 @@ async def enqueue(body: EnqueueRequest, request: Request, response: Response, _:
     app = _writer(request)
     options: dict[str, Any] = body.model_dump(exclude_unset=True, exclude={"task", "args"})
     if idempotency_key is not None:
-        done, _replayed = await aenqueue_idempotent(app, idempotency_key, _fingerprint(body),
-                                                    body.task, body.args, **options)
+        # Keys are per principal: another client's key can neither block this one's
+        # request for a day nor reveal the id of the job it made.
+        done, _replayed = await aenqueue_idempotent(
+            app, f"{who.name}\x1f{idempotency_key}", _fingerprint(body), body.task, body.args,
+            **options)
     else:
         done = await app.enqueue_async(body.task, body.args, **options)
     if done.duplicate:
@@ -168,11 +172,16 @@ async def result(job_id: JobId, request: Request, _: Reader,
     the current state if it has not finished within ``wait``. The wait is woken by the
     job's finish (LISTEN/NOTIFY), it does not poll."""
     app = _writer(request)  # the replica's copy could lag behind the NOTIFY
-    if wait > 0:
-        # Whatever the wait ends with, the answer is read from the stored job, so the
-        # result and error go through the redaction hook like every other read.
-        with contextlib.suppress(ResultTimeout, JobFailed, JobCancelled):
-            await app.jobs.aresult(job_id, timeout=wait)
+    waits: asyncio.Semaphore = request.app.state.result_waits
+    if wait > 0 and not waits.locked():
+        # Each wait holds a LISTEN connection of its own: at most MAX_WAITERS at once
+        # per process, so readers cannot use up the server's connections (the workers'
+        # too). Past that the answer is the current state at once (202 if unfinished),
+        # and the client asks again. Whatever the wait ends with, the answer is read
+        # from the stored job, so result and error go through the redaction hook.
+        async with waits:
+            with contextlib.suppress(ResultTimeout, JobFailed, JobCancelled):
+                await app.jobs.aresult(job_id, timeout=wait)
     job = redacted(app, await _job(app, job_id))
     if job.state.value == "completed":
         return Result(state="completed", result=job.result)

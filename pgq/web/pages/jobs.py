@@ -213,6 +213,8 @@ async def job_action(request: Request, job_id: int, action: str,
     if action not in BUTTONS:
         return render(request, "error.html", status_code=404, status=404,
                       message=f"no action {action!r} (one of: {', '.join(BUTTONS)})")
+    if not 0 < job_id < 2**63:  # not an id the database could hold: no SQL at all
+        raise JobNotFound(f"no job {job_id}")
     app: App = request.app.state.pgq
     actor = principal.name
     if action == "retry":

@@ -50,10 +50,17 @@ async def login(request: Request, username: Annotated[str, Form()] = "",
     session: dict[str, object] = {}
     user = config.users.get(username) if username else None
     if username:
-        ok = await asyncio.to_thread(verify_password, password,
-                                     user.password_hash if user else _DUMMY_HASH)
+        logins: asyncio.Semaphore = request.app.state.logins
+        if logins.locked():  # scrypt is the costly part: a flood waits for no one
+            return render(request, "login.html", status_code=429, next=next,
+                          error="Too many sign-ins at once: try again in a moment.",
+                          has_users=bool(config.users), has_token=config.token is not None)
+        async with logins:
+            ok = await asyncio.to_thread(verify_password, password,
+                                         user.password_hash if user else _DUMMY_HASH)
         if ok and user is not None:
-            session = {"user": user.name, "via": "user"}
+            session = {"user": user.name, "via": "user",
+                       "pw": token_fingerprint(user.password_hash)}
     elif config.token is not None and password and hmac.compare_digest(
             password.encode(), config.token.encode()):
         session = {"user": "token", "via": "token", "tok": token_fingerprint(config.token)}
