@@ -160,6 +160,7 @@ def test_paused_worker_cannot_overwrite_the_new_owner(
     assert stale.wait(timeout=30) == 0 and fresh.wait(timeout=30) == 0
 
 
+@pytest.mark.serial  # 60+ connections of the shared server's 100
 def test_sigterm_finishes_what_it_can_and_hands_back_the_rest(
     app: pgq.App, workers: Workers, conn: psycopg.Connection
 ) -> None:

@@ -31,7 +31,8 @@ CONFIG = WorkerConfig(concurrency=2, poll_seconds=0.05)  # the default lease (12
 def listening(conn: psycopg.Connection, app: pgq.App, with_redis: bool) -> bool:
     # the listener LISTENs on pgq_control, then on pgq_wakeup (its last statement)
     pg = conn.execute("SELECT count(*) FROM pg_stat_activity "
-                      "WHERE query = 'LISTEN pgq_wakeup' AND pid <> pg_backend_pid()").fetchone()
+                      "WHERE query = 'LISTEN pgq_wakeup' AND pid <> pg_backend_pid() "
+                      "AND datname = current_database()").fetchone()
     if not pg or not pg[0]:
         return False
     if not with_redis:
