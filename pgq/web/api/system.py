@@ -46,8 +46,13 @@ async def stats(request: Request, _: Reader) -> Stats:
 
 @router.get("/queues", response_model=Queues, responses=errors(403), summary="Queues")
 async def list_queues(request: Request, _: Reader) -> Queues:
-    """Every queue that has jobs or settings, and whether it is paused."""
-    return Queues(queues=[Queue.of(q) for q in await _reads(request).queues.alist()])
+    """Every queue the stats know of (those with jobs) or with settings, and whether it
+    is paused."""
+    reads = _reads(request)
+    # The stats cache's names, not queue_list's scan of pgq_jobs (a call anyone with the
+    # read scope can repeat).
+    known = (await reads.astats()).queues
+    return Queues(queues=[Queue.of(q) for q in await reads.queues.asettings(known)])
 
 
 @router.post("/queues/{name}/pause", response_model=Queue, responses=errors(403, 422),
