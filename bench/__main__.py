@@ -41,8 +41,12 @@ from bench.snapshot import DATABASE as SNAPSHOT_DATABASE
 from bench.snapshot import SNAPSHOT, SnapshotResult
 from bench.stats import DATABASE as STATS_DATABASE
 from bench.stats import STATS, StatsResult
-from bench.web_reads import WEB_READS, WebReadsResult, ensure_database
+from bench.web_http import WEB_HTTP
+from bench.web_reads import WEB_READS as _DIRECT_READS
+from bench.web_reads import WebReadsResult, ensure_database
 from bench.workloads import WORKLOADS, Figure, fresh_database
+
+WEB_READS = {**_DIRECT_READS, **WEB_HTTP}
 
 
 def main() -> None:

@@ -91,24 +91,29 @@ class WebReadsResult:
     times: dict[str, list[float]] = field(default_factory=dict)
     plans: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    baseline: str = "baseline: jobs.get(id)"
+    """The row the ratios divide by."""
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        base = _p(self.times["baseline: jobs.get(id)"], 95)
-        out = [f"web_reads on {self.rows:,} rows (seeded in {self.seed_seconds:.0f} s); ms, "
-               f"{READS} reads each; ratio = p95 / baseline p95; target p95 < 150"]
+        base = _p(self.times[self.baseline], 95)
+        out = [f"{self.workload} on {self.rows:,} rows (seeded in {self.seed_seconds:.0f} s); ms, "
+               f"{len(self.times[self.baseline])} reads each; ratio = p95 / baseline p95; target p95 < 150"]
         for name, times in self.times.items():
             p95 = _p(times, 95)
             flag = "" if name.startswith("baseline") or p95 < 0.150 else "  OVER"
-            out.append(f"  {name:<32} p50 {_p(times, 50) * 1000:>8.2f}  p95 {p95 * 1000:>8.2f}"
+            out.append(f"  {name:<34} p50 {_p(times, 50) * 1000:>8.2f}  p95 {p95 * 1000:>8.2f}"
                        f"  x{p95 / base:>7.1f}{flag}")
         read = {source: self.sources.count(source) for source in sorted(set(self.sources))}
-        out.append(f"  overview sources (warm-up included): {read}")
+        if read:
+            out.append(f"  overview sources (warm-up included): {read}")
+        out.extend(f"  ! {note}" for note in sorted(set(self.notes)))
         for name, plan in self.plans.items():
             out.append(f"\n-- {name}\n{plan}")
         return out
 
     def json(self) -> list[dict[str, Any]]:
-        base = _p(self.times["baseline: jobs.get(id)"], 95)
+        base = _p(self.times[self.baseline], 95)
         return [{"workload": self.workload, "query": name, "unit": "ms", "rows": self.rows,
                  "p50": round(_p(t, 50) * 1000, 2), "p95": round(_p(t, 95) * 1000, 2),
                  "ratio_p95": round(_p(t, 95) / base, 1)} for name, t in self.times.items()]

@@ -40,6 +40,12 @@ Index budget (every index costs every insert and every state change):
     keyed, dead (failed or cancelled), tagged or meta-carrying jobs. Costs and timings:
     bench/README.md, "web_reads: 10M rows".
 
+``pgq_jobs_failed_type_idx``
+    ``(coalesce(errors->-1->>'type', ''), id) WHERE state = 'failed'`` (migration 0012):
+    failed jobs by their last error's type, the dead-letter groups' key, so
+    ``state=failed&error_type=X`` is one range in id order (a rare type's first page
+    walked the table before). Its expression is the one queries.sql's filters write.
+
 ``pgq_job_actions_job_idx``
     ``(job_id, at)`` on ``pgq_job_actions``: "who did what to this job, when" is one
     index range.
@@ -193,6 +199,12 @@ Index("pgq_jobs_tags_idx", jobs.c.tags, postgresql_using="gin",
       postgresql_where=text("tags <> '{}'"))
 Index("pgq_jobs_meta_idx", jobs.c.meta, postgresql_using="gin",
       postgresql_ops={"meta": "jsonb_path_ops"}, postgresql_where=text("meta <> '{}'::jsonb"))
+# Failed jobs by last error type (migration 0012): the same expression as the error_type
+# filters in queries.sql, or the planner cannot match it; written as PostgreSQL prints it
+# back, so that Alembic's comparison with the database finds no drift.
+Index("pgq_jobs_failed_type_idx",
+      text("COALESCE((errors -> '-1'::integer) ->> 'type'::text, ''::text)"), jobs.c.id,
+      postgresql_where=text("state = 'failed'"))
 
 locks = Table(
     "pgq_locks",

@@ -239,6 +239,14 @@ def listed(db_url: str) -> Iterator[psycopg.Connection[Any]]:
         "INSERT INTO pgq_jobs (queue, task, state, finished_at, tags, meta, unique_key) "
         "SELECT 'quiet', 'plan.rare', 'failed', now(), ARRAY['rare-tag'], "
         "'{\"tenant\": \"t1\"}', 'key-' || i FROM generate_series(1, 5) AS i")
+    # Failed jobs of a common error type, after the rare ones (newest first, a walk meets
+    # them first), and the rare ones' type: error_type has its own index (0012).
+    conn.execute("UPDATE pgq_jobs SET errors = '[{\"type\": \"RareError\"}]' "
+                 "WHERE task = 'plan.rare'")
+    conn.execute("INSERT INTO pgq_jobs (queue, task, state, finished_at, errors) "
+                 "SELECT 'busy', 'plan.busy', 'failed', now(), "
+                 "'[{\"type\": \"Old\"}, {\"type\": \"CommonError\"}]' "
+                 "FROM generate_series(1, %s)", [LISTED // 10])
     conn.execute("VACUUM ANALYZE pgq_jobs")
     try:
         yield conn
@@ -252,7 +260,8 @@ def listed(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     ({"tag": "rare-tag"}, "pgq_jobs_tags_idx"),
     ({"meta": {"tenant": "t1"}}, "pgq_jobs_meta_idx"),
     ({"state": "failed", "task": "plan.rare"}, "pgq_jobs_dead_task_idx"),
-], ids=["queue", "unique_key", "tag", "meta", "failed+task"])
+    ({"state": "failed", "error_type": "RareError"}, "pgq_jobs_failed_type_idx"),
+], ids=["queue", "unique_key", "tag", "meta", "failed+task", "failed+error_type"])
 def test_rare_list_filters_use_their_index(listed: psycopg.Connection[Any],
                                            fields: dict[str, Any], index: str) -> None:
     from pgq.client.jobfilter import JobFilter
