@@ -12,7 +12,7 @@ BitmapAnd of this range and ``pgq_jobs_dead_task_idx``'s. Partial on failed jobs
 takes one entry, when it fails for good, and none on the hot path.
 
 Built in the migration's transaction like 0011 (blocks writes to pgq_jobs while it
-reads the table: about 20 s on the 10,000,000-row bench table); an operator can build it
+reads the table: 1.5 s on the 10,000,000-row bench table, its 2.3 GB cached); an operator can build it
 first with ``CREATE INDEX CONCURRENTLY`` under the same name and definition, and the
 migration then skips it.
 
