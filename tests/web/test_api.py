@@ -281,3 +281,17 @@ def test_api_keys_cli(settings: pgq.Settings, pgq_app: pgq.App, web: FastAPI) ->
     assert again.exit_code != 0 and "fly" in again.output
     with TestClient(web, headers={"Authorization": f"Bearer {secret}"}) as c:
         assert c.get("/api/jobs").status_code == 401
+
+
+def test_error_type_lists_failed_jobs_only(api: TestClient, pgq_app: pgq.App,
+                                           conn: object) -> None:
+    job = pgq_app.enqueue("t.fails", {}).id
+    conn.execute(  # type: ignore[attr-defined]
+        "UPDATE pgq_jobs SET state = 'failed', finished_at = now(), "
+        "errors = '[{\"type\": \"KeyError\", \"message\": \"k\"}]' WHERE id = %s", (job,))
+    found = api.get("/api/jobs", params={"state": "failed", "error_type": "KeyError"})
+    assert [j["id"] for j in found.json()["jobs"]] == [job]
+    for params in ({"error_type": "KeyError"},
+                   {"error_type": "KeyError", "state": ["failed", "retryable"]}):
+        refused = api.get("/api/jobs", params=params)
+        assert refused.status_code == 422 and "needs state=failed" in refused.json()["error"]

@@ -127,6 +127,11 @@ async def list_jobs(
         _no_nul(value, what)
     for value in state or ():
         _no_nul(value, "state")
+    if error_type is not None and state != ["failed"]:
+        # Only failed jobs have an index by error type (migration 0012); across other
+        # states a rare type would walk the table until the read timeout.
+        raise InvalidOptionError("error_type needs state=failed (dead letters are what is "
+                                 "grouped by error type)")
     where = JobFilter(state=state, queue=queue, task=task, tag=tag, unique_key=unique_key,
                       since=since, until=until, error_type=error_type)
     app = _reads(request)
