@@ -318,6 +318,11 @@ class App(StatsReads, TaskDeclarations, ApiKeyAccess):  # app.stats(); app.task(
         await self._pools.aclose()
         self.close()
 
+    async def arelease(self) -> None:
+        """Close the async pool (it belongs to the running event loop, which is ending);
+        the next async call opens another on its own loop. For servers that stop."""
+        await self._pools.aclose_async()
+
     def __enter__(self) -> App:
         return self
 

@@ -384,6 +384,13 @@ class Pools:
             self._sync.close()
             self._sync = None
 
+    async def aclose_async(self) -> None:
+        """Close the async pool only (on the loop that owns it); the next async use
+        opens a new one on its own loop."""
+        if self._async is not None:
+            pool, self._async = self._async, None
+            await pool.close()
+
     async def aclose(self) -> None:
         if self._async is not None:
             await self._async.close()

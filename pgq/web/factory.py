@@ -63,15 +63,17 @@ def reads_app(app: App, config: WebConfig) -> App:
 
 @contextlib.asynccontextmanager
 async def _closing_reads(web: FastAPI) -> AsyncIterator[None]:
-    """Close the reads App's pools when the server stops (the app's own ``App`` is the
-    caller's to close). Mounted in another app, whose lifespan does not reach mounts,
-    they close with the process."""
+    """When the server stops, close the async pools it opened and the reads App (the
+    caller's ``App`` is the caller's to close). Mounted in another app, whose lifespan
+    does not reach mounts, they close with the process."""
     yield
     reads: App = web.state.reads
-    # A pool opened on another event loop (two test clients over one app) cannot be
-    # awaited from this one; the synchronous close below still runs.
-    with contextlib.suppress(ValueError, RuntimeError):
-        await reads.aclose()
+    for owner in {id(a): a for a in (web.state.pgq, reads)}.values():
+        # Async pools belong to this loop, which ends here: left open they would hold
+        # their connections with no loop to serve them. A pool opened on another loop
+        # (two test clients over one app) cannot be awaited from this one.
+        with contextlib.suppress(ValueError, RuntimeError):
+            await owner.arelease()
     reads.close()
 
 

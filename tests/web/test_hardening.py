@@ -132,3 +132,12 @@ def test_hsts_only_when_served_over_https(pgq_app: pgq.App) -> None:
             TestClient(create_app(pgq_app, web_config(secure_cookies=True))) as tls:
         assert "strict-transport-security" not in plain.get("/login").headers
         assert tls.get("/login").headers["strict-transport-security"] == "max-age=31536000"
+
+
+def test_an_idempotency_key_too_long_is_one_line(api: TestClient) -> None:
+    answer = api.post("/api/jobs", json={"task": "t"}, headers={"Idempotency-Key": "k" * 129})
+    assert answer.status_code == 422
+    assert answer.json() == {"error": "Idempotency-Key must be 1 to 128 characters, got 129",
+                             "type": "InvalidOptionError"}
+    assert api.post("/api/jobs", json={"task": "t"},
+                    headers={"Idempotency-Key": "k" * 128}).status_code == 201

@@ -32,6 +32,9 @@ router = APIRouter(prefix="/api", tags=["jobs"], route_class=ApiRoute)
 
 JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The job's id.")]
 MAX_WAIT = 60.0
+MAX_IDEMPOTENCY_KEY = 128
+"""Characters of an Idempotency-Key; stored after the principal's name (<= 105), within
+the 255 the store takes."""
 """The longest ``wait`` of a result request: a longer one belongs in a loop of requests
 (proxies cut idle connections at about a minute)."""
 
@@ -78,6 +81,10 @@ async def enqueue(body: EnqueueRequest, request: Request, response: Response, wh
     app = _writer(request)
     options: dict[str, Any] = body.model_dump(exclude_unset=True, exclude={"task", "args"})
     if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            # Checked here: the stored key is longer (the principal's name goes first).
+            raise InvalidOptionError(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} "
+                                     f"characters, got {len(idempotency_key)}")
         # Keys are per principal: another client's key can neither block this one's
         # request for a day nor reveal the id of the job it made.
         done, _replayed = await aenqueue_idempotent(
