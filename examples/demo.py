@@ -125,3 +125,10 @@ for row in rows:
 print(f"({len(rows)} rows: the receipt completed, api.sync completed on its 2nd attempt, "
       f"report.broken is in the dead letter; the rolled-back job {rolled_back.id} never existed)")
 print(f"\nEverything above is in {redact_url(url)}; see docs/audit.md for more queries.")
+
+if not where.startswith("embedded"):  # the embedded server stops with this script
+    print("\n7. The same jobs in the dashboard (needs the web extra: "
+          ".venv/bin/pip install -q -e '.[web]'):")
+    print(f"   PGQ_DATABASE_URL='{redact_url(url)}' PGQ_WEB_TOKEN=any-16-or-more-characters "
+          ".venv/bin/pgq web")
+    print("   then open http://127.0.0.1:8000/ and sign in with that token (docs/web.md).")
