@@ -14,7 +14,7 @@ import binascii
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pgq.core.errors import InvalidOptionError
@@ -145,8 +145,10 @@ def decode_cursor(cursor: str | None) -> int | None:
     if isinstance(cursor, str):
         try:
             text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-            if text.startswith(_CURSOR_PREFIX) and text[len(_CURSOR_PREFIX):].isdigit():
-                return int(text[len(_CURSOR_PREFIX):])
+            digits = text[len(_CURSOR_PREFIX):]
+            if text.startswith(_CURSOR_PREFIX) and digits.isascii() and digits.isdigit() \
+                    and 0 < int(digits) < 2**63:  # a bigint id: no driver error later
+                return int(digits)
         except (binascii.Error, UnicodeDecodeError, ValueError):
             pass
     raise InvalidOptionError(f"bad cursor {cursor!r}: pass the next_cursor of a page list() returned")
@@ -176,6 +178,8 @@ class Attempt:
             when = datetime.fromisoformat(at) if isinstance(at, str) else None
         except ValueError:
             when = None
+        if when is not None and when.tzinfo is None:  # a hand-written or old entry: UTC,
+            when = when.replace(tzinfo=UTC)  # so it sorts and subtracts with aware times
         attempt = entry.get("attempt")
         return cls(attempt if isinstance(attempt, int) else None, when,
                    str(entry.get("type") or ""), str(entry.get("message") or ""),

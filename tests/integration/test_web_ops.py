@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -22,6 +22,21 @@ from pgq.client.stats import Stats
 from pgq.core.errors import IdempotencyConflict
 from pgq.scheduling.maintenance import prune_idempotency_keys
 from pgq.scheduling.stats import StatsService
+
+T = TypeVar("T")
+
+
+def run(app: pgq.App, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run an async call of ``app`` on a loop of its own, closing the async pool it opened
+    before that loop ends: a pool left open hangs asyncio.run's shutdown if it is
+    reconnecting then (seen under load: "too many clients", then a 300 s timeout)."""
+    async def main() -> T:
+        try:
+            return await coroutine
+        finally:
+            await app.arelease()
+    return asyncio.run(main())
+
 
 MakeApp = Callable[..., pgq.App]
 T0 = datetime.now(UTC).replace(second=50, microsecond=0) - timedelta(hours=3)
@@ -67,7 +82,7 @@ def test_dead_letter_groups_and_acting_on_one_group(app: pgq.App, conn: psycopg.
     assert (first.sample_id, first.message, first.latest_at) == (
         timeouts[2], "late", T0 - timedelta(hours=1))
     assert app.jobs.dead_letter_groups(limit=1) == groups[:1]
-    assert asyncio.run(app.jobs.adead_letter_groups(within=timedelta(minutes=10))) == groups[1:]
+    assert run(app, app.jobs.adead_letter_groups(within=timedelta(minutes=10))) == groups[1:]
 
     group = JobFilter(state="failed", task="t.work", error_type="TimeoutError")
     assert app.jobs.count(group) == 4  # every such failure, not only the window's
@@ -117,7 +132,7 @@ def test_cron_status_next_and_last_fires(app: pgq.App, conn: psycopg.Connection)
     assert five.last_fires[0].scheduler == "s1"
     assert nightly.last_fires == [] and nightly.next_fires[0] == datetime(2030, 6, 2, 1,
                                                                           tzinfo=UTC)  # 03:00 CEST
-    (again, _) = asyncio.run(acron_status(app, now=now, last_count=6))
+    (again, _) = run(app, acron_status(app, now=now, last_count=6))
     assert again.last_fires[-1].job_state is None  # its job was pruned
     assert len(cron_status(app)[0].next_fires) == 5  # the App's clock
     with pytest.raises(pgq.InvalidOptionError, match="last_count must be an integer"):
@@ -137,13 +152,13 @@ def test_api_keys_create_verify_revoke(app: pgq.App, conn: psycopg.Connection,
     seen = app.api_keys.verify(secret)
     assert seen is not None and seen.last_used_at == T0
     clock.advance(timedelta(seconds=30))  # within the minute: no write
-    assert asyncio.run(app.api_keys.averify(secret)).last_used_at == T0  # type: ignore[union-attr]
+    assert run(app, app.api_keys.averify(secret)).last_used_at == T0  # type: ignore[union-attr]
     clock.advance(timedelta(seconds=31))
     assert app.api_keys.verify(secret).last_used_at == clock.now()  # type: ignore[union-attr]
     assert app.api_keys.verify(secret + "x") is None
     assert app.api_keys.verify("nonsense") is None
     app.api_keys.create("other", "operate")
-    assert [k.name for k in asyncio.run(app.api_keys.alist())] == ["deploy bot", "other"]
+    assert [k.name for k in run(app, app.api_keys.alist())] == ["deploy bot", "other"]
     revoked = app.api_keys.revoke("deploy bot", actor="bo")
     assert revoked.revoked_at == clock.now()
     assert app.api_keys.verify(secret) is None
@@ -188,7 +203,7 @@ def test_idempotent_enqueue_one_job_per_key(app: pgq.App, conn: psycopg.Connecti
     assert len({e.id for e, _ in results}) == 1
     assert conn.execute("SELECT count(*) FROM pgq_jobs").fetchone() == (1,)
     first = results[0][0].id
-    again, replayed = asyncio.run(aenqueue_idempotent(app, "req-1", "fp", "t.work", {"n": 1}))
+    again, replayed = run(app, aenqueue_idempotent(app, "req-1", "fp", "t.work", {"n": 1}))
     assert (again.id, again.duplicate, replayed) == (first, True, True)
     with pytest.raises(IdempotencyConflict, match="'req-1' was used for a different request"):
         enqueue_idempotent(app, "req-1", "other", "t.work", {"n": 2})

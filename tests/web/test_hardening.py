@@ -141,3 +141,19 @@ def test_an_idempotency_key_too_long_is_one_line(api: TestClient) -> None:
                              "type": "InvalidOptionError"}
     assert api.post("/api/jobs", json={"task": "t"},
                     headers={"Idempotency-Key": "k" * 128}).status_code == 201
+
+
+def test_a_cursor_past_bigint_is_a_422_not_a_driver_error(api: TestClient) -> None:
+    import base64
+
+    cursor = base64.urlsafe_b64encode(f"pgq1:{2**64}".encode()).decode().rstrip("=")
+    answer = api.get("/api/jobs", params={"cursor": cursor})
+    assert answer.status_code == 422 and answer.json()["type"] == "InvalidOptionError"
+
+
+def test_an_idempotent_retry_that_spells_out_a_default_is_no_conflict(api: TestClient) -> None:
+    key = {"Idempotency-Key": "same-request"}
+    first = api.post("/api/jobs", json={"task": "t"}, headers=key)
+    again = api.post("/api/jobs", json={"task": "t", "args": {}, "tags": []}, headers=key)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == {"id": first.json()["id"], "duplicate": True}

@@ -222,3 +222,30 @@ def test_hostile_args_and_errors_render_as_inert_text(
         assert "<script>alert" not in html and "Evil<script>" not in html, name
         assert "&lt;script&gt;alert(1)&lt;/script&gt; &#39;; DROP TABLE pgq_jobs; --" in html, name
     assert pgq_app.jobs.count() == 1  # and the SQL fragment was only ever a value
+
+
+def test_inputs_that_once_raised_are_one_line_errors(operator: tuple[TestClient, str],
+                                                     pgq_app: pgq.App,
+                                                     conn: psycopg.Connection) -> None:
+    client, _ = operator
+    far = client.get("/jobs", params={"since": "999999d"})
+    assert far.status_code == 422 and "reaches back too far" in far.text
+    assert client.get("/jobs", params={"q": "\u00b2"}).status_code == 200  # a digit, not an id
+    needs = client.get("/jobs", params={"error_type": "KeyError"})
+    assert needs.status_code == 422 and "needs state failed" in needs.text
+    # An error entry whose time has no offset (hand-written, or from an old version).
+    job = pgq_app.enqueue("t.old", {}).id
+    conn.execute("UPDATE pgq_jobs SET errors = '[{\"type\": \"E\", \"message\": \"m\", "
+                 "\"at\": \"2026-01-01T00:00:00\"}]' WHERE id = %s", (job,))
+    assert client.get(f"/jobs/{job}").status_code == 200
+
+
+def test_the_error_type_filter_lists_one_dead_letter_group(operator: tuple[TestClient, str],
+                                                           pgq_app: pgq.App,
+                                                           conn: psycopg.Connection) -> None:
+    client, _ = operator
+    keys, values = enqueue(pgq_app, 2), enqueue(pgq_app, 1)
+    fail(conn, keys, "KeyError")
+    fail(conn, values, "ValueError")
+    page = client.get("/jobs", params={"state": "failed", "error_type": "KeyError"})
+    assert page.status_code == 200 and sorted(ids_on(page.text)) == sorted(keys)

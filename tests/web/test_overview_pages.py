@@ -73,7 +73,9 @@ def test_overview_shows_a_queues_counts_from_the_stats_leader(
     assert "No history yet: the stats leader records one point a minute." in page
     assert "<svg" not in page
     partial = client.get("/", headers={"X-PGQ-Partial": "1"}).text
-    assert partial.startswith("<h1>Overview</h1>") and "<html" not in partial
+    # The live block, after the refresh interval the script reads from it.
+    assert partial.startswith('<span hidden data-refresh="3"></span><h1>Overview</h1>')
+    assert "<html" not in partial
 
 
 def test_overview_draws_the_last_hours_throughput(

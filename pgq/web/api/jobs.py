@@ -59,7 +59,9 @@ def _no_nul(value: str | None, what: str) -> str | None:
 def _fingerprint(body: EnqueueRequest) -> str:
     """What an Idempotency-Key's request asked for: the body's fields as sent, in a
     canonical JSON form (key order and spacing do not make two requests differ)."""
-    canonical = json.dumps(body.model_dump(mode="json", exclude_unset=True), sort_keys=True,
+    # Every field, defaults filled in: {"task": "t"} and {"task": "t", "args": {}} ask for
+    # the same thing, so a retry that spells out a default is no conflict.
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True,
                            separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

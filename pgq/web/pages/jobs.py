@@ -60,7 +60,10 @@ def parse_moment(text: str, what: str, now: datetime) -> datetime | None:
         return None
     relative = _RELATIVE.match(text)
     if relative:
-        return now - timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+        try:
+            return now - timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+        except OverflowError:  # 999999d: before year 1
+            raise InvalidOptionError(f"{what} {text!r} reaches back too far") from None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -99,6 +102,8 @@ class ListQuery:
     since: str
     until: str
     limit: int
+    error_type: str = ""
+    """The last error's type: only with state=failed (the one state indexed by it)."""
 
     def filter(self, now: datetime) -> JobFilter:
         where = JobFilter(
@@ -107,7 +112,10 @@ class ListQuery:
             meta=parse_meta(self.meta.split(",")) if self.meta.strip() else None,
             unique_key=self.unique_key or None,
             since=parse_moment(self.since, "since", now),
-            until=parse_moment(self.until, "until", now))
+            until=parse_moment(self.until, "until", now),
+            error_type=self.error_type if self.error_type else None)
+        if self.error_type and self.state != ["failed"]:
+            raise InvalidOptionError("an error type filter needs state failed (and only it)")
         where.params()  # validates every field now, so the page shows the one error
         return where
 
@@ -116,7 +124,7 @@ class ListQuery:
         values: dict[str, Any] = {"state": self.state, "queue": self.queue, "task": self.task,
                                   "tag": self.tag, "meta": self.meta,
                                   "unique_key": self.unique_key, "since": self.since,
-                                  "until": self.until}
+                                  "until": self.until, "error_type": self.error_type}
         if self.limit != PAGE:
             values["limit"] = self.limit
         return values
@@ -136,15 +144,15 @@ async def jobs_list(
     state: Annotated[list[str] | None, Query()] = None,
     queue: str = "", task: str = "", tag: str = "", meta: str = "", unique_key: str = "",
     since: str = "", until: str = "", q: str = "", after: str | None = None,
-    limit: int = PAGE,
+    limit: int = PAGE, error_type: str = "",
 ) -> Response:
     q = q.strip()
-    if q.isdigit():  # a job id: straight to the job
+    if q.isascii() and q.isdigit():  # a job id: straight to the job ("²" is a digit too)
         return back(request, "job", job_id=int(q))
     if q:
         unique_key = q
     form = ListQuery([s for s in state or () if s], queue, task, tag, meta, unique_key, since, until,
-                     limit)
+                     limit, error_type)
     reads: App = request.app.state.reads
     jobs: list[JobRecord] = []
     next_cursor: str | None = None
@@ -184,7 +192,9 @@ def timeline(job: JobRecord, actions: list[ActionRecord]) -> list[Entry]:
 
 @router.get("/jobs/{job_id}", name="job")
 async def job_detail(request: Request, job_id: int) -> HTMLResponse:
-    reads: App = request.app.state.reads
+    # The primary, not a replica: after an action the 303 lands here, and the page must
+    # show what the action did (one primary-key read and the job's actions).
+    reads: App = request.app.state.pgq
     job = await reads.jobs.aget(job_id) if 0 < job_id < 2**63 else None
     if job is None:
         raise JobNotFound(f"no job {job_id} (never enqueued, or deleted)")
